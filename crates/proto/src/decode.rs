@@ -1,0 +1,246 @@
+//! Decoding and encoding of `push.v1` messages as they travel on Pub/Sub.
+//!
+//! The encoding is chosen from the message attributes, as SPEC §2 fixes:
+//! binary protobuf when `googclient_schemaencoding` is `BINARY` (what Pub/Sub
+//! sets on schema topics) or `content-type` is `application/x-protobuf`, the
+//! proto3 JSON mapping otherwise.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use serde::Serialize;
+
+use crate::v1::PushRequest;
+
+/// Pub/Sub's own cap on a message body; larger bodies cannot have been published.
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
+/// Attribute Pub/Sub sets on messages of topics with a schema.
+pub const ATTR_SCHEMA_ENCODING: &str = "googclient_schemaencoding";
+/// Attribute producers may set to say how the body is encoded.
+pub const ATTR_CONTENT_TYPE: &str = "content-type";
+/// Content type of binary protobuf bodies.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+/// Content type of proto3 JSON bodies.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// How a message body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The proto3 JSON mapping (the default).
+    Json,
+    /// Binary protobuf.
+    Binary,
+}
+
+impl Encoding {
+    /// Picks the encoding from Pub/Sub message attributes (SPEC §2).
+    pub fn from_attributes(attributes: &HashMap<String, String>) -> Encoding {
+        let schema_binary = attributes
+            .get(ATTR_SCHEMA_ENCODING)
+            .is_some_and(|v| v.eq_ignore_ascii_case("BINARY"));
+        let content_binary = attributes.get(ATTR_CONTENT_TYPE).is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE_PROTOBUF))
+        });
+        if schema_binary || content_binary {
+            Encoding::Binary
+        } else {
+            Encoding::Json
+        }
+    }
+
+    /// The `content-type` attribute value that announces this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => CONTENT_TYPE_JSON,
+            Encoding::Binary => CONTENT_TYPE_PROTOBUF,
+        }
+    }
+}
+
+/// Why a message body is not a `PushRequest`.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The body is not valid proto3 JSON for `push.v1.PushRequest`.
+    #[error(
+        "body is not a proto3 JSON push.v1.PushRequest: {source}; publish JSON, or set the attribute content-type=application/x-protobuf for binary protobuf"
+    )]
+    Json {
+        /// The parser's complaint, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The body is not a valid binary protobuf `push.v1.PushRequest`.
+    #[error(
+        "body is not a binary protobuf push.v1.PushRequest: {source}; check the producer's schema, or drop the content-type attribute for JSON"
+    )]
+    Binary {
+        /// prost's complaint.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// The body is larger than any Pub/Sub message can be.
+    #[error("body is {len} bytes, over the {max}-byte limit of a Pub/Sub message")]
+    TooLarge {
+        /// The body's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// Short machine-readable code for the `push_error` attribute.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Json { .. } => "decode_json",
+            DecodeError::Binary { .. } => "decode_binary",
+            DecodeError::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// Decodes a Pub/Sub message body as a `PushRequest`, choosing the encoding
+/// from the attributes.
+pub fn decode_request(
+    data: &[u8],
+    attributes: &HashMap<String, String>,
+) -> Result<PushRequest, DecodeError> {
+    if data.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: data.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    match Encoding::from_attributes(attributes) {
+        Encoding::Binary => {
+            PushRequest::decode(data).map_err(|source| DecodeError::Binary { source })
+        }
+        Encoding::Json => {
+            serde_json::from_slice(data).map_err(|source| DecodeError::Json { source })
+        }
+    }
+}
+
+/// A message could not be encoded as JSON (in practice: never for generated types).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode message as proto3 JSON: {0}")]
+pub struct EncodeError(#[from] serde_json::Error);
+
+/// Encodes any generated message (a `PushRequest` or `TokenInvalidated`) for Pub/Sub.
+pub fn encode_message<M: Message + Serialize>(
+    message: &M,
+    encoding: Encoding,
+) -> Result<Vec<u8>, EncodeError> {
+    match encoding {
+        Encoding::Binary => Ok(message.encode_to_vec()),
+        Encoding::Json => Ok(serde_json::to_vec(message)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Platform, Priority, Target};
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn encoding_defaults_to_json() {
+        assert_eq!(Encoding::from_attributes(&attrs(&[])), Encoding::Json);
+        assert_eq!(
+            Encoding::from_attributes(&attrs(&[("googclient_schemaencoding", "JSON")])),
+            Encoding::Json
+        );
+    }
+
+    #[test]
+    fn encoding_is_binary_for_schema_topics_and_content_type() {
+        assert_eq!(
+            Encoding::from_attributes(&attrs(&[("googclient_schemaencoding", "BINARY")])),
+            Encoding::Binary
+        );
+        assert_eq!(
+            Encoding::from_attributes(&attrs(&[(
+                "content-type",
+                "application/x-protobuf; proto=push.v1.PushRequest"
+            )])),
+            Encoding::Binary
+        );
+    }
+
+    #[test]
+    fn json_uses_the_proto3_mapping() {
+        let body = br#"{
+            "requestId": "r-1",
+            "targets": [{"platform": "PLATFORM_APNS", "token": "ab"}],
+            "notification": {"title": "Hi", "badge": 3},
+            "data": {"k": "v"},
+            "priority": "PRIORITY_HIGH",
+            "ttl": "3600s",
+            "content_available": true
+        }"#;
+        let req = decode_request(body, &attrs(&[])).expect("valid JSON");
+        assert_eq!(req.request_id, "r-1");
+        assert_eq!(req.targets[0].platform(), Platform::Apns);
+        assert_eq!(req.notification.as_ref().and_then(|n| n.badge), Some(3));
+        assert_eq!(req.priority(), Priority::High);
+        assert_eq!(req.ttl.as_ref().map(|d| d.seconds), Some(3600));
+        assert!(req.content_available, "snake_case names are accepted too");
+    }
+
+    #[test]
+    fn binary_round_trips() {
+        let req = PushRequest {
+            request_id: "r-2".into(),
+            targets: vec![Target {
+                platform: Platform::Fcm as i32,
+                token: "tok".into(),
+            }],
+            ..Default::default()
+        };
+        let body = encode_message(&req, Encoding::Binary).expect("encodes");
+        let back = decode_request(&body, &attrs(&[("content-type", CONTENT_TYPE_PROTOBUF)]))
+            .expect("binary decodes");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn json_round_trips_with_value_names() {
+        let req = PushRequest {
+            request_id: "r-3".into(),
+            targets: vec![Target {
+                platform: Platform::Fcm as i32,
+                token: "tok".into(),
+            }],
+            ..Default::default()
+        };
+        let body = encode_message(&req, Encoding::Json).expect("encodes");
+        let text = String::from_utf8(body.clone()).expect("utf-8");
+        assert!(text.contains("PLATFORM_FCM"), "{text}");
+        assert_eq!(decode_request(&body, &attrs(&[])).expect("decodes"), req);
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        let err = decode_request(b"not json", &attrs(&[])).expect_err("garbage");
+        assert_eq!(err.code(), "decode_json");
+        assert!(err.to_string().contains("proto3 JSON"));
+        let err = decode_request(&[0xff, 0xff, 0xff], &attrs(&[("content-type", CONTENT_TYPE_PROTOBUF)]))
+            .expect_err("garbage");
+        assert_eq!(err.code(), "decode_binary");
+    }
+
+    #[test]
+    fn unknown_enum_names_are_rejected() {
+        let body = br#"{"targets": [{"platform": "PLATFORM_PIGEON", "token": "x"}]}"#;
+        assert!(decode_request(body, &attrs(&[])).is_err());
+    }
+}

@@ -1,0 +1,559 @@
+//! Validation of decoded push requests.
+//!
+//! Two kinds of problems exist, and SPEC §5.2 treats them differently:
+//!
+//! * [`RequestError`]: the whole request is unusable (no targets, too many,
+//!   unknown app, an oversized field). The message is poison and goes to the
+//!   dead-letter topic at once.
+//! * [`TargetError`]: one target alone is unusable (unspecified platform,
+//!   malformed token, platform not configured for the app). Only that target is
+//!   dead-lettered; its siblings are still sent.
+//!
+//! The limits are constants so that docs, tests and producers can refer to them.
+
+use crate::v1::{Platform, PushRequest};
+
+/// At most this many targets per request. Each target is one provider request
+/// (FCM v1 has no batch send), so a bigger fan-out belongs to the producer.
+pub const MAX_TARGETS: usize = 500;
+/// Longest `request_id`, `recipient` or `app`, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `collapse_key`, in bytes (APNs caps `apns-collapse-id` at 64 bytes).
+pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
+/// Longest free-text field (title, body, thread id, category, …), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Largest `data` map, keys and values together, in bytes (both providers cap
+/// the whole payload at 4 KiB).
+pub const MAX_DATA_BYTES: usize = 4096;
+/// Shortest APNs device token, in hex digits (32 bytes today).
+pub const APNS_TOKEN_MIN_HEX: usize = 64;
+/// Longest APNs device token accepted, in hex digits (Apple reserves up to 100 bytes).
+pub const APNS_TOKEN_MAX_HEX: usize = 200;
+/// Longest FCM registration token accepted (real ones are about 160–260 characters).
+pub const FCM_TOKEN_MAX_CHARS: usize = 4096;
+
+/// The platforms an app has configured; the first app of the list is the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppPlatforms {
+    /// The app's configured name.
+    pub name: String,
+    /// Whether the app has an `apns` block.
+    pub apns: bool,
+    /// Whether the app has an `fcm` block.
+    pub fcm: bool,
+}
+
+/// Why a whole request is rejected (it is then dead-lettered as poison).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request names no target.
+    #[error("request has no targets; add at least one {{platform, token}} to `targets`")]
+    NoTargets,
+    /// The request names more targets than [`MAX_TARGETS`].
+    #[error("request has {count} targets, over the limit of {max}; split it into several requests")]
+    TooManyTargets {
+        /// How many targets the request had.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request names an app that is not configured.
+    #[error("unknown app `{app}`; configured apps are: {known}. Use one of them or leave `app` empty for the default")]
+    UnknownApp {
+        /// The app the request named.
+        app: String,
+        /// The configured app names, comma separated.
+        known: String,
+    },
+    /// No app is configured at all.
+    #[error("no app is configured; add one under `apps` in the config")]
+    NoApps,
+    /// A field is longer than its limit.
+    #[error("field `{field}` is {len} bytes, over the limit of {max}")]
+    FieldTooLong {
+        /// The field's name in the proto.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `ttl` is negative or not a valid duration.
+    #[error("field `ttl` is negative or malformed; give a duration of 0s or more, or leave it unset")]
+    InvalidTtl,
+}
+
+impl RequestError {
+    /// Short machine-readable code for the `push_error` attribute.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::NoTargets => "no_targets",
+            RequestError::TooManyTargets { .. } => "too_many_targets",
+            RequestError::UnknownApp { .. } | RequestError::NoApps => "unknown_app",
+            RequestError::FieldTooLong { .. } => "field_too_long",
+            RequestError::InvalidTtl => "invalid_ttl",
+        }
+    }
+}
+
+/// What is wrong with a token's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// The token is empty.
+    Empty,
+    /// An APNs token holds a character that is not a hex digit.
+    NotHex,
+    /// An APNs token has an odd number of hex digits.
+    OddLength,
+    /// The token is shorter or longer than the platform allows.
+    BadLength,
+    /// An FCM token holds a character outside `A–Z a–z 0–9 - _ : .`.
+    BadCharacter,
+}
+
+impl std::fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenProblem::Empty => "it is empty",
+            TokenProblem::NotHex => "APNs tokens are hex digits only",
+            TokenProblem::OddLength => "APNs tokens have an even number of hex digits",
+            TokenProblem::BadLength => "its length is outside what the platform issues",
+            TokenProblem::BadCharacter => {
+                "FCM tokens hold only letters, digits and - _ : ."
+            }
+        })
+    }
+}
+
+/// Why one target alone cannot be sent (it is dead-lettered; siblings go on).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The target's platform is `PLATFORM_UNSPECIFIED` or unknown.
+    #[error("target {index} has no platform; set `platform` to PLATFORM_APNS or PLATFORM_FCM")]
+    UnspecifiedPlatform {
+        /// Position of the target in the request.
+        index: usize,
+    },
+    /// The token does not have the shape the platform issues.
+    #[error("target {index}: malformed {platform} token ({length} chars): {problem}")]
+    MalformedToken {
+        /// Position of the target in the request.
+        index: usize,
+        /// `apns` or `fcm`.
+        platform: &'static str,
+        /// The token's length (the token itself is never printed).
+        length: usize,
+        /// What is wrong.
+        problem: TokenProblem,
+    },
+    /// The app has no configuration for this target's platform.
+    #[error("target {index}: app `{app}` has no `{platform}` block configured; add it under apps[].{platform} or stop sending {platform} targets for this app")]
+    PlatformNotConfigured {
+        /// Position of the target in the request.
+        index: usize,
+        /// `apns` or `fcm`.
+        platform: &'static str,
+        /// The app's name.
+        app: String,
+    },
+}
+
+impl TargetError {
+    /// Short machine-readable code for the `push_error` attribute.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TargetError::UnspecifiedPlatform { .. } => "unspecified_platform",
+            TargetError::MalformedToken { .. } => "malformed_token",
+            TargetError::PlatformNotConfigured { .. } => "platform_not_configured",
+        }
+    }
+
+    /// Position of the target in its request.
+    pub fn index(&self) -> usize {
+        match self {
+            TargetError::UnspecifiedPlatform { index }
+            | TargetError::MalformedToken { index, .. }
+            | TargetError::PlatformNotConfigured { index, .. } => *index,
+        }
+    }
+}
+
+/// A request that passed the request-level checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// Index of the app in the list given to [`check`].
+    pub app_index: usize,
+    /// Indices of the targets that can be sent.
+    pub sendable: Vec<usize>,
+    /// Targets that alone are invalid.
+    pub rejected: Vec<TargetError>,
+}
+
+/// Checks a decoded request: request-level rules first, then each target.
+pub fn check(req: &PushRequest, apps: &[AppPlatforms]) -> Result<Checked, RequestError> {
+    if req.targets.is_empty() {
+        return Err(RequestError::NoTargets);
+    }
+    if req.targets.len() > MAX_TARGETS {
+        return Err(RequestError::TooManyTargets {
+            count: req.targets.len(),
+            max: MAX_TARGETS,
+        });
+    }
+    check_lengths(req)?;
+    let app_index = resolve_app(&req.app, apps)?;
+    let app = &apps[app_index];
+
+    let mut sendable = Vec::with_capacity(req.targets.len());
+    let mut rejected = Vec::new();
+    for (index, target) in req.targets.iter().enumerate() {
+        match check_target(index, target.platform, &target.token, app) {
+            Ok(()) => sendable.push(index),
+            Err(e) => rejected.push(e),
+        }
+    }
+    Ok(Checked {
+        app_index,
+        sendable,
+        rejected,
+    })
+}
+
+fn resolve_app(name: &str, apps: &[AppPlatforms]) -> Result<usize, RequestError> {
+    if apps.is_empty() {
+        return Err(RequestError::NoApps);
+    }
+    if name.is_empty() {
+        return Ok(0);
+    }
+    apps.iter()
+        .position(|a| a.name == name)
+        .ok_or_else(|| RequestError::UnknownApp {
+            app: name.chars().take(MAX_ID_BYTES).collect(),
+            known: apps
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn check_lengths(req: &PushRequest) -> Result<(), RequestError> {
+    let limit = |field: &'static str, value: &str, max: usize| {
+        if value.len() > max {
+            Err(RequestError::FieldTooLong {
+                field,
+                len: value.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    limit("request_id", &req.request_id, MAX_ID_BYTES)?;
+    limit("recipient", &req.recipient, MAX_ID_BYTES)?;
+    limit("app", &req.app, MAX_ID_BYTES)?;
+    limit("collapse_key", &req.collapse_key, MAX_COLLAPSE_KEY_BYTES)?;
+    limit("thread_id", &req.thread_id, MAX_TEXT_BYTES)?;
+    limit("category", &req.category, MAX_TEXT_BYTES)?;
+    if let Some(n) = &req.notification {
+        for (field, value) in [
+            ("notification.title", &n.title),
+            ("notification.subtitle", &n.subtitle),
+            ("notification.body", &n.body),
+            ("notification.image", &n.image),
+            ("notification.sound", &n.sound),
+            ("notification.title_loc_key", &n.title_loc_key),
+            ("notification.body_loc_key", &n.body_loc_key),
+            ("notification.click_action", &n.click_action),
+        ] {
+            limit(field, value, MAX_TEXT_BYTES)?;
+        }
+        let args: usize = n
+            .title_loc_args
+            .iter()
+            .chain(&n.body_loc_args)
+            .map(String::len)
+            .sum();
+        if args > MAX_TEXT_BYTES {
+            return Err(RequestError::FieldTooLong {
+                field: "notification.*_loc_args",
+                len: args,
+                max: MAX_TEXT_BYTES,
+            });
+        }
+    }
+    let data: usize = req.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if data > MAX_DATA_BYTES {
+        return Err(RequestError::FieldTooLong {
+            field: "data",
+            len: data,
+            max: MAX_DATA_BYTES,
+        });
+    }
+    if let Some(ttl) = &req.ttl
+        && (ttl.seconds < 0 || ttl.nanos < 0 || ttl.nanos >= 1_000_000_000)
+    {
+        return Err(RequestError::InvalidTtl);
+    }
+    Ok(())
+}
+
+fn check_target(
+    index: usize,
+    platform: i32,
+    token: &str,
+    app: &AppPlatforms,
+) -> Result<(), TargetError> {
+    let platform = Platform::try_from(platform).unwrap_or(Platform::Unspecified);
+    let (configured, shape) = match platform {
+        Platform::Unspecified => return Err(TargetError::UnspecifiedPlatform { index }),
+        Platform::Apns => (app.apns, apns_token_problem(token)),
+        Platform::Fcm => (app.fcm, fcm_token_problem(token)),
+    };
+    if let Some(problem) = shape {
+        return Err(TargetError::MalformedToken {
+            index,
+            platform: platform.label(),
+            length: token.chars().count(),
+            problem,
+        });
+    }
+    if !configured {
+        return Err(TargetError::PlatformNotConfigured {
+            index,
+            platform: platform.label(),
+            app: app.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// What is wrong with an APNs device token, if anything.
+pub fn apns_token_problem(token: &str) -> Option<TokenProblem> {
+    if token.is_empty() {
+        Some(TokenProblem::Empty)
+    } else if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(TokenProblem::NotHex)
+    } else if token.len() % 2 != 0 {
+        Some(TokenProblem::OddLength)
+    } else if !(APNS_TOKEN_MIN_HEX..=APNS_TOKEN_MAX_HEX).contains(&token.len()) {
+        Some(TokenProblem::BadLength)
+    } else {
+        None
+    }
+}
+
+/// What is wrong with an FCM registration token, if anything.
+pub fn fcm_token_problem(token: &str) -> Option<TokenProblem> {
+    if token.is_empty() {
+        Some(TokenProblem::Empty)
+    } else if token.len() > FCM_TOKEN_MAX_CHARS {
+        Some(TokenProblem::BadLength)
+    } else if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
+    {
+        Some(TokenProblem::BadCharacter)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Notification, Target};
+
+    const APNS_OK: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+    fn apps() -> Vec<AppPlatforms> {
+        vec![
+            AppPlatforms {
+                name: "main".into(),
+                apns: true,
+                fcm: true,
+            },
+            AppPlatforms {
+                name: "android-only".into(),
+                apns: false,
+                fcm: true,
+            },
+        ]
+    }
+
+    fn target(platform: Platform, token: &str) -> Target {
+        Target {
+            platform: platform as i32,
+            token: token.into(),
+        }
+    }
+
+    fn request(targets: Vec<Target>) -> PushRequest {
+        PushRequest {
+            request_id: "r".into(),
+            targets,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_request_is_all_sendable_on_the_default_app() {
+        let req = request(vec![
+            target(Platform::Apns, APNS_OK),
+            target(Platform::Fcm, "fcm-token:APA91b_x.y"),
+        ]);
+        let checked = check(&req, &apps()).expect("valid");
+        assert_eq!(checked.app_index, 0);
+        assert_eq!(checked.sendable, vec![0, 1]);
+        assert!(checked.rejected.is_empty());
+    }
+
+    #[test]
+    fn no_targets_is_rejected() {
+        assert_eq!(check(&request(vec![]), &apps()), Err(RequestError::NoTargets));
+        assert_eq!(RequestError::NoTargets.code(), "no_targets");
+    }
+
+    #[test]
+    fn too_many_targets_is_rejected() {
+        let req = request(vec![target(Platform::Fcm, "t"); MAX_TARGETS + 1]);
+        let err = check(&req, &apps()).expect_err("too many");
+        assert_eq!(
+            err,
+            RequestError::TooManyTargets {
+                count: MAX_TARGETS + 1,
+                max: MAX_TARGETS
+            }
+        );
+        let at_cap = request(vec![target(Platform::Fcm, "t"); MAX_TARGETS]);
+        assert!(check(&at_cap, &apps()).is_ok());
+    }
+
+    #[test]
+    fn unknown_app_is_rejected_and_names_the_known_ones() {
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.app = "nope".into();
+        let err = check(&req, &apps()).expect_err("unknown");
+        assert_eq!(err.code(), "unknown_app");
+        let text = err.to_string();
+        assert!(text.contains("nope") && text.contains("main, android-only"), "{text}");
+        req.app = "android-only".into();
+        assert_eq!(check(&req, &apps()).expect("known").app_index, 1);
+        assert_eq!(check(&req, &[]), Err(RequestError::NoApps));
+    }
+
+    #[test]
+    fn unspecified_platform_rejects_only_that_target() {
+        let req = request(vec![
+            target(Platform::Unspecified, "x"),
+            target(Platform::Fcm, "ok"),
+        ]);
+        let checked = check(&req, &apps()).expect("request ok");
+        assert_eq!(checked.sendable, vec![1]);
+        assert_eq!(
+            checked.rejected,
+            vec![TargetError::UnspecifiedPlatform { index: 0 }]
+        );
+        let mut unknown = request(vec![target(Platform::Fcm, "ok")]);
+        unknown.targets[0].platform = 42;
+        assert_eq!(
+            check(&unknown, &apps()).expect("ok").rejected[0].code(),
+            "unspecified_platform"
+        );
+    }
+
+    #[test]
+    fn apns_token_shapes() {
+        assert_eq!(apns_token_problem(APNS_OK), None);
+        assert_eq!(apns_token_problem(&APNS_OK.to_uppercase()), None);
+        assert_eq!(apns_token_problem(""), Some(TokenProblem::Empty));
+        assert_eq!(apns_token_problem(&"g".repeat(64)), Some(TokenProblem::NotHex));
+        assert_eq!(apns_token_problem(&"a".repeat(65)), Some(TokenProblem::OddLength));
+        assert_eq!(apns_token_problem(&"a".repeat(62)), Some(TokenProblem::BadLength));
+        assert_eq!(apns_token_problem(&"a".repeat(200)), None);
+        assert_eq!(apns_token_problem(&"a".repeat(202)), Some(TokenProblem::BadLength));
+    }
+
+    #[test]
+    fn fcm_token_shapes() {
+        assert_eq!(fcm_token_problem("dAbc-_:APA91b.x"), None);
+        assert_eq!(fcm_token_problem(""), Some(TokenProblem::Empty));
+        assert_eq!(fcm_token_problem("has space"), Some(TokenProblem::BadCharacter));
+        assert_eq!(fcm_token_problem("ünïcode"), Some(TokenProblem::BadCharacter));
+        assert_eq!(
+            fcm_token_problem(&"a".repeat(FCM_TOKEN_MAX_CHARS + 1)),
+            Some(TokenProblem::BadLength)
+        );
+    }
+
+    #[test]
+    fn malformed_token_rejects_only_that_target_and_never_prints_it() {
+        let req = request(vec![
+            target(Platform::Apns, "zz-secret-token"),
+            target(Platform::Apns, APNS_OK),
+        ]);
+        let checked = check(&req, &apps()).expect("request ok");
+        assert_eq!(checked.sendable, vec![1]);
+        let err = &checked.rejected[0];
+        assert_eq!(err.code(), "malformed_token");
+        assert_eq!(err.index(), 0);
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn platform_missing_for_the_app_rejects_only_that_target() {
+        let mut req = request(vec![
+            target(Platform::Apns, APNS_OK),
+            target(Platform::Fcm, "ok"),
+        ]);
+        req.app = "android-only".into();
+        let checked = check(&req, &apps()).expect("request ok");
+        assert_eq!(checked.sendable, vec![1]);
+        assert_eq!(checked.rejected[0].code(), "platform_not_configured");
+        assert!(checked.rejected[0].to_string().contains("apps[].apns"));
+    }
+
+    #[test]
+    fn oversized_fields_are_rejected() {
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.request_id = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(
+            check(&req, &apps()),
+            Err(RequestError::FieldTooLong { field: "request_id", .. })
+        ));
+
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.collapse_key = "x".repeat(MAX_COLLAPSE_KEY_BYTES + 1);
+        assert!(matches!(
+            check(&req, &apps()),
+            Err(RequestError::FieldTooLong { field: "collapse_key", .. })
+        ));
+
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.notification = Some(Notification {
+            body: "x".repeat(MAX_TEXT_BYTES + 1),
+            ..Default::default()
+        });
+        let err = check(&req, &apps()).expect_err("too long");
+        assert_eq!(err.code(), "field_too_long");
+        assert!(err.to_string().contains("notification.body"));
+
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.data.insert("k".into(), "v".repeat(MAX_DATA_BYTES));
+        assert!(matches!(
+            check(&req, &apps()),
+            Err(RequestError::FieldTooLong { field: "data", .. })
+        ));
+    }
+
+    #[test]
+    fn negative_ttl_is_rejected() {
+        let mut req = request(vec![target(Platform::Fcm, "t")]);
+        req.ttl = Some(pbjson_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        assert_eq!(check(&req, &apps()), Err(RequestError::InvalidTtl));
+    }
+}
