@@ -1,0 +1,226 @@
+//! Loading the config: file, environment overrides, and errors that name the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use push_dispatch_config::{Config, ConfigError, FeedbackEncoding};
+
+const MINIMAL: &str = r#"
+project_id: test-project
+apps:
+  - name: main
+    fcm:
+      project_id: fb-project
+"#;
+
+fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+#[test]
+fn the_repository_config_yaml_is_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml");
+    let config = Config::load(&path, env(&[])).expect("config.yaml loads");
+    assert_eq!(config.pubsub.subscription, "push-requests-dispatch");
+    assert_eq!(config.pubsub.max_outstanding_bytes.as_u64(), 64 * 1024 * 1024);
+    assert_eq!(config.pubsub.retry_max_backoff, Duration::from_secs(600));
+    assert_eq!(config.feedback.guard.min_samples, 200);
+    assert_eq!(config.apps[0].name, "default");
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(&write(&dir, MINIMAL), env(&[])).expect("loads");
+    assert_eq!(config.pubsub.streams, 4);
+    assert_eq!(config.pubsub.max_delivery_attempts, 20);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.feedback.encoding, FeedbackEncoding::Json);
+    let fcm = config.apps[0].fcm.as_ref().expect("fcm block");
+    assert_eq!(fcm.endpoint, "https://fcm.googleapis.com");
+}
+
+#[test]
+fn environment_overrides_nest_with_double_underscores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[
+            ("PUSH_DISPATCH_PUBSUB__STREAMS", "9"),
+            ("PUSH_DISPATCH_PUBSUB__ACK_DEADLINE", "2m"),
+            ("PUSH_DISPATCH_FEEDBACK__GUARD__RATIO", "0.75"),
+            ("PUSH_DISPATCH_PROJECT_ID", "other-project"),
+            ("PUSH_DISPATCH_CONFIG", "ignored.yaml"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(config.pubsub.streams, 9);
+    assert_eq!(config.pubsub.ack_deadline, Duration::from_secs(120));
+    assert!((config.feedback.guard.ratio - 0.75).abs() < f64::EPSILON);
+    assert_eq!(config.project_id, "other-project");
+    assert_eq!(config.pubsub.subscription, "push-requests-dispatch");
+}
+
+#[test]
+fn pubsub_emulator_host_is_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]),
+    )
+    .expect("loads");
+    assert_eq!(config.pubsub.emulator_host.as_deref(), Some("127.0.0.1:8085"));
+}
+
+#[test]
+fn a_wrong_type_names_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{MINIMAL}pubsub:\n  streams: many\n");
+    let err = Config::load(&write(&dir, &text), env(&[])).expect_err("bad type");
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Parse(_)));
+    assert!(msg.contains("`pubsub.streams`"), "{msg}");
+    assert!(msg.contains("PUSH_DISPATCH_PUBSUB__STREAMS"), "{msg}");
+}
+
+#[test]
+fn a_bad_environment_value_says_it_came_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[("PUSH_DISPATCH_PUBSUB__ACK_DEADLINE", "soon")]),
+    )
+    .expect_err("bad duration");
+    let msg = err.to_string();
+    assert!(msg.contains("`pubsub.ack_deadline`") && msg.contains("environment"), "{msg}");
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{MINIMAL}pubsub:\n  stream: 4\n");
+    let msg = Config::load(&write(&dir, &text), env(&[]))
+        .expect_err("typo")
+        .to_string();
+    assert!(msg.contains("stream"), "{msg}");
+}
+
+#[test]
+fn out_of_range_values_are_all_reported_with_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = r#"
+project_id: test-project
+pubsub:
+  max_delivery_attempts: 3
+  retry_min_backoff: 700s
+  streams: 0
+  requests_topic: goog-topic
+apps:
+  - name: main
+    apns:
+      endpoint: ftp://apple
+      key_file: /nope.p8
+      key_id: SHORT
+      team_id: DEF123GHIJ
+      topic: ""
+"#;
+    let Err(ConfigError::Invalid(issues)) = Config::load(&write(&dir, text), env(&[])) else {
+        panic!("expected validation issues");
+    };
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "pubsub.max_delivery_attempts",
+        "pubsub.retry_min_backoff",
+        "pubsub.streams",
+        "pubsub.requests_topic",
+        "apps[0].apns.endpoint",
+        "apps[0].apns.key_id",
+        "apps[0].apns.topic",
+    ] {
+        assert!(keys.contains(&key), "missing {key} in {keys:?}");
+    }
+    let text = issues
+        .iter()
+        .find(|i| i.key == "pubsub.max_delivery_attempts")
+        .expect("issue")
+        .to_string();
+    assert!(text.contains("between 5 and 100"), "{text}");
+}
+
+#[test]
+fn no_apps_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Err(ConfigError::Invalid(issues)) =
+        Config::load(&write(&dir, "project_id: p-1\n"), env(&[]))
+    else {
+        panic!("expected validation issues");
+    };
+    assert_eq!(issues[0].key, "apps");
+}
+
+#[test]
+fn duplicate_app_names_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{MINIMAL}  - name: main\n    fcm:\n      project_id: x\n");
+    let Err(ConfigError::Invalid(issues)) = Config::load(&write(&dir, &text), env(&[])) else {
+        panic!("expected validation issues");
+    };
+    assert!(issues.iter().any(|i| i.key == "apps[1].name"), "{issues:?}");
+}
+
+#[test]
+fn missing_key_files_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = r#"
+project_id: p-1
+apps:
+  - name: main
+    apns:
+      endpoint: https://api.push.apple.com
+      key_file: /definitely/missing/AuthKey.p8
+      key_id: ABC123DEFG
+      team_id: DEF123GHIJ
+      topic: com.example.app
+    fcm:
+      project_id: fb
+      credentials_file: /definitely/missing/sa.json
+"#;
+    let config = Config::load(&write(&dir, text), env(&[])).expect("values are valid");
+    let issues = config.check_files();
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["apps[0].apns.key_file", "apps[0].fcm.credentials_file"]);
+    assert!(issues[0].problem.contains("no such file"));
+}
+
+#[test]
+fn a_key_file_that_is_not_a_p8_key_is_refused_without_printing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("AuthKey.p8");
+    std::fs::write(&key, "super-secret-material").expect("write");
+    let text = format!(
+        "project_id: p-1\napps:\n  - name: main\n    apns:\n      endpoint: https://api.push.apple.com\n      key_file: {}\n      key_id: ABC123DEFG\n      team_id: DEF123GHIJ\n      topic: com.example.app\n",
+        key.display()
+    );
+    let config = Config::load(&write(&dir, &text), env(&[])).expect("values are valid");
+    let issues = config.check_files();
+    assert_eq!(issues.len(), 1);
+    assert!(!issues[0].to_string().contains("super-secret"));
+    assert!(!config.to_redacted_yaml().contains("super-secret"));
+}
+
+#[test]
+fn a_missing_file_says_how_to_fix_it() {
+    let err = Config::load(std::path::Path::new("/no/such/config.yaml"), env(&[]))
+        .expect_err("missing");
+    assert!(err.to_string().contains("--config"), "{err}");
+}
