@@ -1,1 +1,52 @@
-//! placeholder
+//! Sending one push to one device, and saying what came of it.
+//!
+//! The [`Dispatcher`] trait is the seam between the worker's policy and the
+//! providers: a dispatcher takes a request and one token, talks to its
+//! provider, and reports an [`Outcome`] — a fact, never a decision. Whether
+//! that means ack, nack, republish or dead-letter is the worker's business.
+//!
+//! [`stub::StubDispatcher`] lives beside the real clients and answers in
+//! process by token prefix, exactly as the sandbox of SPEC §7 scripts it. It
+//! is selected by the endpoint `stub:` and serves pipeline tests and dry runs.
+
+pub mod outcome;
+pub mod stub;
+
+use std::sync::Arc;
+
+use push_dispatch_proto::v1::{Platform, PushRequest};
+
+pub use outcome::{Outcome, RejectReason, RetryCause};
+
+/// Sends a push to one device of one provider.
+#[async_trait::async_trait]
+pub trait Dispatcher: Send + Sync + std::fmt::Debug {
+    /// The platform this dispatcher serves.
+    fn platform(&self) -> Platform;
+
+    /// Sends `request` to the device `token` and classifies the answer.
+    /// Never fails: transport errors are [`Outcome::Retryable`].
+    async fn send(&self, request: &PushRequest, token: &str) -> Outcome;
+}
+
+/// The dispatchers of one configured app, by platform.
+#[derive(Clone, Debug, Default)]
+pub struct AppDispatchers {
+    /// The app's name.
+    pub name: String,
+    /// APNs, when the app has an `apns` block.
+    pub apns: Option<Arc<dyn Dispatcher>>,
+    /// FCM, when the app has an `fcm` block.
+    pub fcm: Option<Arc<dyn Dispatcher>>,
+}
+
+impl AppDispatchers {
+    /// The dispatcher for `platform`, if the app has one.
+    pub fn for_platform(&self, platform: Platform) -> Option<&Arc<dyn Dispatcher>> {
+        match platform {
+            Platform::Apns => self.apns.as_ref(),
+            Platform::Fcm => self.fcm.as_ref(),
+            Platform::Unspecified => None,
+        }
+    }
+}

@@ -1,1 +1,176 @@
-//! placeholder
+//! `TokenInvalidated` events: building them and publishing them to the
+//! `push-feedback` topic so that the routing service can delete dead tokens.
+//!
+//! Events are delivered at least once; `event_id` is derived from the source
+//! message id, platform and token, so a redelivered source message produces
+//! the same ids and consumers can deduplicate. [`FeedbackPublisher::publish_all`]
+//! returns only once Pub/Sub confirmed every event: the worker acks the
+//! source message after that, never before (SPEC §5.5).
+//!
+//! Each event carries the attributes `event_type`, `platform`, `app` and
+//! `reason` so that subscribers can filter on them.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use push_dispatch_proto::pbjson_types::Timestamp;
+use push_dispatch_proto::v1::{Platform, Reason, TokenInvalidated};
+use push_dispatch_proto::{Encoding, encode_message};
+use push_dispatch_subscriber::publish::{PublishError, publish_confirmed};
+use push_dispatch_subscriber::pubsub::client::Publisher;
+use sha2::{Digest, Sha256};
+
+/// The `event_type` attribute of every feedback event.
+pub const EVENT_TYPE: &str = "push.v1.TokenInvalidated";
+
+/// Publishing feedback failed; the source message must not be acked.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    /// An event could not be encoded.
+    #[error("cannot encode a TokenInvalidated event: {0}")]
+    Encode(#[from] push_dispatch_proto::EncodeError),
+    /// Pub/Sub did not confirm an event.
+    #[error("feedback event not confirmed: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// Deterministic event id: the same source message and token give the same id.
+pub fn event_id(source_message_id: &str, platform: Platform, token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source_message_id.as_bytes());
+    h.update([0]);
+    h.update(platform.label().as_bytes());
+    h.update([0]);
+    h.update(token.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Converts a wall-clock time to a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        },
+        Err(_) => Timestamp::default(),
+    }
+}
+
+/// Pub/Sub attributes of an event, for subscription filters.
+pub fn attributes(event: &TokenInvalidated, encoding: Encoding) -> HashMap<String, String> {
+    HashMap::from([
+        ("event_type".to_string(), EVENT_TYPE.to_string()),
+        ("platform".to_string(), event.platform().label().to_string()),
+        ("app".to_string(), event.app.clone()),
+        (
+            "reason".to_string(),
+            event.reason().as_str_name().to_string(),
+        ),
+        ("content-type".to_string(), encoding.content_type().to_string()),
+    ])
+}
+
+/// Publishes feedback events to the feedback topic.
+#[derive(Clone, Debug)]
+pub struct FeedbackPublisher {
+    publisher: Publisher,
+    topic: String,
+    encoding: Encoding,
+}
+
+impl FeedbackPublisher {
+    /// A publisher for `topic` (full name) with the given body encoding.
+    pub fn new(publisher: Publisher, topic: String, encoding: Encoding) -> FeedbackPublisher {
+        FeedbackPublisher {
+            publisher,
+            topic,
+            encoding,
+        }
+    }
+
+    /// Publishes every event (batched by the client) and waits until Pub/Sub
+    /// confirmed all of them. Fails if any one failed.
+    pub async fn publish_all(&self, events: &[TokenInvalidated]) -> Result<(), FeedbackError> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let body = encode_message(event, self.encoding)?;
+            let attrs = attributes(event, self.encoding);
+            pending.push(publish_confirmed(&self.publisher, &self.topic, body, attrs));
+        }
+        for result in futures::future::join_all(pending).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the first event per (platform, token): a token listed twice in one
+/// request is reported once.
+pub fn dedup(events: Vec<TokenInvalidated>) -> Vec<TokenInvalidated> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .into_iter()
+        .filter(|e| seen.insert((e.platform, e.token.clone())))
+        .collect()
+}
+
+/// Normalised reason names, for logs.
+pub fn reason_name(reason: Reason) -> &'static str {
+    reason.as_str_name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_and_distinct() {
+        let a = event_id("m1", Platform::Apns, "tok");
+        assert_eq!(a, event_id("m1", Platform::Apns, "tok"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, event_id("m2", Platform::Apns, "tok"));
+        assert_ne!(a, event_id("m1", Platform::Fcm, "tok"));
+        assert_ne!(a, event_id("m1", Platform::Apns, "tok2"));
+    }
+
+    #[test]
+    fn attributes_allow_subscription_filters() {
+        let event = TokenInvalidated {
+            platform: Platform::Apns as i32,
+            app: "main".into(),
+            reason: Reason::Unregistered as i32,
+            ..Default::default()
+        };
+        let attrs = attributes(&event, Encoding::Json);
+        assert_eq!(attrs["event_type"], "push.v1.TokenInvalidated");
+        assert_eq!(attrs["platform"], "apns");
+        assert_eq!(attrs["app"], "main");
+        assert_eq!(attrs["reason"], "REASON_UNREGISTERED");
+    }
+
+    #[test]
+    fn json_events_carry_enum_names() {
+        let event = TokenInvalidated {
+            platform: Platform::Fcm as i32,
+            reason: Reason::SenderIdMismatch as i32,
+            observed_at: Some(timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1))),
+            ..Default::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_message(&event, Encoding::Json).expect("encodes"))
+                .expect("json");
+        assert_eq!(json["platform"], "PLATFORM_FCM");
+        assert_eq!(json["reason"], "REASON_SENDER_ID_MISMATCH");
+        assert_eq!(json["observedAt"], "1970-01-01T00:00:01+00:00");
+    }
+
+    #[test]
+    fn dedup_keeps_one_event_per_token() {
+        let e = |t: &str| TokenInvalidated {
+            token: t.into(),
+            platform: 1,
+            ..Default::default()
+        };
+        assert_eq!(dedup(vec![e("a"), e("b"), e("a")]).len(), 2);
+    }
+}

@@ -1,0 +1,119 @@
+//! What became of one send: the per-target outcomes of SPEC §5.
+
+use std::time::{Duration, SystemTime};
+
+use push_dispatch_proto::v1::Reason;
+
+/// The outcome of sending to one device.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The provider accepted the push.
+    Delivered,
+    /// The device token is dead: report it on the feedback topic.
+    TokenInvalid {
+        /// Normalised reason.
+        reason: Reason,
+        /// The provider's own reason string, e.g. `Unregistered`.
+        provider_reason: String,
+        /// When the provider says the token stopped being valid (APNs `timestamp`).
+        invalidated_at: Option<SystemTime>,
+    },
+    /// Not now: try again later.
+    Retryable {
+        /// Provider's `Retry-After`, if it gave one.
+        after: Option<Duration>,
+        /// Why.
+        cause: RetryCause,
+    },
+    /// The provider (or our own check) refuses this push for good.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Why a send may succeed later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    /// The provider answered with this HTTP status (429, 5xx).
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// The provider's reason string.
+        provider_reason: String,
+    },
+    /// No answer within `dispatch.request_timeout`.
+    Timeout,
+    /// The connection failed or was reset.
+    Connection,
+    /// The circuit for this provider and app is open.
+    CircuitOpen,
+}
+
+impl RetryCause {
+    /// Whether this failure is the provider's (opens circuits), not the device's.
+    pub fn is_provider_level(&self) -> bool {
+        match self {
+            RetryCause::Status { status, provider_reason } => {
+                *status >= 500 || provider_reason == "QUOTA_EXCEEDED"
+            }
+            RetryCause::Timeout | RetryCause::Connection => true,
+            RetryCause::CircuitOpen => false,
+        }
+    }
+}
+
+/// Why a push is refused for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The payload is over the provider's limit (checked before sending).
+    PayloadTooLarge {
+        /// Encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The provider refused the request with this status and reason.
+    Provider {
+        /// HTTP status code.
+        status: u16,
+        /// The provider's reason string, e.g. `BadTopic`.
+        provider_reason: String,
+    },
+}
+
+impl RejectReason {
+    /// Short machine-readable code for `push_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::PayloadTooLarge { .. } => "payload_too_large",
+            RejectReason::Provider { .. } => "provider_rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::PayloadTooLarge { bytes, max } => {
+                write!(f, "payload is {bytes} bytes, over the provider's {max}-byte limit")
+            }
+            RejectReason::Provider {
+                status,
+                provider_reason,
+            } => write!(f, "provider refused the push: {status} {provider_reason}"),
+        }
+    }
+}
+
+impl Outcome {
+    /// The metric label of this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::TokenInvalid { .. } => "token_invalid",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Rejected { .. } => "rejected",
+        }
+    }
+}

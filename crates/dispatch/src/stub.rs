@@ -1,0 +1,207 @@
+//! An in-process stand-in for APNs and FCM that answers by token prefix,
+//! with the same script as the sandbox (SPEC §7):
+//!
+//! | APNs token starts | answer | FCM token starts | answer |
+//! |---|---|---|---|
+//! | `dead` | 410 Unregistered | `unregistered-` | 404 UNREGISTERED |
+//! | `bad0` | 400 BadDeviceToken | `invalid-` | 400 INVALID_ARGUMENT |
+//! | `0429` | 429 TooManyRequests | `mismatch-` | 403 SENDER_ID_MISMATCH |
+//! | `0500` | 500 InternalServerError | `quota-` | 429 QUOTA_EXCEEDED + Retry-After |
+//! | `0503` | 503 ServiceUnavailable | `unavailable-` | 503 UNAVAILABLE |
+//! | `f1a0` | 503 twice per token, then 200 | `flaky-` | 503 twice, then 200 |
+//!
+//! Anything else is delivered. It does no I/O, so pipeline tests exercise the
+//! worker's policy against the real Pub/Sub emulator without a provider.
+//! Selected by the endpoint `stub:`; never meant for production.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use push_dispatch_proto::v1::{Platform, PushRequest, Reason};
+
+use crate::{Dispatcher, Outcome, RetryCause};
+
+/// `Retry-After` the stub gives with FCM `QUOTA_EXCEEDED`.
+pub const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Answers by token prefix; counts what it delivered.
+#[derive(Debug)]
+pub struct StubDispatcher {
+    platform: Platform,
+    flaky_failures: Mutex<HashMap<String, u32>>,
+    delivered: AtomicU64,
+}
+
+impl StubDispatcher {
+    /// A stub for `platform`.
+    pub fn new(platform: Platform) -> StubDispatcher {
+        StubDispatcher {
+            platform,
+            flaky_failures: Mutex::new(HashMap::new()),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    /// Pushes delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn flaky(&self, token: &str) -> Outcome {
+        // A poisoned lock only means another send panicked; the map is still usable.
+        let mut failures = self
+            .flaky_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = failures.entry(token.to_string()).or_insert(0);
+        if *seen < 2 {
+            *seen += 1;
+            let reason = match self.platform {
+                Platform::Fcm => "UNAVAILABLE",
+                _ => "ServiceUnavailable",
+            };
+            retry(503, reason, None)
+        } else {
+            Outcome::Delivered
+        }
+    }
+
+    fn apns(&self, token: &str) -> Outcome {
+        let prefix = token.get(..4).unwrap_or("").to_ascii_lowercase();
+        match prefix.as_str() {
+            "dead" => dead(Reason::Unregistered, "Unregistered", Some(SystemTime::now())),
+            "bad0" => dead(Reason::BadDeviceToken, "BadDeviceToken", None),
+            "0429" => retry(429, "TooManyRequests", None),
+            "0500" => retry(500, "InternalServerError", None),
+            "0503" => retry(503, "ServiceUnavailable", None),
+            "f1a0" => self.flaky(token),
+            _ => Outcome::Delivered,
+        }
+    }
+
+    fn fcm(&self, token: &str) -> Outcome {
+        if token.starts_with("unregistered-") {
+            dead(Reason::Unregistered, "UNREGISTERED", None)
+        } else if token.starts_with("invalid-") {
+            dead(Reason::InvalidRegistration, "INVALID_ARGUMENT", None)
+        } else if token.starts_with("mismatch-") {
+            dead(Reason::SenderIdMismatch, "SENDER_ID_MISMATCH", None)
+        } else if token.starts_with("quota-") {
+            retry(429, "QUOTA_EXCEEDED", Some(QUOTA_RETRY_AFTER))
+        } else if token.starts_with("unavailable-") {
+            retry(503, "UNAVAILABLE", None)
+        } else if token.starts_with("flaky-") {
+            self.flaky(token)
+        } else {
+            Outcome::Delivered
+        }
+    }
+}
+
+fn dead(reason: Reason, provider_reason: &str, at: Option<SystemTime>) -> Outcome {
+    Outcome::TokenInvalid {
+        reason,
+        provider_reason: provider_reason.to_string(),
+        invalidated_at: at,
+    }
+}
+
+fn retry(status: u16, provider_reason: &str, after: Option<Duration>) -> Outcome {
+    Outcome::Retryable {
+        after,
+        cause: RetryCause::Status {
+            status,
+            provider_reason: provider_reason.to_string(),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl Dispatcher for StubDispatcher {
+    fn platform(&self) -> Platform {
+        self.platform
+    }
+
+    async fn send(&self, _request: &PushRequest, token: &str) -> Outcome {
+        let outcome = match self.platform {
+            Platform::Apns => self.apns(token),
+            Platform::Fcm => self.fcm(token),
+            Platform::Unspecified => Outcome::Rejected {
+                reason: crate::RejectReason::Provider {
+                    status: 400,
+                    provider_reason: "no platform".into(),
+                },
+            },
+        };
+        if outcome == Outcome::Delivered {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(platform: Platform, token: &str) -> Outcome {
+        StubDispatcher::new(platform)
+            .send(&PushRequest::default(), token)
+            .await
+    }
+
+    #[tokio::test]
+    async fn apns_script() {
+        assert_eq!(answer(Platform::Apns, "abcd").await, Outcome::Delivered);
+        assert!(matches!(
+            answer(Platform::Apns, "dead00").await,
+            Outcome::TokenInvalid { reason: Reason::Unregistered, invalidated_at: Some(_), .. }
+        ));
+        assert!(matches!(
+            answer(Platform::Apns, "bad000").await,
+            Outcome::TokenInvalid { reason: Reason::BadDeviceToken, .. }
+        ));
+        for (token, status) in [("0429ab", 429), ("0500ab", 500), ("0503ab", 503)] {
+            match answer(Platform::Apns, token).await {
+                Outcome::Retryable { cause: RetryCause::Status { status: s, .. }, .. } => {
+                    assert_eq!(s, status);
+                }
+                other => panic!("{token}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fcm_script() {
+        assert!(matches!(
+            answer(Platform::Fcm, "unregistered-1").await,
+            Outcome::TokenInvalid { reason: Reason::Unregistered, .. }
+        ));
+        assert!(matches!(
+            answer(Platform::Fcm, "invalid-1").await,
+            Outcome::TokenInvalid { reason: Reason::InvalidRegistration, .. }
+        ));
+        assert!(matches!(
+            answer(Platform::Fcm, "mismatch-1").await,
+            Outcome::TokenInvalid { reason: Reason::SenderIdMismatch, .. }
+        ));
+        assert!(matches!(
+            answer(Platform::Fcm, "quota-1").await,
+            Outcome::Retryable { after: Some(QUOTA_RETRY_AFTER), .. }
+        ));
+        assert_eq!(answer(Platform::Fcm, "ok-1").await, Outcome::Delivered);
+    }
+
+    #[tokio::test]
+    async fn flaky_tokens_fail_twice_then_succeed() {
+        let stub = StubDispatcher::new(Platform::Fcm);
+        let req = PushRequest::default();
+        assert!(matches!(stub.send(&req, "flaky-1").await, Outcome::Retryable { .. }));
+        assert!(matches!(stub.send(&req, "flaky-1").await, Outcome::Retryable { .. }));
+        assert!(matches!(stub.send(&req, "flaky-2").await, Outcome::Retryable { .. }));
+        assert_eq!(stub.send(&req, "flaky-1").await, Outcome::Delivered);
+        assert_eq!(stub.delivered(), 1);
+    }
+}
