@@ -48,6 +48,8 @@ pub enum RetryCause {
     Connection,
     /// The circuit for this provider and app is open.
     CircuitOpen,
+    /// The worker is shutting down and did not send.
+    ShuttingDown,
 }
 
 impl RetryCause {
@@ -58,7 +60,7 @@ impl RetryCause {
                 *status >= 500 || provider_reason == "QUOTA_EXCEEDED"
             }
             RetryCause::Timeout | RetryCause::Connection => true,
-            RetryCause::CircuitOpen => false,
+            RetryCause::CircuitOpen | RetryCause::ShuttingDown => false,
         }
     }
 }

@@ -1,1 +1,336 @@
-//! placeholder
+//! The push-dispatch worker: wires the streams of `crates/subscriber` to the
+//! policy of [`pipeline`], and owns the process lifecycle of SPEC §5.7.
+//!
+//! [`run`] provisions nothing (the binary does that first); it checks that
+//! the subscription exists, opens the streams, marks the process ready, and on
+//! shutdown: readiness goes false, pulling stops, messages not yet started
+//! are nacked at once, in-flight work drains within `shutdown_grace`
+//! (publishes confirmed before acks), and whatever is left is nacked.
+
+pub mod health;
+pub mod metrics;
+pub mod pipeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use push_dispatch_config::{Config, FeedbackEncoding};
+use push_dispatch_dispatch::stub::StubDispatcher;
+use push_dispatch_dispatch::{AppDispatchers, Dispatcher};
+use push_dispatch_feedback::FeedbackPublisher;
+use push_dispatch_proto::Encoding;
+use push_dispatch_proto::v1::Platform;
+use push_dispatch_subscriber::stream::{StreamExit, StreamSettings, StreamStates, spawn_streams};
+use push_dispatch_subscriber::{Clients, ConnectError, Names, is_not_found};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+use crate::pipeline::{AppRuntime, Outputs, Worker, WorkerSettings};
+
+/// How long one publish of ours (dead letter, feedback, republish) may keep
+/// retrying before the message is nacked instead.
+const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(30);
+/// Batching delay of our publishers: small, since a message's ack waits on it.
+const PUBLISH_BATCH_DELAY: Duration = Duration::from_millis(5);
+/// After the grace period, how long we still wait for tasks to hand back
+/// their messages before exiting anyway.
+const HARD_STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// The worker could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A dispatcher could not be built from the config.
+    #[error("config key `{key}`: {problem}")]
+    Dispatcher {
+        /// The config key at fault.
+        key: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A Pub/Sub client could not be built.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The dispatch subscription does not exist.
+    #[error(
+        "subscription {0} does not exist; run `push-dispatch provision` or set pubsub.provision: true"
+    )]
+    NoSubscription(String),
+    /// Pub/Sub could not be reached.
+    #[error("cannot read subscription {name}: {source}; is Pub/Sub (or PUBSUB_EMULATOR_HOST) reachable?")]
+    Pubsub {
+        /// The subscription's name.
+        name: String,
+        /// The SDK's error.
+        #[source]
+        source: push_dispatch_subscriber::pubsub::Error,
+    },
+    /// A stream failed permanently (e.g. the subscription was deleted).
+    #[error("streaming pull {stream} failed: {source}")]
+    StreamFailed {
+        /// The stream's index.
+        stream: usize,
+        /// The SDK's error.
+        #[source]
+        source: push_dispatch_subscriber::pubsub::Error,
+    },
+}
+
+/// `production` for Apple's production endpoint, `sandbox` otherwise.
+pub fn apns_environment(endpoint: &str) -> &'static str {
+    let host = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    if host == "api.push.apple.com" {
+        "production"
+    } else {
+        "sandbox"
+    }
+}
+
+fn dispatcher_for(
+    key: String,
+    endpoint: &str,
+    platform: Platform,
+) -> Result<Arc<dyn Dispatcher>, RunError> {
+    if endpoint.starts_with("stub:") {
+        return Ok(Arc::new(StubDispatcher::new(platform)));
+    }
+    Err(RunError::Dispatcher {
+        key,
+        problem: format!(
+            "`{endpoint}`: this build has no HTTP/2 {} client yet (it lands with the provider-clients issue); use `stub:` for the in-process stand-in",
+            platform.label()
+        ),
+    })
+}
+
+/// Builds each app's dispatchers from the config, in config order.
+pub fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for (i, app) in config.apps.iter().enumerate() {
+        let apns = match &app.apns {
+            Some(a) => Some(dispatcher_for(
+                format!("apps[{i}].apns.endpoint"),
+                &a.endpoint,
+                Platform::Apns,
+            )?),
+            None => None,
+        };
+        let fcm = match &app.fcm {
+            Some(f) => Some(dispatcher_for(
+                format!("apps[{i}].fcm.endpoint"),
+                &f.endpoint,
+                Platform::Fcm,
+            )?),
+            None => None,
+        };
+        apps.push(AppRuntime {
+            dispatchers: AppDispatchers {
+                name: app.name.clone(),
+                apns,
+                fcm,
+            },
+            apns_topic: app.apns.as_ref().map(|a| a.topic.clone()).unwrap_or_default(),
+            apns_environment: app
+                .apns
+                .as_ref()
+                .map(|a| apns_environment(&a.endpoint).to_string())
+                .unwrap_or_default(),
+            fcm_project: app
+                .fcm
+                .as_ref()
+                .map(|f| f.project_id.clone())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(apps)
+}
+
+/// Runs the worker until `shutdown` fires (or a stream fails), then drains.
+pub async fn run(
+    config: &Config,
+    clients: &Clients,
+    apps: Vec<AppRuntime>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let names = Names::from_config(config);
+    match clients
+        .subscriptions
+        .get_subscription()
+        .set_subscription(&names.subscription)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => return Err(RunError::NoSubscription(names.subscription)),
+        Err(source) => {
+            return Err(RunError::Pubsub {
+                name: names.subscription,
+                source,
+            });
+        }
+    }
+
+    let publisher = |topic: String| async move {
+        clients
+            .publisher(&topic, PUBLISH_RETRY_LIMIT, PUBLISH_BATCH_DELAY)
+            .await
+            .map(|p| (p, topic))
+    };
+    let dead_letter = publisher(names.dead_letter_topic.clone()).await?;
+    let requests = publisher(names.requests_topic.clone()).await?;
+    let (feedback, feedback_topic) = publisher(names.feedback_topic.clone()).await?;
+    let encoding = match config.feedback.encoding {
+        FeedbackEncoding::Json => Encoding::Json,
+        FeedbackEncoding::Binary => Encoding::Binary,
+    };
+    let outputs = Outputs {
+        dead_letter,
+        requests,
+        feedback: FeedbackPublisher::new(feedback, feedback_topic, encoding),
+    };
+
+    let draining = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let worker = Arc::new(Worker::new(
+        apps,
+        outputs,
+        WorkerSettings {
+            max_delivery_attempts: i32::try_from(config.pubsub.max_delivery_attempts)
+                .unwrap_or(i32::MAX),
+            max_in_process_wait: config.dispatch.max_in_process_wait,
+            max_republish: config.dispatch.max_republish,
+            concurrency: config.dispatch.concurrency as usize,
+        },
+        metrics.clone(),
+        draining.clone(),
+        hard_stop.clone(),
+    ));
+
+    let settings = StreamSettings {
+        subscription: names.subscription.clone(),
+        streams: config.pubsub.streams,
+        max_outstanding_messages: config.pubsub.max_outstanding_messages,
+        max_outstanding_bytes: config.pubsub.max_outstanding_bytes.as_u64(),
+        ack_deadline: config.pubsub.ack_deadline,
+    };
+    let states = Arc::new(StreamStates::default());
+    let mut streams = spawn_streams(
+        &clients.subscriber,
+        &settings,
+        draining.clone(),
+        states.clone(),
+        move |received| {
+            let worker = worker.clone();
+            async move { worker.handle(received).await }
+        },
+    );
+    metrics.streams_running.set(i64::from(config.pubsub.streams));
+    readiness.set_streams_up(true);
+    tracing::info!(
+        subscription = %names.subscription,
+        streams = config.pubsub.streams,
+        "pulling"
+    );
+
+    // Run until asked to stop, or until a stream ends by itself.
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            tracing::info!("shutdown requested; draining");
+        }
+        Some(ended) = streams.join_next() => {
+            failure = stream_failure(ended);
+            metrics.streams_running.dec();
+        }
+    }
+    readiness.set_draining();
+    draining.cancel();
+
+    // Drain within the grace period; then nack whatever is still running.
+    let grace = tokio::time::sleep(config.shutdown_grace);
+    tokio::pin!(grace);
+    let mut hard_deadline = None;
+    loop {
+        tokio::select! {
+            ended = streams.join_next() => match ended {
+                Some(ended) => {
+                    metrics.streams_running.dec();
+                    if failure.is_none() {
+                        failure = stream_failure(ended);
+                    }
+                }
+                None => break,
+            },
+            () = &mut grace, if hard_deadline.is_none() => {
+                tracing::warn!(grace = ?config.shutdown_grace, "shutdown grace elapsed; nacking in-flight messages");
+                hard_stop.cancel();
+                hard_deadline = Some(Box::pin(tokio::time::sleep(HARD_STOP_SLACK)));
+            }
+            () = async { if let Some(d) = hard_deadline.as_mut() { d.await } else { std::future::pending().await } } => {
+                tracing::error!("streams did not close after the grace period; exiting anyway");
+                streams.abort_all();
+                while streams.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    readiness.set_streams_up(false);
+    tracing::info!(received = states.received(), "worker stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn stream_failure(ended: Result<(usize, StreamExit), tokio::task::JoinError>) -> Option<RunError> {
+    match ended {
+        Ok((stream, StreamExit::Failed(source))) => Some(RunError::StreamFailed { stream, source }),
+        Ok((_, StreamExit::Closed)) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "stream task panicked");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_comes_from_the_endpoint() {
+        assert_eq!(apns_environment("https://api.push.apple.com"), "production");
+        assert_eq!(apns_environment("https://api.push.apple.com:443/"), "production");
+        assert_eq!(apns_environment("https://api.sandbox.push.apple.com"), "sandbox");
+        assert_eq!(apns_environment("http://127.0.0.1:8443"), "sandbox");
+    }
+
+    #[test]
+    fn http_endpoints_are_refused_with_the_key_named() {
+        let mut config = Config::default();
+        config.apps.push(push_dispatch_config::AppConfig {
+            name: "main".into(),
+            apns: None,
+            fcm: Some(push_dispatch_config::FcmConfig {
+                endpoint: "https://fcm.googleapis.com".into(),
+                project_id: "p".into(),
+                credentials_file: None,
+                ca_file: None,
+                rate_limit: None,
+            }),
+        });
+        let err = build_apps(&config).expect_err("no client yet");
+        assert!(err.to_string().contains("apps[0].fcm.endpoint"), "{err}");
+        config.apps[0].fcm.as_mut().expect("fcm").endpoint = "stub:".into();
+        let apps = build_apps(&config).expect("stub");
+        assert!(apps[0].dispatchers.fcm.is_some() && apps[0].dispatchers.apns.is_none());
+    }
+}

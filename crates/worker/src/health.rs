@@ -1,0 +1,107 @@
+//! The HTTP server for probes and metrics: `/healthz` (the process is alive),
+//! `/readyz` (the streams are up and we are not draining) and `/metrics`
+//! (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness, shared by the worker and the server.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    streams_up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Marks the streams as running (or not).
+    pub fn set_streams_up(&self, up: bool) {
+        self.streams_up.store(up, Ordering::SeqCst);
+    }
+
+    /// Marks the process as draining: readiness goes false for good.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready when the streams are up and we are not draining.
+    pub fn is_ready(&self) -> bool {
+        self.streams_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    readiness: Arc<Readiness>,
+    registry: Arc<Registry>,
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ServerState {
+            readiness,
+            registry,
+        })
+}
+
+async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&state.registry),
+    )
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (config key `server.listen`): {source}; pick a free address")]
+pub struct ServeError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` now (so that errors surface at startup) and returns the
+/// server future, which runs until `cancel` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, impl Future<Output = std::io::Result<()>>), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError { addr, source })?;
+    let fut = async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    };
+    Ok((local, fut))
+}

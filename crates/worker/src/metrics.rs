@@ -1,0 +1,191 @@
+//! Prometheus metrics of the worker (SPEC §8), on prometheus-client.
+//!
+//! Labels are bounded: platform, app (from the config), outcome, result and
+//! error codes are closed sets; tokens, request ids and message ids never
+//! become labels.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How a message was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageResult {
+    /// Every target reached a final outcome; acked.
+    Acked,
+    /// Nacked for Pub/Sub to redeliver.
+    Nacked,
+    /// The whole message went to the dead-letter topic; acked.
+    DeadLettered,
+    /// The request's ttl had elapsed; acked unsent.
+    Expired,
+    /// Retryable targets were republished as a new request; acked.
+    Republished,
+}
+
+impl MessageResult {
+    /// The `result` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            MessageResult::Acked => "acked",
+            MessageResult::Nacked => "nacked",
+            MessageResult::DeadLettered => "dead_lettered",
+            MessageResult::Expired => "expired",
+            MessageResult::Republished => "republished",
+        }
+    }
+}
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// See [`MessageResult::label`].
+    pub result: &'static str,
+}
+
+/// `platform, app, outcome` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SendLabels {
+    /// `apns` or `fcm`.
+    pub platform: &'static str,
+    /// Configured app name.
+    pub app: String,
+    /// `delivered`, `token_invalid`, `retryable`, `rejected`, `expired`.
+    pub outcome: &'static str,
+}
+
+/// `platform` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlatformLabels {
+    /// `apns` or `fcm`.
+    pub platform: &'static str,
+}
+
+/// `platform, reason` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    /// `apns` or `fcm`.
+    pub platform: &'static str,
+    /// Reason enum name.
+    pub reason: &'static str,
+}
+
+/// `reason` label (a `push_error` code).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The `push_error` code.
+    pub reason: &'static str,
+}
+
+/// Every metric of the worker.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `push_dispatch_messages_total{result}`.
+    pub messages: Family<ResultLabels, Counter>,
+    /// `push_dispatch_sends_total{platform,app,outcome}`.
+    pub sends: Family<SendLabels, Counter>,
+    /// `push_dispatch_send_duration_seconds{platform}`.
+    pub send_duration: Family<PlatformLabels, Histogram>,
+    /// `push_dispatch_end_to_end_seconds`: publish time to final outcome.
+    pub end_to_end: Histogram,
+    /// `push_dispatch_pull_lag_seconds`: publish time to receive.
+    pub pull_lag: Histogram,
+    /// `push_dispatch_feedback_events_total{platform,reason}`.
+    pub feedback_events: Family<FeedbackLabels, Counter>,
+    /// `push_dispatch_dead_letters_total{reason}`: messages we published to the dead-letter topic.
+    pub dead_letters: Family<ReasonLabels, Counter>,
+    /// `push_dispatch_publish_failures_total{reason}`: publishes that Pub/Sub did not confirm.
+    pub publish_failures: Family<ReasonLabels, Counter>,
+    /// `push_dispatch_inflight_messages`.
+    pub inflight: Gauge,
+    /// `push_dispatch_streams_running`.
+    pub streams_running: Gauge,
+    /// `push_dispatch_ack_failures_total`: exactly-once acks not confirmed.
+    pub ack_failures: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` (prefix `push_dispatch`).
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            messages: Family::default(),
+            sends: Family::default(),
+            send_duration: Family::new_with_constructor(latency_histogram),
+            end_to_end: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            pull_lag: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            feedback_events: Family::default(),
+            dead_letters: Family::default(),
+            publish_failures: Family::default(),
+            inflight: Gauge::default(),
+            streams_running: Gauge::default(),
+            ack_failures: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("push_dispatch");
+        r.register("messages", "Messages settled, by result", m.messages.clone());
+        r.register("sends", "Sends to providers, by outcome", m.sends.clone());
+        r.register(
+            "send_duration_seconds",
+            "Duration of one provider request",
+            m.send_duration.clone(),
+        );
+        r.register(
+            "end_to_end_seconds",
+            "From first publish to the message's final outcome",
+            m.end_to_end.clone(),
+        );
+        r.register(
+            "pull_lag_seconds",
+            "From publish to receipt by the worker",
+            m.pull_lag.clone(),
+        );
+        r.register(
+            "feedback_events",
+            "TokenInvalidated events confirmed by Pub/Sub",
+            m.feedback_events.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages published to the dead-letter topic, by push_error",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Publishes Pub/Sub did not confirm, by purpose",
+            m.publish_failures.clone(),
+        );
+        r.register("inflight_messages", "Messages being processed", m.inflight.clone());
+        r.register("streams_running", "Streaming pulls running", m.streams_running.clone());
+        r.register(
+            "ack_failures",
+            "Exactly-once acks that Pub/Sub did not confirm",
+            m.ack_failures.clone(),
+        );
+        m
+    }
+
+    /// Counts one settled message.
+    pub fn message(&self, result: MessageResult) {
+        self.messages
+            .get_or_create(&ResultLabels {
+                result: result.label(),
+            })
+            .inc();
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~32 s: provider answers are typically 5–300 ms.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    out
+}

@@ -1,0 +1,701 @@
+//! The data path, top to bottom, in one place:
+//!
+//! message in → decode → validate → expiry → dispatch each target (with
+//! in-process retries) → classify → feedback → dead-letter what is refused →
+//! carry the rest forward → ack or nack.
+//!
+//! The rules are SPEC §5's; each step below names the guarantee it serves.
+//! Providers and transports only report facts ([`Outcome`]); every decision
+//! about the message is taken here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use push_dispatch_dispatch::{AppDispatchers, Outcome, RetryCause};
+use push_dispatch_feedback::{FeedbackPublisher, event_id, timestamp};
+use push_dispatch_proto::v1::{Platform, PushRequest, TokenInvalidated};
+use push_dispatch_proto::{AppPlatforms, Encoding, check, decode_request, encode_message, redact_token};
+use push_dispatch_subscriber::publish::{PublishError, publish_confirmed, truncate_utf8};
+use push_dispatch_subscriber::pubsub::client::Publisher;
+use push_dispatch_subscriber::pubsub::model::Message;
+use push_dispatch_subscriber::stream::Received;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels, SendLabels};
+
+/// Attribute: short error code on dead-lettered messages.
+pub const ATTR_PUSH_ERROR: &str = "push_error";
+/// Attribute: human-readable error detail (≤ 1 KiB) on dead-lettered messages.
+pub const ATTR_PUSH_ERROR_DETAIL: &str = "push_error_detail";
+/// Attribute: id of the message a dead letter or republished request came from.
+pub const ATTR_SOURCE_MESSAGE_ID: &str = "source_message_id";
+/// Attribute: how many times this request was (re)published; absent = 1.
+pub const ATTR_PUSH_ATTEMPT: &str = "push_attempt";
+/// Attribute: RFC 3339 publish time of the first publish of this request.
+pub const ATTR_FIRST_PUBLISH_TIME: &str = "push_first_publish_time";
+/// Attribute: Pub/Sub delivery attempt at which we dead-lettered.
+pub const ATTR_DELIVERY_ATTEMPT: &str = "push_delivery_attempt";
+/// `push_error` when retries ran out.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
+/// Longest `push_error_detail`, in bytes.
+const MAX_DETAIL_BYTES: usize = 1024;
+/// First in-process backoff.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest single in-process backoff when the provider gives no Retry-After.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Worker settings taken from the config.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// `pubsub.max_delivery_attempts`.
+    pub max_delivery_attempts: i32,
+    /// `dispatch.max_in_process_wait`.
+    pub max_in_process_wait: Duration,
+    /// `dispatch.max_republish`.
+    pub max_republish: u32,
+    /// `dispatch.concurrency`.
+    pub concurrency: usize,
+}
+
+/// One app as the pipeline sees it: its dispatchers and what feedback events say of it.
+#[derive(Clone, Debug)]
+pub struct AppRuntime {
+    /// Dispatchers by platform.
+    pub dispatchers: AppDispatchers,
+    /// `apns.topic`.
+    pub apns_topic: String,
+    /// `production` or `sandbox`, from the APNs endpoint.
+    pub apns_environment: String,
+    /// `fcm.project_id`.
+    pub fcm_project: String,
+}
+
+/// Where the pipeline publishes.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    /// Publisher on the dead-letter topic, and its name.
+    pub dead_letter: (Publisher, String),
+    /// Publisher on the requests topic (republished remainders), and its name.
+    pub requests: (Publisher, String),
+    /// Feedback events.
+    pub feedback: FeedbackPublisher,
+}
+
+/// How a message is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Ack it; the result is for the metric.
+    Ack(MessageResult),
+    /// Nack it: Pub/Sub redelivers after the RetryPolicy backoff.
+    Nack,
+}
+
+/// The worker: the policy of SPEC §5 applied to each received message.
+#[derive(Debug)]
+pub struct Worker {
+    apps: Vec<AppRuntime>,
+    platforms: Vec<AppPlatforms>,
+    outputs: Outputs,
+    settings: WorkerSettings,
+    sends: Semaphore,
+    metrics: Arc<Metrics>,
+    draining: CancellationToken,
+    hard_stop: CancellationToken,
+}
+
+/// What we know of a message besides its body.
+struct Context<'a> {
+    message: &'a Message,
+    encoding: Encoding,
+    /// The id of the original request (itself, unless republished).
+    source_message_id: String,
+    first_publish_time: Option<SystemTime>,
+    push_attempt: u32,
+    delivery_attempt: Option<i32>,
+}
+
+/// A group of targets that go to the dead-letter topic together.
+struct DeadPart {
+    indices: Vec<usize>,
+    details: Vec<String>,
+}
+
+impl Worker {
+    /// A worker over the given apps (in config order: the first is the default).
+    pub fn new(
+        apps: Vec<AppRuntime>,
+        outputs: Outputs,
+        settings: WorkerSettings,
+        metrics: Arc<Metrics>,
+        draining: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Worker {
+        let platforms = apps
+            .iter()
+            .map(|a| AppPlatforms {
+                name: a.dispatchers.name.clone(),
+                apns: a.dispatchers.apns.is_some(),
+                fcm: a.dispatchers.fcm.is_some(),
+            })
+            .collect();
+        Worker {
+            apps,
+            platforms,
+            outputs,
+            sends: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            metrics,
+            draining,
+            hard_stop,
+        }
+    }
+
+    /// Processes one received message and settles it (ack or nack).
+    ///
+    /// If the shutdown grace runs out first (`hard_stop`), the message is
+    /// nacked wherever it is (SPEC §5.7).
+    pub async fn handle(&self, received: Received) {
+        let Received { message, lease, .. } = received;
+        self.metrics.inflight.inc();
+        if let Some(lag) = message.publish_time.clone().and_then(to_system_time)
+            && let Ok(d) = SystemTime::now().duration_since(lag)
+        {
+            self.metrics.pull_lag.observe(d.as_secs_f64());
+        }
+        let attempt = lease.delivery_attempt();
+        let settle = tokio::select! {
+            s = self.process(&message, attempt) => s,
+            () = self.hard_stop.cancelled() => {
+                tracing::warn!(message_id = %message.message_id, "shutdown grace elapsed; nacking");
+                Settle::Nack
+            }
+        };
+        match settle {
+            Settle::Ack(result) => {
+                if let Err(e) = lease.ack().await {
+                    self.metrics.ack_failures.inc();
+                    tracing::warn!(message_id = %message.message_id, error = %e, "ack not confirmed; Pub/Sub may redeliver");
+                }
+                self.metrics.message(result);
+            }
+            Settle::Nack => {
+                lease.nack();
+                self.metrics.message(MessageResult::Nacked);
+            }
+        }
+        self.metrics.inflight.dec();
+    }
+
+    /// Decides what to do with one message; publishes whatever must be
+    /// confirmed before the ack (dead letters, feedback, republished remainders).
+    pub async fn process(&self, message: &Message, delivery_attempt: Option<i32>) -> Settle {
+        let ctx = Context::of(message, delivery_attempt);
+
+        // §5.2 poison fast path: undecodable or invalid as a whole.
+        let request = match decode_request(&message.data, &message.attributes) {
+            Ok(r) => r,
+            Err(e) => return self.dead_letter_message(&ctx, e.code(), &e.to_string()).await,
+        };
+        let checked = match check(&request, &self.platforms) {
+            Ok(c) => c,
+            Err(e) => return self.dead_letter_message(&ctx, e.code(), &e.to_string()).await,
+        };
+        let app = &self.apps[checked.app_index];
+
+        // §5.6 expired requests are not sent.
+        if is_expired(&request, ctx.first_publish_time) {
+            for t in &request.targets {
+                self.count_send(t.platform(), &app.dispatchers.name, "expired");
+            }
+            tracing::info!(message_id = %message.message_id, request_id = %request.request_id, "request expired before sending");
+            return Settle::Ack(MessageResult::Expired);
+        }
+
+        // §5.7 not started yet when draining: hand it back at once.
+        if self.draining.is_cancelled() {
+            return Settle::Nack;
+        }
+
+        // Targets that alone are invalid are dead-lettered; siblings go on.
+        let mut dead: BTreeMap<&'static str, DeadPart> = BTreeMap::new();
+        for e in &checked.rejected {
+            let part = dead.entry(e.code()).or_insert_with(|| DeadPart {
+                indices: Vec::new(),
+                details: Vec::new(),
+            });
+            part.indices.push(e.index());
+            part.details.push(e.to_string());
+        }
+
+        // Dispatch every sendable target concurrently (bounded by `dispatch.concurrency`).
+        let outcomes = futures::future::join_all(
+            checked
+                .sendable
+                .iter()
+                .map(|&i| self.send_with_retries(app, &request, i)),
+        )
+        .await;
+
+        let mut finals = 0usize;
+        let mut carry: Vec<usize> = Vec::new();
+        let mut events: Vec<(usize, TokenInvalidated)> = Vec::new();
+        let observed = SystemTime::now();
+        for (&index, outcome) in checked.sendable.iter().zip(outcomes) {
+            let target = &request.targets[index];
+            match outcome {
+                Outcome::Delivered => finals += 1,
+                Outcome::TokenInvalid {
+                    reason,
+                    provider_reason,
+                    invalidated_at,
+                } => {
+                    let platform = target.platform();
+                    let (apns_topic, fcm_project, environment) = match platform {
+                        Platform::Apns => (app.apns_topic.clone(), String::new(), app.apns_environment.clone()),
+                        _ => (String::new(), app.fcm_project.clone(), "production".to_string()),
+                    };
+                    events.push((
+                        index,
+                        TokenInvalidated {
+                            event_id: event_id(&ctx.source_message_id, platform, &target.token),
+                            platform: platform as i32,
+                            token: target.token.clone(),
+                            app: app.dispatchers.name.clone(),
+                            environment,
+                            apns_topic,
+                            fcm_project,
+                            reason: reason as i32,
+                            provider_reason,
+                            invalidated_at: Some(timestamp(invalidated_at.unwrap_or(observed))),
+                            observed_at: Some(timestamp(observed)),
+                            recipient: request.recipient.clone(),
+                            request_id: request.request_id.clone(),
+                            source_message_id: ctx.source_message_id.clone(),
+                        },
+                    ));
+                }
+                Outcome::Rejected { reason } => {
+                    let part = dead.entry(reason.code()).or_insert_with(|| DeadPart {
+                        indices: Vec::new(),
+                        details: Vec::new(),
+                    });
+                    part.indices.push(index);
+                    part.details.push(format!("target {index}: {reason}"));
+                }
+                Outcome::Retryable { .. } => carry.push(index),
+            }
+        }
+
+        // §5.5 feedback before ack. A token listed twice is reported once. If
+        // Pub/Sub does not confirm, the dead targets are carried forward
+        // (resending to a dead token is harmless) rather than resending the
+        // delivered siblings.
+        if !events.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            events.retain(|(_, e)| seen.insert((e.platform, e.token.clone())));
+            let batch: Vec<TokenInvalidated> = events.iter().map(|(_, e)| e.clone()).collect();
+            match self.outputs.feedback.publish_all(&batch).await {
+                Ok(()) => {
+                    finals += events.len();
+                    for e in &batch {
+                        self.metrics
+                            .feedback_events
+                            .get_or_create(&FeedbackLabels {
+                                platform: e.platform().label(),
+                                reason: e.reason().as_str_name(),
+                            })
+                            .inc();
+                    }
+                }
+                Err(e) => {
+                    self.count_publish_failure("feedback");
+                    tracing::warn!(message_id = %message.message_id, error = %e, "feedback not confirmed; carrying the dead tokens forward");
+                    carry.extend(events.iter().map(|(i, _)| *i));
+                }
+            }
+        }
+
+        // Dead-letter the refused targets, one message per error code.
+        for (code, part) in dead {
+            let detail = part.details.join("; ");
+            match self
+                .dead_letter_targets(&ctx, &request, &part.indices, code, &detail)
+                .await
+            {
+                Ok(()) => finals += part.indices.len(),
+                Err(e) => {
+                    self.count_publish_failure("dead_letter");
+                    tracing::warn!(message_id = %message.message_id, error = %e, "dead letter not confirmed; carrying targets forward");
+                    carry.extend(part.indices);
+                }
+            }
+        }
+
+        if carry.is_empty() {
+            self.observe_end_to_end(&ctx);
+            return Settle::Ack(MessageResult::Acked);
+        }
+        carry.sort_unstable();
+        carry.dedup();
+
+        // §5.3 nothing reached a final outcome: Pub/Sub retries the whole
+        // message, except on the last delivery attempt, where we dead-letter
+        // it ourselves so that it carries a reason.
+        if finals == 0 {
+            let last = ctx
+                .delivery_attempt
+                .is_some_and(|a| a >= self.settings.max_delivery_attempts);
+            if last {
+                let detail = format!(
+                    "no target succeeded in {} delivery attempts",
+                    self.settings.max_delivery_attempts
+                );
+                return self.dead_letter_message(&ctx, RETRIES_EXHAUSTED, &detail).await;
+            }
+            return Settle::Nack;
+        }
+
+        // §5.4 some targets are final: carry the rest forward in a new
+        // request so that the delivered ones are not sent again.
+        let next_attempt = ctx.push_attempt + 1;
+        if next_attempt > self.settings.max_republish {
+            let detail = format!(
+                "targets still failing after {} republishes",
+                self.settings.max_republish
+            );
+            return match self
+                .dead_letter_targets(&ctx, &request, &carry, RETRIES_EXHAUSTED, &detail)
+                .await
+            {
+                Ok(()) => {
+                    self.observe_end_to_end(&ctx);
+                    Settle::Ack(MessageResult::Acked)
+                }
+                Err(e) => {
+                    self.count_publish_failure("dead_letter");
+                    tracing::warn!(message_id = %message.message_id, error = %e, "dead letter not confirmed; nacking");
+                    Settle::Nack
+                }
+            };
+        }
+        match self.republish(&ctx, &request, &carry, next_attempt).await {
+            Ok(id) => {
+                tracing::info!(message_id = %message.message_id, republished_as = %id, targets = carry.len(), push_attempt = next_attempt, "carried retryable targets forward");
+                Settle::Ack(MessageResult::Republished)
+            }
+            Err(e) => {
+                // The delivered targets will be sent again on redelivery: one
+                // of the duplicate windows of SPEC §5.4.
+                self.count_publish_failure("republish");
+                tracing::warn!(message_id = %message.message_id, error = %e, "republish not confirmed; nacking (delivered targets may be resent)");
+                Settle::Nack
+            }
+        }
+    }
+
+    /// Sends to one target, retrying in process while the total wait stays
+    /// within `dispatch.max_in_process_wait` (SPEC §5.3).
+    async fn send_with_retries(&self, app: &AppRuntime, request: &PushRequest, index: usize) -> Outcome {
+        let target = &request.targets[index];
+        let platform = target.platform();
+        let Some(dispatcher) = app.dispatchers.for_platform(platform) else {
+            // Validation guarantees a dispatcher; keep the target rather than lose it.
+            return Outcome::Retryable {
+                after: None,
+                cause: RetryCause::ShuttingDown,
+            };
+        };
+        let started = Instant::now();
+        let mut retries = 0u32;
+        loop {
+            let permit = tokio::select! {
+                p = self.sends.acquire() => p,
+                () = self.draining.cancelled() => {
+                    return Outcome::Retryable { after: None, cause: RetryCause::ShuttingDown };
+                }
+            };
+            let Ok(permit) = permit else {
+                return Outcome::Retryable {
+                    after: None,
+                    cause: RetryCause::ShuttingDown,
+                };
+            };
+            let t0 = Instant::now();
+            let outcome = dispatcher.send(request, &target.token).await;
+            drop(permit);
+            self.metrics
+                .send_duration
+                .get_or_create(&PlatformLabels {
+                    platform: platform.label(),
+                })
+                .observe(t0.elapsed().as_secs_f64());
+            self.count_send(platform, &app.dispatchers.name, outcome.label());
+            tracing::debug!(platform = platform.label(), token = %redact_token(&target.token), outcome = outcome.label(), "sent");
+
+            let Outcome::Retryable { after, .. } = &outcome else {
+                return outcome;
+            };
+            let wait = after.unwrap_or_else(|| backoff(retries));
+            if self.draining.is_cancelled()
+                || started.elapsed() + wait > self.settings.max_in_process_wait
+            {
+                return outcome;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.draining.cancelled() => return outcome,
+            }
+            retries += 1;
+        }
+    }
+
+    /// Publishes the whole original message to the dead-letter topic, then
+    /// acks; if Pub/Sub does not confirm, nacks (the DeadLetterPolicy catches it).
+    async fn dead_letter_message(&self, ctx: &Context<'_>, code: &'static str, detail: &str) -> Settle {
+        let mut attrs = carried_attributes(&ctx.message.attributes);
+        attrs.extend(error_attributes(ctx, code, detail));
+        if ctx.encoding == Encoding::Binary {
+            // `googclient_schemaencoding` is not carried: say it another way.
+            attrs.insert("content-type".into(), Encoding::Binary.content_type().into());
+        }
+        let (publisher, topic) = &self.outputs.dead_letter;
+        match publish_confirmed(publisher, topic, ctx.message.data.to_vec(), attrs).await {
+            Ok(_) => {
+                self.count_dead_letter(code);
+                tracing::warn!(message_id = %ctx.message.message_id, push_error = code, detail = %truncate_utf8(detail, MAX_DETAIL_BYTES), "dead-lettered message");
+                self.observe_end_to_end(ctx);
+                Settle::Ack(MessageResult::DeadLettered)
+            }
+            Err(e) => {
+                self.count_publish_failure("dead_letter");
+                tracing::warn!(message_id = %ctx.message.message_id, error = %e, "dead letter not confirmed; nacking");
+                Settle::Nack
+            }
+        }
+    }
+
+    /// Publishes a request holding only `indices` to the dead-letter topic.
+    async fn dead_letter_targets(
+        &self,
+        ctx: &Context<'_>,
+        request: &PushRequest,
+        indices: &[usize],
+        code: &'static str,
+        detail: &str,
+    ) -> Result<(), PublishError> {
+        let part = request.with_targets(indices);
+        let body = encode_or_binary(&part, ctx.encoding);
+        let mut attrs = carried_attributes(&ctx.message.attributes);
+        attrs.extend(error_attributes(ctx, code, detail));
+        attrs.insert("content-type".into(), body.1.content_type().into());
+        let (publisher, topic) = &self.outputs.dead_letter;
+        publish_confirmed(publisher, topic, body.0, attrs).await?;
+        self.count_dead_letter(code);
+        tracing::warn!(message_id = %ctx.message.message_id, push_error = code, targets = indices.len(), detail = %truncate_utf8(detail, MAX_DETAIL_BYTES), "dead-lettered targets");
+        Ok(())
+    }
+
+    /// Publishes the still-retryable targets as a new request (SPEC §5.4).
+    async fn republish(
+        &self,
+        ctx: &Context<'_>,
+        request: &PushRequest,
+        indices: &[usize],
+        push_attempt: u32,
+    ) -> Result<String, PublishError> {
+        let part = request.with_targets(indices);
+        let (body, encoding) = encode_or_binary(&part, ctx.encoding);
+        let mut attrs = carried_attributes(&ctx.message.attributes);
+        attrs.insert(ATTR_PUSH_ATTEMPT.into(), push_attempt.to_string());
+        attrs.insert(ATTR_SOURCE_MESSAGE_ID.into(), ctx.source_message_id.clone());
+        if let Some(t) = ctx.first_publish_time.and_then(|t| push_dispatch_subscriber::wkt::Timestamp::try_from(t).ok()) {
+            attrs.insert(ATTR_FIRST_PUBLISH_TIME.into(), String::from(t));
+        }
+        attrs.insert("content-type".into(), encoding.content_type().into());
+        let (publisher, topic) = &self.outputs.requests;
+        publish_confirmed(publisher, topic, body, attrs).await
+    }
+
+    fn count_send(&self, platform: Platform, app: &str, outcome: &'static str) {
+        self.metrics
+            .sends
+            .get_or_create(&SendLabels {
+                platform: platform.label(),
+                app: app.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn count_dead_letter(&self, code: &'static str) {
+        self.metrics
+            .dead_letters
+            .get_or_create(&ReasonLabels { reason: code })
+            .inc();
+    }
+
+    fn count_publish_failure(&self, what: &'static str) {
+        self.metrics
+            .publish_failures
+            .get_or_create(&ReasonLabels { reason: what })
+            .inc();
+    }
+
+    fn observe_end_to_end(&self, ctx: &Context<'_>) {
+        if let Some(first) = ctx.first_publish_time
+            && let Ok(d) = SystemTime::now().duration_since(first)
+        {
+            self.metrics.end_to_end.observe(d.as_secs_f64());
+        }
+    }
+}
+
+impl<'a> Context<'a> {
+    fn of(message: &'a Message, delivery_attempt: Option<i32>) -> Context<'a> {
+        let attrs = &message.attributes;
+        let publish_time = message.publish_time.clone().and_then(to_system_time);
+        let first_publish_time = attrs
+            .get(ATTR_FIRST_PUBLISH_TIME)
+            .and_then(|v| push_dispatch_subscriber::wkt::Timestamp::try_from(v.as_str()).ok())
+            .and_then(to_system_time)
+            .or(publish_time);
+        Context {
+            message,
+            encoding: Encoding::from_attributes(attrs),
+            source_message_id: attrs
+                .get(ATTR_SOURCE_MESSAGE_ID)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| message.message_id.clone()),
+            first_publish_time,
+            push_attempt: attrs
+                .get(ATTR_PUSH_ATTEMPT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            delivery_attempt,
+        }
+    }
+}
+
+fn to_system_time(t: push_dispatch_subscriber::wkt::Timestamp) -> Option<SystemTime> {
+    SystemTime::try_from(t).ok()
+}
+
+/// Expired when a positive `ttl` has elapsed since the first publish (SPEC §5.6).
+/// A zero ttl means "now or never" to APNs, not "already expired": it is not checked here.
+fn is_expired(request: &PushRequest, first_publish: Option<SystemTime>) -> bool {
+    let (Some(ttl), Some(first)) = (&request.ttl, first_publish) else {
+        return false;
+    };
+    if ttl.seconds <= 0 && ttl.nanos <= 0 {
+        return false;
+    }
+    let ttl = Duration::new(
+        u64::try_from(ttl.seconds).unwrap_or(0),
+        u32::try_from(ttl.nanos).unwrap_or(0),
+    );
+    SystemTime::now()
+        .duration_since(first)
+        .is_ok_and(|age| age > ttl)
+}
+
+/// Jittered exponential backoff: 100 ms, 200 ms, 400 ms, … capped at 2 s,
+/// each drawn from [half, full] of its step.
+fn backoff(retries: u32) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << retries.min(10))
+        .min(BACKOFF_CAP);
+    let half = step / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Attributes copied from the source message onto what we publish: all but
+/// Pub/Sub's reserved `googclient_` keys and our own error attributes.
+fn carried_attributes(attrs: &HashMap<String, String>) -> HashMap<String, String> {
+    attrs
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("googclient_")
+                && !k.starts_with("CloudPubSubDeadLetter")
+                && k.as_str() != ATTR_PUSH_ERROR
+                && k.as_str() != ATTR_PUSH_ERROR_DETAIL
+                && k.as_str() != ATTR_DELIVERY_ATTEMPT
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn error_attributes(ctx: &Context<'_>, code: &str, detail: &str) -> Vec<(String, String)> {
+    let mut attrs = vec![
+        (ATTR_PUSH_ERROR.to_string(), code.to_string()),
+        (
+            ATTR_PUSH_ERROR_DETAIL.to_string(),
+            truncate_utf8(detail, MAX_DETAIL_BYTES).to_string(),
+        ),
+        (ATTR_SOURCE_MESSAGE_ID.to_string(), ctx.source_message_id.clone()),
+    ];
+    if let Some(a) = ctx.delivery_attempt {
+        attrs.push((ATTR_DELIVERY_ATTEMPT.to_string(), a.to_string()));
+    }
+    attrs
+}
+
+/// Encodes in the source's encoding; falls back to binary if JSON fails (it cannot in practice).
+fn encode_or_binary(request: &PushRequest, encoding: Encoding) -> (Vec<u8>, Encoding) {
+    match encode_message(request, encoding) {
+        Ok(body) => (body, encoding),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode request as JSON; using binary protobuf");
+            (
+                encode_message(request, Encoding::Binary).unwrap_or_default(),
+                Encoding::Binary,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for r in 0..20 {
+            let b = backoff(r);
+            assert!(b <= BACKOFF_CAP, "{b:?}");
+            assert!(b >= BACKOFF_BASE / 2, "{b:?}");
+        }
+        assert!(backoff(5) >= Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn expiry_counts_from_the_first_publish() {
+        let mut req = PushRequest::default();
+        let long_ago = SystemTime::now() - Duration::from_secs(120);
+        assert!(!is_expired(&req, Some(long_ago)), "no ttl never expires");
+        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration { seconds: 60, nanos: 0 });
+        assert!(is_expired(&req, Some(long_ago)));
+        assert!(!is_expired(&req, Some(SystemTime::now())));
+        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration { seconds: 0, nanos: 0 });
+        assert!(!is_expired(&req, Some(long_ago)), "ttl 0 is now-or-never, not expired");
+    }
+
+    #[test]
+    fn reserved_and_error_attributes_are_not_carried() {
+        let attrs: HashMap<String, String> = [
+            ("googclient_schemaencoding", "BINARY"),
+            ("push_error", "x"),
+            ("CloudPubSubDeadLetterSourceDeliveryCount", "5"),
+            ("trace", "keep"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let carried = carried_attributes(&attrs);
+        assert_eq!(carried.len(), 1);
+        assert_eq!(carried["trace"], "keep");
+    }
+}

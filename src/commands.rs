@@ -1,0 +1,269 @@
+//! The subcommands: each loads the config, calls into the crates, and sorts
+//! failures into config errors (exit 2) and runtime failures (exit 1).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use prometheus_client::registry::Registry;
+use push_dispatch_config::{Config, ConfigError};
+use push_dispatch_proto::v1::{Notification, Platform, PushRequest, Target};
+use push_dispatch_proto::{Encoding, encode_message};
+use push_dispatch_subscriber::publish::publish_confirmed;
+use push_dispatch_subscriber::{Clients, Names, provision as prov};
+use push_dispatch_worker::health::{self, Readiness};
+use push_dispatch_worker::metrics::Metrics;
+use push_dispatch_worker::{RunError, build_apps};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{PlatformArg, SendArgs};
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Usage or config error: exit 2.
+    Config(anyhow::Error),
+    /// Runtime failure: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e.into())
+    }
+}
+
+fn runtime(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Runtime(e.into())
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+/// `check-config`: every problem at once, then the effective config.
+pub fn check_config(path: &Path) -> Result<(), Failure> {
+    let config = Config::load_unvalidated(path, std::env::vars())?;
+    let mut issues = config.validate();
+    issues.extend(config.check_files());
+    print!("{}", config.to_redacted_yaml());
+    if issues.is_empty() {
+        println!("# config OK: {}", path.display());
+        Ok(())
+    } else {
+        Err(Failure::Config(ConfigError::Invalid(issues).into()))
+    }
+}
+
+/// `provision [--dry-run]`.
+pub async fn provision(path: &Path, dry_run: bool) -> Result<(), Failure> {
+    let config = load(path)?;
+    let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+        .await
+        .map_err(runtime)?;
+    let report = prov::provision(&clients, &config, dry_run)
+        .await
+        .map_err(runtime)?;
+    print!("{report}");
+    if report.is_up_to_date() {
+        println!("everything up to date");
+    }
+    if config.pubsub.emulator_host.is_none() {
+        println!();
+        print!("{}", prov::iam_bindings_help(&config));
+    }
+    Ok(())
+}
+
+/// `run`: the worker, with the health server, until SIGTERM or SIGINT.
+pub async fn run(path: &Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let file_issues = config.check_files();
+    if !file_issues.is_empty() {
+        return Err(Failure::Config(ConfigError::Invalid(file_issues).into()));
+    }
+    crate::logging::init(&config.telemetry).map_err(|e| Failure::Config(anyhow!(e)))?;
+    let apps = build_apps(&config).map_err(|e| match e {
+        RunError::Dispatcher { .. } => Failure::Config(e.into()),
+        other => runtime(other),
+    })?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let readiness = Arc::new(Readiness::default());
+    let server_stop = CancellationToken::new();
+    let (addr, server) = health::serve(
+        config.server.listen,
+        health::router(readiness.clone(), Arc::new(registry)),
+        server_stop.clone(),
+    )
+    .await
+    .map_err(|e| Failure::Config(e.into()))?;
+    tracing::info!(%addr, "serving /healthz /readyz /metrics");
+
+    let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+        .await
+        .map_err(runtime)?;
+    if config.pubsub.provision {
+        let report = prov::provision(&clients, &config, false)
+            .await
+            .map_err(runtime)?;
+        for r in &report.resources {
+            tracing::info!(resource = %r.name, change = ?r.change, "provisioned");
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let worker = async {
+        let result = push_dispatch_worker::run(
+            &config,
+            &clients,
+            apps,
+            metrics,
+            readiness,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        server_stop.cancel();
+        result
+    };
+    let signals = async {
+        tokio::select! {
+            () = wait_for_signal() => shutdown.cancel(),
+            () = shutdown.cancelled() => {}
+        }
+    };
+    let (result, (), served) = tokio::join!(worker, signals, server);
+    if let Err(e) = served {
+        tracing::error!(error = %e, "health server failed");
+    }
+    result.map_err(runtime)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `send`: builds a PushRequest from the flags (or `--json`) and publishes it.
+pub async fn send(path: &Path, args: SendArgs) -> Result<(), Failure> {
+    let config = load(path)?;
+    let request = build_request(&args).map_err(Failure::Config)?;
+    let encoding = if args.binary {
+        Encoding::Binary
+    } else {
+        Encoding::Json
+    };
+    let body = encode_message(&request, encoding).map_err(runtime)?;
+    let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+        .await
+        .map_err(runtime)?;
+    let topic = Names::from_config(&config).requests_topic;
+    let publisher = clients
+        .publisher(
+            &topic,
+            std::time::Duration::from_secs(15),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .map_err(runtime)?;
+    let attrs = HashMap::from([(
+        "content-type".to_string(),
+        encoding.content_type().to_string(),
+    )]);
+    let id = publish_confirmed(&publisher, &topic, body, attrs)
+        .await
+        .with_context(|| format!("is the topic provisioned? try `push-dispatch provision` ({topic})"))
+        .map_err(runtime)?;
+    println!("{id}");
+    Ok(())
+}
+
+fn build_request(args: &SendArgs) -> anyhow::Result<PushRequest> {
+    let mut request = match &args.json {
+        Some(file) => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("cannot read the request from standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --json {}", file.display()))?
+            };
+            serde_json::from_str::<PushRequest>(&text).with_context(|| {
+                format!(
+                    "--json {}: not a proto3 JSON push.v1.PushRequest",
+                    file.display()
+                )
+            })?
+        }
+        None => PushRequest::default(),
+    };
+    if !args.tokens.is_empty() {
+        let platform = match args.platform {
+            Some(PlatformArg::Apns) => Platform::Apns,
+            Some(PlatformArg::Fcm) => Platform::Fcm,
+            None => return Err(anyhow!("--token needs --platform apns|fcm")),
+        };
+        request.targets.extend(args.tokens.iter().map(|t| Target {
+            platform: platform as i32,
+            token: t.clone(),
+        }));
+    }
+    if request.targets.is_empty() {
+        return Err(anyhow!(
+            "no targets: give --platform apns|fcm --token TOKEN, or --json FILE with `targets`"
+        ));
+    }
+    if args.title.is_some() || args.body.is_some() {
+        let n = request.notification.get_or_insert_with(Notification::default);
+        if let Some(t) = &args.title {
+            n.title.clone_from(t);
+        }
+        if let Some(b) = &args.body {
+            n.body.clone_from(b);
+        }
+    }
+    for pair in &args.data {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--data `{pair}`: write KEY=VALUE"))?;
+        request.data.insert(k.to_string(), v.to_string());
+    }
+    if let Some(app) = &args.app {
+        request.app.clone_from(app);
+    }
+    if let Some(r) = &args.recipient {
+        request.recipient.clone_from(r);
+    }
+    if let Some(id) = &args.request_id {
+        request.request_id.clone_from(id);
+    }
+    if request.request_id.is_empty() {
+        request.request_id = format!("cli-{:016x}", rand::random::<u64>());
+    }
+    Ok(request)
+}
