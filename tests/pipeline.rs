@@ -1,0 +1,391 @@
+//! End-to-end tests of the pipeline: the real binary, the real Pub/Sub
+//! emulator, and the in-process `stub:` providers (token-prefix script of
+//! SPEC §7). One test per guarantee of SPEC §5 that this stage covers,
+//! named after it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Settings, TestEnv, apns_token};
+use push_dispatch_proto::v1::{Platform, PushRequest, Reason, Target, TokenInvalidated};
+use push_dispatch_proto::{Encoding, encode_message};
+
+fn json_request(targets: &[(&str, &str)]) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|(p, t)| format!(r#"{{"platform":"{p}","token":"{t}"}}"#))
+        .collect();
+    format!(
+        r#"{{"requestId":"req-1","recipient":"user-1","targets":[{}],"notification":{{"title":"Hi"}}}}"#,
+        targets.join(",")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_requests_are_delivered_and_acked() {
+    let env = TestEnv::new("delivered", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let good = apns_token("a1b2");
+    env.publish_json(&json_request(&[
+        ("PLATFORM_APNS", &good),
+        ("PLATFORM_FCM", "fcm-token-1"),
+    ]))
+    .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        2.0
+    );
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "push_dispatch_sends_total",
+            &[("platform", "apns"), ("app", "default")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_protobuf_requests_are_decoded() {
+    let env = TestEnv::new("binary", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let request = PushRequest {
+        request_id: "bin-1".into(),
+        app: "second".into(),
+        targets: vec![Target {
+            platform: Platform::Fcm as i32,
+            token: "fcm-bin".into(),
+        }],
+        ..Default::default()
+    };
+    let body = encode_message(&request, Encoding::Binary).expect("encode");
+    env.publish(
+        "push-requests",
+        body.clone(),
+        &[("content-type", "application/x-protobuf")],
+    )
+    .await;
+    env.publish("push-requests", body, &[("googclient_schemaencoding", "BINARY")])
+        .await;
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("app", "second"), ("outcome", "delivered")],
+        2.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_messages_are_dead_lettered_at_once_with_a_reason() {
+    let env = TestEnv::new("poison", Settings::default()).await;
+    env.provision();
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let _worker = env.start_worker().await;
+
+    let garbage = env
+        .publish("push-requests", b"{not json".to_vec(), &[("trace", "t1")])
+        .await;
+    let empty = env.publish_json(r#"{"requestId":"r-empty"}"#).await;
+    let unknown = env
+        .publish_json(r#"{"app":"nope","targets":[{"platform":"PLATFORM_FCM","token":"x"}]}"#)
+        .await;
+
+    let mut got = dlq.take(3).await;
+    got.sort_by_key(|m| m.attributes["source_message_id"].clone());
+    let by_source = |id: &str| {
+        got.iter()
+            .find(|m| m.attributes["source_message_id"] == id)
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {got:?}"))
+    };
+    let g = by_source(&garbage);
+    assert_eq!(g.attributes["push_error"], "decode_json");
+    assert!(g.attributes["push_error_detail"].contains("proto3 JSON"));
+    assert_eq!(g.attributes["trace"], "t1", "producer attributes are kept");
+    assert_eq!(&g.data[..], b"{not json", "the body is kept as published");
+    assert_eq!(by_source(&empty).attributes["push_error"], "no_targets");
+    let u = by_source(&unknown);
+    assert_eq!(u.attributes["push_error"], "unknown_app");
+    assert!(u.attributes["push_error_detail"].contains("nope"));
+    env.wait_metric(
+        "push_dispatch_messages_total",
+        &[("result", "dead_lettered")],
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        env.metric("push_dispatch_sends_total", &[]).await,
+        0.0,
+        "nothing was sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_target_is_dead_lettered_alone_while_its_siblings_are_sent() {
+    let env = TestEnv::new("invalid-target", Settings::default()).await;
+    env.provision();
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let _worker = env.start_worker().await;
+    let good = apns_token("a1b2");
+    let id = env
+        .publish_json(&json_request(&[
+            ("PLATFORM_APNS", &good),
+            ("PLATFORM_APNS", "not-a-hex-token"),
+            ("PLATFORM_FCM", "fcm-ok"),
+            ("PLATFORM_UNSPECIFIED", "whatever"),
+        ]))
+        .await;
+    // Two codes, two dead letters, each holding only its own targets.
+    let got = dlq.take(2).await;
+    let mut codes: Vec<&str> = got
+        .iter()
+        .map(|m| m.attributes["push_error"].as_str())
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(codes, ["malformed_token", "unspecified_platform"]);
+    for m in &got {
+        assert_eq!(m.attributes["source_message_id"], id);
+        let part: PushRequest = serde_json::from_slice(&m.data).expect("dead letter is a request");
+        assert_eq!(part.targets.len(), 1);
+        assert_eq!(part.request_id, "req-1");
+        assert_ne!(part.targets[0].token, good);
+    }
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    assert_eq!(
+        env.metric("push_dispatch_sends_total", &[("outcome", "delivered")])
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_tokens_are_reported_on_the_feedback_topic_before_the_ack() {
+    let env = TestEnv::new("feedback", Settings::default()).await;
+    env.provision();
+    env.create_subscription("push-feedback", "feedback-watch").await;
+    let mut feedback = env.collect("feedback-watch");
+    let _worker = env.start_worker().await;
+    let dead = apns_token("dead");
+    let id = env
+        .publish_json(&json_request(&[
+            ("PLATFORM_APNS", &dead),
+            ("PLATFORM_FCM", "unregistered-abc"),
+            ("PLATFORM_FCM", "unregistered-abc"),
+            ("PLATFORM_FCM", "alive-1"),
+        ]))
+        .await;
+    let events = feedback.take(2).await;
+    for m in &events {
+        assert_eq!(m.attributes["event_type"], "push.v1.TokenInvalidated");
+        assert_eq!(m.attributes["app"], "default");
+        assert_eq!(m.attributes["reason"], "REASON_UNREGISTERED");
+        let e: TokenInvalidated = serde_json::from_slice(&m.data).expect("event JSON");
+        assert_eq!(e.source_message_id, id);
+        assert_eq!(e.request_id, "req-1");
+        assert_eq!(e.recipient, "user-1");
+        assert_eq!(e.reason(), Reason::Unregistered);
+        assert_eq!(
+            e.event_id,
+            push_dispatch_feedback::event_id(&id, e.platform(), &e.token)
+        );
+        match e.platform() {
+            Platform::Apns => {
+                assert_eq!(m.attributes["platform"], "apns");
+                assert_eq!(e.token, dead);
+                assert_eq!(e.apns_topic, "com.example.app");
+                assert_eq!(e.environment, "sandbox");
+                assert_eq!(e.provider_reason, "Unregistered");
+            }
+            Platform::Fcm => {
+                assert_eq!(e.token, "unregistered-abc", "reported once though listed twice");
+                assert_eq!(e.fcm_project, "example-firebase");
+            }
+            Platform::Unspecified => panic!("bad platform"),
+        }
+    }
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    assert_eq!(
+        env.metric("push_dispatch_feedback_events_total", &[]).await,
+        2.0
+    );
+    feedback.expect_nothing(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_nacked_then_dead_lettered_on_the_last_attempt() {
+    let env = TestEnv::new("exhausted", Settings::default()).await;
+    env.provision();
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let _worker = env.start_worker().await;
+    let id = env
+        .publish_json(&json_request(&[("PLATFORM_APNS", &apns_token("0503"))]))
+        .await;
+    let got = dlq.take(1).await;
+    let m = &got[0];
+    assert_eq!(m.attributes["push_error"], "retries_exhausted");
+    assert_eq!(m.attributes["source_message_id"], id);
+    assert_eq!(m.attributes["push_delivery_attempt"], "5");
+    assert!(
+        !m.attributes.contains_key("CloudPubSubDeadLetterSourceDeliveryCount"),
+        "dead-lettered by us with a reason, not by Pub/Sub's policy"
+    );
+    env.wait_metric("push_dispatch_messages_total", &[("result", "nacked")], 4.0)
+        .await;
+    assert_eq!(
+        env.metric("push_dispatch_sends_total", &[("outcome", "retryable")])
+            .await,
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_targets_are_republished_without_resending_delivered_siblings() {
+    let env = TestEnv::new("republish", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let good = apns_token("a1b2");
+    // f1a0: 503 twice per token, then 200. With no in-process wait, the first
+    // delivery sends both, the good one is delivered and the flaky one is
+    // republished; the republished request fails once more (nack) and then
+    // succeeds on redelivery.
+    env.publish_json(&json_request(&[
+        ("PLATFORM_APNS", &good),
+        ("PLATFORM_APNS", &apns_token("f1a0")),
+    ]))
+    .await;
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "delivered")],
+        2.0,
+    )
+    .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_messages_total", &[("result", "republished")]),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        2.0,
+        "the good token was sent exactly once"
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "retryable")]),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn republishing_past_max_republish_dead_letters_the_remainder() {
+    let env = TestEnv::new(
+        "max-republish",
+        Settings {
+            max_republish: 1,
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let _worker = env.start_worker().await;
+    let stuck = apns_token("0500");
+    let id = env
+        .publish_json(&json_request(&[
+            ("PLATFORM_FCM", "fcm-good"),
+            ("PLATFORM_APNS", &stuck),
+        ]))
+        .await;
+    let got = dlq.take(1).await;
+    assert_eq!(got[0].attributes["push_error"], "retries_exhausted");
+    assert_eq!(got[0].attributes["source_message_id"], id);
+    let part: PushRequest = serde_json::from_slice(&got[0].data).expect("request");
+    assert_eq!(part.targets.len(), 1);
+    assert_eq!(part.targets[0].token, stuck);
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_retries_recover_flaky_targets_without_pubsub() {
+    let env = TestEnv::new(
+        "in-process",
+        Settings {
+            max_in_process_wait: "5s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    env.publish_json(&json_request(&[("PLATFORM_FCM", "flaky-1")]))
+        .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "retryable")]),
+        2.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_messages_total", &[("result", "nacked")]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_requests_are_not_sent() {
+    let env = TestEnv::new("expired", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let body = r#"{"ttl":"60s","targets":[{"platform":"PLATFORM_FCM","token":"late"}]}"#;
+    env.publish(
+        "push-requests",
+        body.as_bytes().to_vec(),
+        &[("push_first_publish_time", "2020-01-01T00:00:00Z")],
+    )
+    .await;
+    env.wait_metric(
+        "push_dispatch_messages_total",
+        &[("result", "expired")],
+        1.0,
+    )
+    .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "expired")]),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_cleanly() {
+    let env = TestEnv::new("sigterm", Settings::default()).await;
+    env.provision();
+    let mut worker = env.start_worker().await;
+    let (status, _) = common::http_get(env.port, "/healthz").await.expect("healthz");
+    assert_eq!(status, 200);
+    for i in 0..20 {
+        env.publish_json(&json_request(&[("PLATFORM_FCM", &format!("tok-{i}"))]))
+            .await;
+    }
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 20.0)
+        .await;
+    let status = worker.terminate().await;
+    assert!(status.success(), "exit status {status}:\n{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("worker stopped"), "{log}");
+}
