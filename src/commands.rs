@@ -194,7 +194,9 @@ pub async fn send(path: &Path, args: SendArgs) -> Result<(), Failure> {
     )]);
     let id = publish_confirmed(&publisher, &topic, body, attrs)
         .await
-        .with_context(|| format!("is the topic provisioned? try `push-dispatch provision` ({topic})"))
+        .with_context(|| {
+            format!("is the topic provisioned? try `push-dispatch provision` ({topic})")
+        })
         .map_err(runtime)?;
     println!("{id}");
     Ok(())
@@ -239,7 +241,9 @@ fn build_request(args: &SendArgs) -> anyhow::Result<PushRequest> {
         ));
     }
     if args.title.is_some() || args.body.is_some() {
-        let n = request.notification.get_or_insert_with(Notification::default);
+        let n = request
+            .notification
+            .get_or_insert_with(Notification::default);
         if let Some(t) = &args.title {
             n.title.clone_from(t);
         }

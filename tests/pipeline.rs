@@ -71,8 +71,12 @@ async fn binary_protobuf_requests_are_decoded() {
         &[("content-type", "application/x-protobuf")],
     )
     .await;
-    env.publish("push-requests", body, &[("googclient_schemaencoding", "BINARY")])
-        .await;
+    env.publish(
+        "push-requests",
+        body,
+        &[("googclient_schemaencoding", "BINARY")],
+    )
+    .await;
     env.wait_metric(
         "push_dispatch_sends_total",
         &[("app", "second"), ("outcome", "delivered")],
@@ -168,7 +172,8 @@ async fn an_invalid_target_is_dead_lettered_alone_while_its_siblings_are_sent() 
 async fn dead_tokens_are_reported_on_the_feedback_topic_before_the_ack() {
     let env = TestEnv::new("feedback", Settings::default()).await;
     env.provision();
-    env.create_subscription("push-feedback", "feedback-watch").await;
+    env.create_subscription("push-feedback", "feedback-watch")
+        .await;
     let mut feedback = env.collect("feedback-watch");
     let _worker = env.start_worker().await;
     let dead = apns_token("dead");
@@ -203,7 +208,10 @@ async fn dead_tokens_are_reported_on_the_feedback_topic_before_the_ack() {
                 assert_eq!(e.provider_reason, "Unregistered");
             }
             Platform::Fcm => {
-                assert_eq!(e.token, "unregistered-abc", "reported once though listed twice");
+                assert_eq!(
+                    e.token, "unregistered-abc",
+                    "reported once though listed twice"
+                );
                 assert_eq!(e.fcm_project, "example-firebase");
             }
             Platform::Unspecified => panic!("bad platform"),
@@ -233,7 +241,8 @@ async fn transient_failures_are_nacked_then_dead_lettered_on_the_last_attempt() 
     assert_eq!(m.attributes["source_message_id"], id);
     assert_eq!(m.attributes["push_delivery_attempt"], "5");
     assert!(
-        !m.attributes.contains_key("CloudPubSubDeadLetterSourceDeliveryCount"),
+        !m.attributes
+            .contains_key("CloudPubSubDeadLetterSourceDeliveryCount"),
         "dead-lettered by us with a reason, not by Pub/Sub's policy"
     );
     env.wait_metric("push_dispatch_messages_total", &[("result", "nacked")], 4.0)
@@ -270,7 +279,11 @@ async fn retryable_targets_are_republished_without_resending_delivered_siblings(
         .await;
     let m = env.metrics().await;
     assert_eq!(
-        common::metric_value(&m, "push_dispatch_messages_total", &[("result", "republished")]),
+        common::metric_value(
+            &m,
+            "push_dispatch_messages_total",
+            &[("result", "republished")]
+        ),
         1.0
     );
     assert_eq!(
@@ -375,7 +388,9 @@ async fn sigterm_drains_and_exits_cleanly() {
     let env = TestEnv::new("sigterm", Settings::default()).await;
     env.provision();
     let mut worker = env.start_worker().await;
-    let (status, _) = common::http_get(env.port, "/healthz").await.expect("healthz");
+    let (status, _) = common::http_get(env.port, "/healthz")
+        .await
+        .expect("healthz");
     assert_eq!(status, 200);
     for i in 0..20 {
         env.publish_json(&json_request(&[("PLATFORM_FCM", &format!("tok-{i}"))]))
@@ -384,7 +399,11 @@ async fn sigterm_drains_and_exits_cleanly() {
     env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 20.0)
         .await;
     let status = worker.terminate().await;
-    assert!(status.success(), "exit status {status}:\n{}", worker.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        worker.log_text()
+    );
     let log = worker.log_text();
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("worker stopped"), "{log}");

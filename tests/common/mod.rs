@@ -254,7 +254,10 @@ apps:
 
     /// Starts the worker and waits until `/readyz` answers 200.
     pub async fn start_worker(&self) -> WorkerProcess {
-        let log = self.dir.path().join(format!("worker-{}.log", rand::random::<u16>()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("worker-{}.log", rand::random::<u16>()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = self
             .command(&["run"])
@@ -436,8 +439,14 @@ impl Collector {
             let left = DEADLINE.saturating_sub(start.elapsed());
             match tokio::time::timeout(left, self.rx.recv()).await {
                 Ok(Some(m)) => out.push(m),
-                Ok(None) => panic!("subscription stream closed after {} of {n} messages", out.len()),
-                Err(_) => panic!("only {} of {n} messages arrived within {DEADLINE:?}: {out:?}", out.len()),
+                Ok(None) => panic!(
+                    "subscription stream closed after {} of {n} messages",
+                    out.len()
+                ),
+                Err(_) => panic!(
+                    "only {} of {n} messages arrived within {DEADLINE:?}: {out:?}",
+                    out.len()
+                ),
             }
         }
         out

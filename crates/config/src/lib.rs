@@ -488,7 +488,10 @@ impl figment::Provider for EnvPairs {
 fn merge_dict(into: &mut figment::value::Dict, from: figment::value::Dict) {
     for (key, value) in from {
         match (into.get_mut(&key), value) {
-            (Some(figment::value::Value::Dict(_, existing)), figment::value::Value::Dict(_, new)) => {
+            (
+                Some(figment::value::Value::Dict(_, existing)),
+                figment::value::Value::Dict(_, new),
+            ) => {
                 merge_dict(existing, new);
             }
             (_, value) => {

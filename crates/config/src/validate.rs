@@ -65,7 +65,10 @@ impl Issues {
 
     fn resource_name(&mut self, key: &str, name: &str) {
         if let Some(problem) = pubsub_name_problem(name) {
-            self.add(key, format!("`{name}` is not a valid Pub/Sub name: {problem}"));
+            self.add(
+                key,
+                format!("`{name}` is not a valid Pub/Sub name: {problem}"),
+            );
         }
     }
 
@@ -136,7 +139,10 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
         ("pubsub.requests_topic", &p.requests_topic),
         ("pubsub.subscription", &p.subscription),
         ("pubsub.dead_letter_topic", &p.dead_letter_topic),
-        ("pubsub.dead_letter_subscription", &p.dead_letter_subscription),
+        (
+            "pubsub.dead_letter_subscription",
+            &p.dead_letter_subscription,
+        ),
         ("feedback.topic", &c.feedback.topic),
     ] {
         if name.is_empty() {
@@ -242,8 +248,20 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
         "",
     );
     v.range("dispatch.max_republish", d.max_republish, 0, 100, "");
-    v.range("dispatch.circuit.failure_ratio", d.circuit.failure_ratio, 0.01, 1.0, "");
-    v.range("dispatch.circuit.min_requests", d.circuit.min_requests, 1, 1_000_000, "");
+    v.range(
+        "dispatch.circuit.failure_ratio",
+        d.circuit.failure_ratio,
+        0.01,
+        1.0,
+        "",
+    );
+    v.range(
+        "dispatch.circuit.min_requests",
+        d.circuit.min_requests,
+        1,
+        1_000_000,
+        "",
+    );
     v.duration(
         "dispatch.circuit.open_for",
         d.circuit.open_for,
@@ -254,7 +272,13 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
 
     let g = &c.feedback.guard;
     v.range("feedback.guard.ratio", g.ratio, 0.01, 1.0, "");
-    v.range("feedback.guard.min_samples", g.min_samples, 1, 10_000_000, "");
+    v.range(
+        "feedback.guard.min_samples",
+        g.min_samples,
+        1,
+        10_000_000,
+        "",
+    );
     v.duration(
         "feedback.guard.window",
         g.window,
@@ -265,7 +289,10 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
 
     let t = &c.telemetry;
     if t.log_level.trim().is_empty() {
-        v.add("telemetry.log_level", "is empty; use info, debug, warn, error or a filter such as push_dispatch=debug,info");
+        v.add(
+            "telemetry.log_level",
+            "is empty; use info, debug, warn, error or a filter such as push_dispatch=debug,info",
+        );
     }
     v.range("telemetry.sample_ratio", t.sample_ratio, 0.0, 1.0, "");
     if let Some(url) = &t.otlp_endpoint {
@@ -300,13 +327,19 @@ fn validate_apps(apps: &[AppConfig], v: &mut Issues) {
         if !seen.insert(app.name.as_str()) {
             v.add(
                 format!("{key}.name"),
-                format!("`{}` is used by an earlier app; app names must be unique", app.name),
+                format!(
+                    "`{}` is used by an earlier app; app names must be unique",
+                    app.name
+                ),
             );
         }
         if app.apns.is_none() && app.fcm.is_none() {
             v.add(
                 key.clone(),
-                format!("app `{}` has neither an apns nor an fcm block; add one", app.name),
+                format!(
+                    "app `{}` has neither an apns nor an fcm block; add one",
+                    app.name
+                ),
             );
         }
         if let Some(a) = &app.apns {
@@ -391,10 +424,9 @@ pub(crate) fn check_files(config: &Config) -> Vec<ConfigIssue> {
 fn check_pem_cert(v: &mut Issues, key: &str, path: &Path) {
     match read_file(path) {
         Err(problem) => v.add(key, problem),
-        Ok(text) if !text.contains("-----BEGIN CERTIFICATE-----") => v.add(
-            key,
-            format!("{} holds no PEM certificate", path.display()),
-        ),
+        Ok(text) if !text.contains("-----BEGIN CERTIFICATE-----") => {
+            v.add(key, format!("{} holds no PEM certificate", path.display()))
+        }
         Ok(_) => {}
     }
 }

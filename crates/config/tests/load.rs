@@ -31,7 +31,10 @@ fn the_repository_config_yaml_is_valid() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml");
     let config = Config::load(&path, env(&[])).expect("config.yaml loads");
     assert_eq!(config.pubsub.subscription, "push-requests-dispatch");
-    assert_eq!(config.pubsub.max_outstanding_bytes.as_u64(), 64 * 1024 * 1024);
+    assert_eq!(
+        config.pubsub.max_outstanding_bytes.as_u64(),
+        64 * 1024 * 1024
+    );
     assert_eq!(config.pubsub.retry_max_backoff, Duration::from_secs(600));
     assert_eq!(config.feedback.guard.min_samples, 200);
     assert_eq!(config.apps[0].name, "default");
@@ -79,7 +82,10 @@ fn pubsub_emulator_host_is_honoured() {
         env(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]),
     )
     .expect("loads");
-    assert_eq!(config.pubsub.emulator_host.as_deref(), Some("127.0.0.1:8085"));
+    assert_eq!(
+        config.pubsub.emulator_host.as_deref(),
+        Some("127.0.0.1:8085")
+    );
 }
 
 #[test]
@@ -102,7 +108,10 @@ fn a_bad_environment_value_says_it_came_from_the_environment() {
     )
     .expect_err("bad duration");
     let msg = err.to_string();
-    assert!(msg.contains("`pubsub.ack_deadline`") && msg.contains("environment"), "{msg}");
+    assert!(
+        msg.contains("`pubsub.ack_deadline`") && msg.contains("environment"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -198,7 +207,10 @@ apps:
     let config = Config::load(&write(&dir, text), env(&[])).expect("values are valid");
     let issues = config.check_files();
     let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
-    assert_eq!(keys, ["apps[0].apns.key_file", "apps[0].fcm.credentials_file"]);
+    assert_eq!(
+        keys,
+        ["apps[0].apns.key_file", "apps[0].fcm.credentials_file"]
+    );
     assert!(issues[0].problem.contains("no such file"));
 }
 
@@ -220,7 +232,7 @@ fn a_key_file_that_is_not_a_p8_key_is_refused_without_printing_it() {
 
 #[test]
 fn a_missing_file_says_how_to_fix_it() {
-    let err = Config::load(std::path::Path::new("/no/such/config.yaml"), env(&[]))
-        .expect_err("missing");
+    let err =
+        Config::load(std::path::Path::new("/no/such/config.yaml"), env(&[])).expect_err("missing");
     assert!(err.to_string().contains("--config"), "{err}");
 }

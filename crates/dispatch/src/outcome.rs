@@ -56,9 +56,10 @@ impl RetryCause {
     /// Whether this failure is the provider's (opens circuits), not the device's.
     pub fn is_provider_level(&self) -> bool {
         match self {
-            RetryCause::Status { status, provider_reason } => {
-                *status >= 500 || provider_reason == "QUOTA_EXCEEDED"
-            }
+            RetryCause::Status {
+                status,
+                provider_reason,
+            } => *status >= 500 || provider_reason == "QUOTA_EXCEEDED",
             RetryCause::Timeout | RetryCause::Connection => true,
             RetryCause::CircuitOpen | RetryCause::ShuttingDown => false,
         }
@@ -98,7 +99,10 @@ impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RejectReason::PayloadTooLarge { bytes, max } => {
-                write!(f, "payload is {bytes} bytes, over the provider's {max}-byte limit")
+                write!(
+                    f,
+                    "payload is {bytes} bytes, over the provider's {max}-byte limit"
+                )
             }
             RejectReason::Provider {
                 status,

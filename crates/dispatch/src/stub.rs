@@ -71,7 +71,11 @@ impl StubDispatcher {
     fn apns(&self, token: &str) -> Outcome {
         let prefix = token.get(..4).unwrap_or("").to_ascii_lowercase();
         match prefix.as_str() {
-            "dead" => dead(Reason::Unregistered, "Unregistered", Some(SystemTime::now())),
+            "dead" => dead(
+                Reason::Unregistered,
+                "Unregistered",
+                Some(SystemTime::now()),
+            ),
             "bad0" => dead(Reason::BadDeviceToken, "BadDeviceToken", None),
             "0429" => retry(429, "TooManyRequests", None),
             "0500" => retry(500, "InternalServerError", None),
@@ -157,15 +161,25 @@ mod tests {
         assert_eq!(answer(Platform::Apns, "abcd").await, Outcome::Delivered);
         assert!(matches!(
             answer(Platform::Apns, "dead00").await,
-            Outcome::TokenInvalid { reason: Reason::Unregistered, invalidated_at: Some(_), .. }
+            Outcome::TokenInvalid {
+                reason: Reason::Unregistered,
+                invalidated_at: Some(_),
+                ..
+            }
         ));
         assert!(matches!(
             answer(Platform::Apns, "bad000").await,
-            Outcome::TokenInvalid { reason: Reason::BadDeviceToken, .. }
+            Outcome::TokenInvalid {
+                reason: Reason::BadDeviceToken,
+                ..
+            }
         ));
         for (token, status) in [("0429ab", 429), ("0500ab", 500), ("0503ab", 503)] {
             match answer(Platform::Apns, token).await {
-                Outcome::Retryable { cause: RetryCause::Status { status: s, .. }, .. } => {
+                Outcome::Retryable {
+                    cause: RetryCause::Status { status: s, .. },
+                    ..
+                } => {
                     assert_eq!(s, status);
                 }
                 other => panic!("{token}: {other:?}"),
@@ -177,19 +191,31 @@ mod tests {
     async fn fcm_script() {
         assert!(matches!(
             answer(Platform::Fcm, "unregistered-1").await,
-            Outcome::TokenInvalid { reason: Reason::Unregistered, .. }
+            Outcome::TokenInvalid {
+                reason: Reason::Unregistered,
+                ..
+            }
         ));
         assert!(matches!(
             answer(Platform::Fcm, "invalid-1").await,
-            Outcome::TokenInvalid { reason: Reason::InvalidRegistration, .. }
+            Outcome::TokenInvalid {
+                reason: Reason::InvalidRegistration,
+                ..
+            }
         ));
         assert!(matches!(
             answer(Platform::Fcm, "mismatch-1").await,
-            Outcome::TokenInvalid { reason: Reason::SenderIdMismatch, .. }
+            Outcome::TokenInvalid {
+                reason: Reason::SenderIdMismatch,
+                ..
+            }
         ));
         assert!(matches!(
             answer(Platform::Fcm, "quota-1").await,
-            Outcome::Retryable { after: Some(QUOTA_RETRY_AFTER), .. }
+            Outcome::Retryable {
+                after: Some(QUOTA_RETRY_AFTER),
+                ..
+            }
         ));
         assert_eq!(answer(Platform::Fcm, "ok-1").await, Outcome::Delivered);
     }
@@ -198,9 +224,18 @@ mod tests {
     async fn flaky_tokens_fail_twice_then_succeed() {
         let stub = StubDispatcher::new(Platform::Fcm);
         let req = PushRequest::default();
-        assert!(matches!(stub.send(&req, "flaky-1").await, Outcome::Retryable { .. }));
-        assert!(matches!(stub.send(&req, "flaky-1").await, Outcome::Retryable { .. }));
-        assert!(matches!(stub.send(&req, "flaky-2").await, Outcome::Retryable { .. }));
+        assert!(matches!(
+            stub.send(&req, "flaky-1").await,
+            Outcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            stub.send(&req, "flaky-1").await,
+            Outcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            stub.send(&req, "flaky-2").await,
+            Outcome::Retryable { .. }
+        ));
         assert_eq!(stub.send(&req, "flaky-1").await, Outcome::Delivered);
         assert_eq!(stub.delivered(), 1);
     }

@@ -66,7 +66,10 @@ pub fn attributes(event: &TokenInvalidated, encoding: Encoding) -> HashMap<Strin
             "reason".to_string(),
             event.reason().as_str_name().to_string(),
         ),
-        ("content-type".to_string(), encoding.content_type().to_string()),
+        (
+            "content-type".to_string(),
+            encoding.content_type().to_string(),
+        ),
     ])
 }
 
@@ -153,7 +156,9 @@ mod tests {
         let event = TokenInvalidated {
             platform: Platform::Fcm as i32,
             reason: Reason::SenderIdMismatch as i32,
-            observed_at: Some(timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1))),
+            observed_at: Some(timestamp(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1),
+            )),
             ..Default::default()
         };
         let json: serde_json::Value =

@@ -233,8 +233,11 @@ mod tests {
         let err = decode_request(b"not json", &attrs(&[])).expect_err("garbage");
         assert_eq!(err.code(), "decode_json");
         assert!(err.to_string().contains("proto3 JSON"));
-        let err = decode_request(&[0xff, 0xff, 0xff], &attrs(&[("content-type", CONTENT_TYPE_PROTOBUF)]))
-            .expect_err("garbage");
+        let err = decode_request(
+            &[0xff, 0xff, 0xff],
+            &attrs(&[("content-type", CONTENT_TYPE_PROTOBUF)]),
+        )
+        .expect_err("garbage");
         assert_eq!(err.code(), "decode_binary");
     }
 

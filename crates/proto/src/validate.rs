@@ -58,7 +58,9 @@ pub enum RequestError {
         max: usize,
     },
     /// The request names an app that is not configured.
-    #[error("unknown app `{app}`; configured apps are: {known}. Use one of them or leave `app` empty for the default")]
+    #[error(
+        "unknown app `{app}`; configured apps are: {known}. Use one of them or leave `app` empty for the default"
+    )]
     UnknownApp {
         /// The app the request named.
         app: String,
@@ -79,7 +81,9 @@ pub enum RequestError {
         max: usize,
     },
     /// `ttl` is negative or not a valid duration.
-    #[error("field `ttl` is negative or malformed; give a duration of 0s or more, or leave it unset")]
+    #[error(
+        "field `ttl` is negative or malformed; give a duration of 0s or more, or leave it unset"
+    )]
     InvalidTtl,
 }
 
@@ -118,9 +122,7 @@ impl std::fmt::Display for TokenProblem {
             TokenProblem::NotHex => "APNs tokens are hex digits only",
             TokenProblem::OddLength => "APNs tokens have an even number of hex digits",
             TokenProblem::BadLength => "its length is outside what the platform issues",
-            TokenProblem::BadCharacter => {
-                "FCM tokens hold only letters, digits and - _ : ."
-            }
+            TokenProblem::BadCharacter => "FCM tokens hold only letters, digits and - _ : .",
         })
     }
 }
@@ -147,7 +149,9 @@ pub enum TargetError {
         problem: TokenProblem,
     },
     /// The app has no configuration for this target's platform.
-    #[error("target {index}: app `{app}` has no `{platform}` block configured; add it under apps[].{platform} or stop sending {platform} targets for this app")]
+    #[error(
+        "target {index}: app `{app}` has no `{platform}` block configured; add it under apps[].{platform} or stop sending {platform} targets for this app"
+    )]
     PlatformNotConfigured {
         /// Position of the target in the request.
         index: usize,
@@ -335,7 +339,7 @@ pub fn apns_token_problem(token: &str) -> Option<TokenProblem> {
         Some(TokenProblem::Empty)
     } else if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         Some(TokenProblem::NotHex)
-    } else if token.len() % 2 != 0 {
+    } else if !token.len().is_multiple_of(2) {
         Some(TokenProblem::OddLength)
     } else if !(APNS_TOKEN_MIN_HEX..=APNS_TOKEN_MAX_HEX).contains(&token.len()) {
         Some(TokenProblem::BadLength)
@@ -411,7 +415,10 @@ mod tests {
 
     #[test]
     fn no_targets_is_rejected() {
-        assert_eq!(check(&request(vec![]), &apps()), Err(RequestError::NoTargets));
+        assert_eq!(
+            check(&request(vec![]), &apps()),
+            Err(RequestError::NoTargets)
+        );
         assert_eq!(RequestError::NoTargets.code(), "no_targets");
     }
 
@@ -437,7 +444,10 @@ mod tests {
         let err = check(&req, &apps()).expect_err("unknown");
         assert_eq!(err.code(), "unknown_app");
         let text = err.to_string();
-        assert!(text.contains("nope") && text.contains("main, android-only"), "{text}");
+        assert!(
+            text.contains("nope") && text.contains("main, android-only"),
+            "{text}"
+        );
         req.app = "android-only".into();
         assert_eq!(check(&req, &apps()).expect("known").app_index, 1);
         assert_eq!(check(&req, &[]), Err(RequestError::NoApps));
@@ -468,19 +478,37 @@ mod tests {
         assert_eq!(apns_token_problem(APNS_OK), None);
         assert_eq!(apns_token_problem(&APNS_OK.to_uppercase()), None);
         assert_eq!(apns_token_problem(""), Some(TokenProblem::Empty));
-        assert_eq!(apns_token_problem(&"g".repeat(64)), Some(TokenProblem::NotHex));
-        assert_eq!(apns_token_problem(&"a".repeat(65)), Some(TokenProblem::OddLength));
-        assert_eq!(apns_token_problem(&"a".repeat(62)), Some(TokenProblem::BadLength));
+        assert_eq!(
+            apns_token_problem(&"g".repeat(64)),
+            Some(TokenProblem::NotHex)
+        );
+        assert_eq!(
+            apns_token_problem(&"a".repeat(65)),
+            Some(TokenProblem::OddLength)
+        );
+        assert_eq!(
+            apns_token_problem(&"a".repeat(62)),
+            Some(TokenProblem::BadLength)
+        );
         assert_eq!(apns_token_problem(&"a".repeat(200)), None);
-        assert_eq!(apns_token_problem(&"a".repeat(202)), Some(TokenProblem::BadLength));
+        assert_eq!(
+            apns_token_problem(&"a".repeat(202)),
+            Some(TokenProblem::BadLength)
+        );
     }
 
     #[test]
     fn fcm_token_shapes() {
         assert_eq!(fcm_token_problem("dAbc-_:APA91b.x"), None);
         assert_eq!(fcm_token_problem(""), Some(TokenProblem::Empty));
-        assert_eq!(fcm_token_problem("has space"), Some(TokenProblem::BadCharacter));
-        assert_eq!(fcm_token_problem("ünïcode"), Some(TokenProblem::BadCharacter));
+        assert_eq!(
+            fcm_token_problem("has space"),
+            Some(TokenProblem::BadCharacter)
+        );
+        assert_eq!(
+            fcm_token_problem("ünïcode"),
+            Some(TokenProblem::BadCharacter)
+        );
         assert_eq!(
             fcm_token_problem(&"a".repeat(FCM_TOKEN_MAX_CHARS + 1)),
             Some(TokenProblem::BadLength)
@@ -520,14 +548,20 @@ mod tests {
         req.request_id = "x".repeat(MAX_ID_BYTES + 1);
         assert!(matches!(
             check(&req, &apps()),
-            Err(RequestError::FieldTooLong { field: "request_id", .. })
+            Err(RequestError::FieldTooLong {
+                field: "request_id",
+                ..
+            })
         ));
 
         let mut req = request(vec![target(Platform::Fcm, "t")]);
         req.collapse_key = "x".repeat(MAX_COLLAPSE_KEY_BYTES + 1);
         assert!(matches!(
             check(&req, &apps()),
-            Err(RequestError::FieldTooLong { field: "collapse_key", .. })
+            Err(RequestError::FieldTooLong {
+                field: "collapse_key",
+                ..
+            })
         ));
 
         let mut req = request(vec![target(Platform::Fcm, "t")]);

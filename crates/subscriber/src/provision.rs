@@ -215,7 +215,11 @@ pub fn drift(actual: &Subscription, wanted: &Subscription) -> Vec<&'static str> 
     if actual.enable_exactly_once_delivery != wanted.enable_exactly_once_delivery {
         fields.push("enable_exactly_once_delivery");
     }
-    let ttl = |s: &Subscription| s.expiration_policy.as_ref().and_then(|e| secs(e.ttl.as_ref()));
+    let ttl = |s: &Subscription| {
+        s.expiration_policy
+            .as_ref()
+            .and_then(|e| secs(e.ttl.as_ref()))
+    };
     if ttl(actual) != ttl(wanted) {
         fields.push("expiration_policy");
     }
@@ -263,7 +267,11 @@ pub async fn provision(
     Ok(report)
 }
 
-async fn ensure_topic(clients: &Clients, name: &str, dry_run: bool) -> Result<Change, ProvisionError> {
+async fn ensure_topic(
+    clients: &Clients,
+    name: &str,
+    dry_run: bool,
+) -> Result<Change, ProvisionError> {
     let api = |action: &'static str| {
         let resource = name.to_string();
         move |source| ProvisionError::Api {
@@ -411,7 +419,10 @@ mod tests {
         assert_eq!(s.ack_deadline_seconds, 60);
         let dlp = s.dead_letter_policy.as_ref().expect("dead letter policy");
         assert_eq!(dlp.max_delivery_attempts, 20);
-        assert_eq!(dlp.dead_letter_topic, "projects/local-project/topics/push-requests-dlq");
+        assert_eq!(
+            dlp.dead_letter_topic,
+            "projects/local-project/topics/push-requests-dlq"
+        );
         let rp = s.retry_policy.as_ref().expect("retry policy");
         assert_eq!(secs(rp.minimum_backoff.as_ref()), Some(10));
         assert_eq!(secs(rp.maximum_backoff.as_ref()), Some(600));
@@ -428,7 +439,10 @@ mod tests {
         config.pubsub.max_delivery_attempts = 7;
         config.pubsub.retry_max_backoff = Duration::from_secs(300);
         let after = desired_dispatch_subscription(&config, &names);
-        assert_eq!(drift(&before, &after), ["dead_letter_policy", "retry_policy"]);
+        assert_eq!(
+            drift(&before, &after),
+            ["dead_letter_policy", "retry_policy"]
+        );
     }
 
     #[test]

@@ -134,7 +134,9 @@ mod tests {
     fn oversized_messages_are_refused() {
         let err = build_message(vec![0; MAX_MESSAGE_BYTES + 1], HashMap::new()).expect_err("big");
         assert!(matches!(err, PublishError::TooLarge { .. }));
-        let many = (0..=MAX_ATTRIBUTES).map(|i| (i.to_string(), String::new())).collect();
+        let many = (0..=MAX_ATTRIBUTES)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
         assert!(matches!(
             build_message(Vec::new(), many),
             Err(PublishError::TooManyAttributes { .. })

@@ -265,6 +265,10 @@ mod tests {
             max_outstanding_messages: 3,
             ..s
         };
-        assert_eq!(tiny.per_stream_budget().0, 1, "every stream may hold one message");
+        assert_eq!(
+            tiny.per_stream_budget().0,
+            1,
+            "every stream may hold one message"
+        );
     }
 }

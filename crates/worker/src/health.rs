@@ -105,3 +105,72 @@ pub async fn serve(
     };
     Ok((local, fut))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_streams_and_goes_false_when_draining() {
+        let readiness = Arc::new(Readiness::default());
+        let cancel = CancellationToken::new();
+        let (addr, server) = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            router(readiness.clone(), Arc::new(Registry::default())),
+            cancel.clone(),
+        )
+        .await
+        .expect("bind");
+        let server = tokio::spawn(server);
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(
+            get(addr, "/readyz").await.starts_with("HTTP/1.1 503"),
+            "not ready before the streams"
+        );
+        readiness.set_streams_up(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        readiness.set_draining();
+        assert!(
+            get(addr, "/readyz").await.starts_with("HTTP/1.1 503"),
+            "draining is not ready"
+        );
+        assert!(
+            get(addr, "/healthz").await.starts_with("HTTP/1.1 200"),
+            "still alive while draining"
+        );
+        assert!(get(addr, "/metrics").await.contains("# EOF"));
+
+        cancel.cancel();
+        server.await.expect("join").expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_busy_address_names_the_config_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let Err(err) = serve(
+            addr,
+            router(
+                Arc::new(Readiness::default()),
+                Arc::new(Registry::default()),
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        else {
+            panic!("bound a busy address");
+        };
+        assert!(err.to_string().contains("server.listen"));
+    }
+}

@@ -57,7 +57,9 @@ pub enum RunError {
     )]
     NoSubscription(String),
     /// Pub/Sub could not be reached.
-    #[error("cannot read subscription {name}: {source}; is Pub/Sub (or PUBSUB_EMULATOR_HOST) reachable?")]
+    #[error(
+        "cannot read subscription {name}: {source}; is Pub/Sub (or PUBSUB_EMULATOR_HOST) reachable?"
+    )]
     Pubsub {
         /// The subscription's name.
         name: String,
@@ -135,7 +137,11 @@ pub fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
                 apns,
                 fcm,
             },
-            apns_topic: app.apns.as_ref().map(|a| a.topic.clone()).unwrap_or_default(),
+            apns_topic: app
+                .apns
+                .as_ref()
+                .map(|a| a.topic.clone())
+                .unwrap_or_default(),
             apns_environment: app
                 .apns
                 .as_ref()
@@ -232,7 +238,9 @@ pub async fn run(
             async move { worker.handle(received).await }
         },
     );
-    metrics.streams_running.set(i64::from(config.pubsub.streams));
+    metrics
+        .streams_running
+        .set(i64::from(config.pubsub.streams));
     readiness.set_streams_up(true);
     tracing::info!(
         subscription = %names.subscription,
@@ -308,8 +316,14 @@ mod tests {
     #[test]
     fn environment_comes_from_the_endpoint() {
         assert_eq!(apns_environment("https://api.push.apple.com"), "production");
-        assert_eq!(apns_environment("https://api.push.apple.com:443/"), "production");
-        assert_eq!(apns_environment("https://api.sandbox.push.apple.com"), "sandbox");
+        assert_eq!(
+            apns_environment("https://api.push.apple.com:443/"),
+            "production"
+        );
+        assert_eq!(
+            apns_environment("https://api.sandbox.push.apple.com"),
+            "sandbox"
+        );
         assert_eq!(apns_environment("http://127.0.0.1:8443"), "sandbox");
     }
 

@@ -124,7 +124,11 @@ impl Metrics {
             ack_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
-        r.register("messages", "Messages settled, by result", m.messages.clone());
+        r.register(
+            "messages",
+            "Messages settled, by result",
+            m.messages.clone(),
+        );
         r.register("sends", "Sends to providers, by outcome", m.sends.clone());
         r.register(
             "send_duration_seconds",
@@ -156,8 +160,16 @@ impl Metrics {
             "Publishes Pub/Sub did not confirm, by purpose",
             m.publish_failures.clone(),
         );
-        r.register("inflight_messages", "Messages being processed", m.inflight.clone());
-        r.register("streams_running", "Streaming pulls running", m.streams_running.clone());
+        r.register(
+            "inflight_messages",
+            "Messages being processed",
+            m.inflight.clone(),
+        );
+        r.register(
+            "streams_running",
+            "Streaming pulls running",
+            m.streams_running.clone(),
+        );
         r.register(
             "ack_failures",
             "Exactly-once acks that Pub/Sub did not confirm",

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use push_dispatch_dispatch::{AppDispatchers, Outcome, RetryCause};
 use push_dispatch_feedback::{FeedbackPublisher, event_id, timestamp};
 use push_dispatch_proto::v1::{Platform, PushRequest, TokenInvalidated};
-use push_dispatch_proto::{AppPlatforms, Encoding, check, decode_request, encode_message, redact_token};
+use push_dispatch_proto::{
+    AppPlatforms, Encoding, check, decode_request, encode_message, redact_token,
+};
 use push_dispatch_subscriber::publish::{PublishError, publish_confirmed, truncate_utf8};
 use push_dispatch_subscriber::pubsub::client::Publisher;
 use push_dispatch_subscriber::pubsub::model::Message;
@@ -23,7 +25,9 @@ use push_dispatch_subscriber::stream::Received;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels, SendLabels};
+use crate::metrics::{
+    FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels, SendLabels,
+};
 
 /// Attribute: short error code on dead-lettered messages.
 pub const ATTR_PUSH_ERROR: &str = "push_error";
@@ -160,7 +164,7 @@ impl Worker {
     pub async fn handle(&self, received: Received) {
         let Received { message, lease, .. } = received;
         self.metrics.inflight.inc();
-        if let Some(lag) = message.publish_time.clone().and_then(to_system_time)
+        if let Some(lag) = message.publish_time.and_then(to_system_time)
             && let Ok(d) = SystemTime::now().duration_since(lag)
         {
             self.metrics.pull_lag.observe(d.as_secs_f64());
@@ -197,11 +201,19 @@ impl Worker {
         // §5.2 poison fast path: undecodable or invalid as a whole.
         let request = match decode_request(&message.data, &message.attributes) {
             Ok(r) => r,
-            Err(e) => return self.dead_letter_message(&ctx, e.code(), &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .dead_letter_message(&ctx, e.code(), &e.to_string())
+                    .await;
+            }
         };
         let checked = match check(&request, &self.platforms) {
             Ok(c) => c,
-            Err(e) => return self.dead_letter_message(&ctx, e.code(), &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .dead_letter_message(&ctx, e.code(), &e.to_string())
+                    .await;
+            }
         };
         let app = &self.apps[checked.app_index];
 
@@ -254,8 +266,16 @@ impl Worker {
                 } => {
                     let platform = target.platform();
                     let (apns_topic, fcm_project, environment) = match platform {
-                        Platform::Apns => (app.apns_topic.clone(), String::new(), app.apns_environment.clone()),
-                        _ => (String::new(), app.fcm_project.clone(), "production".to_string()),
+                        Platform::Apns => (
+                            app.apns_topic.clone(),
+                            String::new(),
+                            app.apns_environment.clone(),
+                        ),
+                        _ => (
+                            String::new(),
+                            app.fcm_project.clone(),
+                            "production".to_string(),
+                        ),
                     };
                     events.push((
                         index,
@@ -353,7 +373,9 @@ impl Worker {
                     "no target succeeded in {} delivery attempts",
                     self.settings.max_delivery_attempts
                 );
-                return self.dead_letter_message(&ctx, RETRIES_EXHAUSTED, &detail).await;
+                return self
+                    .dead_letter_message(&ctx, RETRIES_EXHAUSTED, &detail)
+                    .await;
             }
             return Settle::Nack;
         }
@@ -398,7 +420,12 @@ impl Worker {
 
     /// Sends to one target, retrying in process while the total wait stays
     /// within `dispatch.max_in_process_wait` (SPEC §5.3).
-    async fn send_with_retries(&self, app: &AppRuntime, request: &PushRequest, index: usize) -> Outcome {
+    async fn send_with_retries(
+        &self,
+        app: &AppRuntime,
+        request: &PushRequest,
+        index: usize,
+    ) -> Outcome {
         let target = &request.targets[index];
         let platform = target.platform();
         let Some(dispatcher) = app.dispatchers.for_platform(platform) else {
@@ -454,12 +481,20 @@ impl Worker {
 
     /// Publishes the whole original message to the dead-letter topic, then
     /// acks; if Pub/Sub does not confirm, nacks (the DeadLetterPolicy catches it).
-    async fn dead_letter_message(&self, ctx: &Context<'_>, code: &'static str, detail: &str) -> Settle {
+    async fn dead_letter_message(
+        &self,
+        ctx: &Context<'_>,
+        code: &'static str,
+        detail: &str,
+    ) -> Settle {
         let mut attrs = carried_attributes(&ctx.message.attributes);
         attrs.extend(error_attributes(ctx, code, detail));
         if ctx.encoding == Encoding::Binary {
             // `googclient_schemaencoding` is not carried: say it another way.
-            attrs.insert("content-type".into(), Encoding::Binary.content_type().into());
+            attrs.insert(
+                "content-type".into(),
+                Encoding::Binary.content_type().into(),
+            );
         }
         let (publisher, topic) = &self.outputs.dead_letter;
         match publish_confirmed(publisher, topic, ctx.message.data.to_vec(), attrs).await {
@@ -511,7 +546,10 @@ impl Worker {
         let mut attrs = carried_attributes(&ctx.message.attributes);
         attrs.insert(ATTR_PUSH_ATTEMPT.into(), push_attempt.to_string());
         attrs.insert(ATTR_SOURCE_MESSAGE_ID.into(), ctx.source_message_id.clone());
-        if let Some(t) = ctx.first_publish_time.and_then(|t| push_dispatch_subscriber::wkt::Timestamp::try_from(t).ok()) {
+        if let Some(t) = ctx
+            .first_publish_time
+            .and_then(|t| push_dispatch_subscriber::wkt::Timestamp::try_from(t).ok())
+        {
             attrs.insert(ATTR_FIRST_PUBLISH_TIME.into(), String::from(t));
         }
         attrs.insert("content-type".into(), encoding.content_type().into());
@@ -556,7 +594,7 @@ impl Worker {
 impl<'a> Context<'a> {
     fn of(message: &'a Message, delivery_attempt: Option<i32>) -> Context<'a> {
         let attrs = &message.attributes;
-        let publish_time = message.publish_time.clone().and_then(to_system_time);
+        let publish_time = message.publish_time.and_then(to_system_time);
         let first_publish_time = attrs
             .get(ATTR_FIRST_PUBLISH_TIME)
             .and_then(|v| push_dispatch_subscriber::wkt::Timestamp::try_from(v.as_str()).ok())
@@ -635,7 +673,10 @@ fn error_attributes(ctx: &Context<'_>, code: &str, detail: &str) -> Vec<(String,
             ATTR_PUSH_ERROR_DETAIL.to_string(),
             truncate_utf8(detail, MAX_DETAIL_BYTES).to_string(),
         ),
-        (ATTR_SOURCE_MESSAGE_ID.to_string(), ctx.source_message_id.clone()),
+        (
+            ATTR_SOURCE_MESSAGE_ID.to_string(),
+            ctx.source_message_id.clone(),
+        ),
     ];
     if let Some(a) = ctx.delivery_attempt {
         attrs.push((ATTR_DELIVERY_ATTEMPT.to_string(), a.to_string()));
@@ -676,11 +717,20 @@ mod tests {
         let mut req = PushRequest::default();
         let long_ago = SystemTime::now() - Duration::from_secs(120);
         assert!(!is_expired(&req, Some(long_ago)), "no ttl never expires");
-        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration { seconds: 60, nanos: 0 });
+        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        });
         assert!(is_expired(&req, Some(long_ago)));
         assert!(!is_expired(&req, Some(SystemTime::now())));
-        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration { seconds: 0, nanos: 0 });
-        assert!(!is_expired(&req, Some(long_ago)), "ttl 0 is now-or-never, not expired");
+        req.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        assert!(
+            !is_expired(&req, Some(long_ago)),
+            "ttl 0 is now-or-never, not expired"
+        );
     }
 
     #[test]

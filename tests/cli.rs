@@ -1,0 +1,255 @@
+//! End-to-end tests of the command line: `provision` (idempotence, drift,
+//! dry run), `check-config` (exit codes, keys named, secrets redacted),
+//! `send`, and readiness of `run`.
+
+mod common;
+
+use common::{Settings, TestEnv};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_creates_everything_once_and_is_idempotent() {
+    let env = TestEnv::new("provision", Settings::default()).await;
+    let dry = env.run(&["provision", "--dry-run"], &[]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert_eq!(
+        stdout(&dry).matches("would create").count(),
+        5,
+        "{}",
+        stdout(&dry)
+    );
+
+    let first = env.provision();
+    assert_eq!(first.matches("created").count(), 5, "{first}");
+    let second = env.provision();
+    assert!(second.contains("everything up to date"), "{second}");
+    assert!(
+        !second.contains("created") && !second.contains("updated"),
+        "{second}"
+    );
+
+    let sub = env.get_subscription("push-requests-dispatch").await;
+    assert_eq!(sub.topic, env.topic("push-requests"));
+    assert_eq!(sub.ack_deadline_seconds, 10);
+    let dlp = sub.dead_letter_policy.expect("dead letter policy");
+    assert_eq!(dlp.dead_letter_topic, env.topic("push-requests-dlq"));
+    assert_eq!(dlp.max_delivery_attempts, 5);
+    let rp = sub.retry_policy.expect("retry policy");
+    assert_eq!(rp.maximum_backoff.map(|d| d.seconds()), Some(1));
+    assert!(
+        sub.expiration_policy.and_then(|e| e.ttl).is_none(),
+        "the subscription never expires"
+    );
+    let inspect = env.get_subscription("push-requests-dlq-inspect").await;
+    assert_eq!(inspect.topic, env.topic("push-requests-dlq"));
+    assert_eq!(
+        inspect.message_retention_duration.map(|d| d.seconds()),
+        Some(7 * 24 * 3600)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_updates_a_drifted_subscription_and_dry_run_changes_nothing() {
+    let env = TestEnv::new("drift", Settings::default()).await;
+    env.provision();
+    let drift = [
+        ("PUSH_DISPATCH_PUBSUB__MAX_DELIVERY_ATTEMPTS", "9"),
+        ("PUSH_DISPATCH_PUBSUB__EXACTLY_ONCE", "true"),
+    ];
+    let dry = env.run(&["provision", "--dry-run"], &drift);
+    assert!(
+        stdout(&dry).contains("would update dead_letter_policy, enable_exactly_once_delivery"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(
+        env.get_subscription("push-requests-dispatch")
+            .await
+            .dead_letter_policy
+            .map(|d| d.max_delivery_attempts),
+        Some(5),
+        "a dry run changes nothing"
+    );
+    let applied = env.run(&["provision"], &drift);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert!(
+        stdout(&applied).contains("updated dead_letter_policy, enable_exactly_once_delivery"),
+        "{}",
+        stdout(&applied)
+    );
+    let sub = env.get_subscription("push-requests-dispatch").await;
+    assert_eq!(
+        sub.dead_letter_policy.map(|d| d.max_delivery_attempts),
+        Some(9)
+    );
+    assert!(sub.enable_exactly_once_delivery);
+    let again = env.run(&["provision"], &drift);
+    assert!(
+        stdout(&again).contains("everything up to date"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_refuses_to_move_a_subscription_to_another_topic() {
+    let env = TestEnv::new("immutable", Settings::default()).await;
+    env.provision();
+    let out = env.run(
+        &["provision"],
+        &[("PUSH_DISPATCH_PUBSUB__REQUESTS_TOPIC", "elsewhere")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot change it in place") && err.contains("elsewhere"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_prints_the_effective_config_and_names_bad_keys() {
+    let env = TestEnv::new("check-config", Settings::default()).await;
+    let ok = env.run(&["check-config"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("project_id: e2e-check-config"),
+        "{}",
+        stdout(&ok)
+    );
+    assert!(
+        !stdout(&ok).contains("BEGIN PRIVATE KEY"),
+        "key material never printed"
+    );
+
+    let bad = env.run(
+        &["check-config"],
+        &[("PUSH_DISPATCH_PUBSUB__MAX_DELIVERY_ATTEMPTS", "2")],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("config key `pubsub.max_delivery_attempts`"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let wrong_type = env.run(&["run"], &[("PUSH_DISPATCH_DISPATCH__CONCURRENCY", "lots")]);
+    assert_eq!(wrong_type.status.code(), Some(2));
+    assert!(
+        stderr(&wrong_type).contains("`dispatch.concurrency`"),
+        "{}",
+        stderr(&wrong_type)
+    );
+
+    let missing = env.run(&["--config", "/nonexistent.yaml", "check-config"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_a_missing_apns_key_file_naming_the_key() {
+    let env = TestEnv::new("missing-key", Settings::default()).await;
+    std::fs::remove_file(env.dir.path().join("AuthKey_TESTKEY001.p8")).expect("remove key");
+    let out = env.run(&["run"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("apps[0].apns.key_file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_without_a_subscription_says_how_to_provision() {
+    let env = TestEnv::new("no-sub", Settings::default()).await;
+    let out = env.run(&["run"], &[("PUSH_DISPATCH_PUBSUB__PROVISION", "false")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("push-dispatch provision"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_publishes_from_flags_and_from_json() {
+    let env = TestEnv::new("send", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let token = common::apns_token("a1b2");
+    let out = env.run(
+        &[
+            "send",
+            "--platform",
+            "apns",
+            "--token",
+            &token,
+            "--title",
+            "Hello",
+            "--body",
+            "World",
+            "--data",
+            "k=v",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).trim().is_empty(), "prints the message id");
+
+    let json = env.dir.path().join("req.json");
+    std::fs::write(
+        &json,
+        r#"{"app":"second","targets":[{"platform":"PLATFORM_FCM","token":"fcm-json"}]}"#,
+    )
+    .expect("write json");
+    let json_arg = json.display().to_string();
+    let out = env.run(&["send", "--json", &json_arg, "--binary"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "delivered")],
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        env.metric(
+            "push_dispatch_sends_total",
+            &[("app", "second"), ("outcome", "delivered")]
+        )
+        .await,
+        1.0
+    );
+
+    let usage = env.run(&["send", "--token", "x"], &[]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("--platform"), "{}", stderr(&usage));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_server_stops_with_the_worker() {
+    let env = TestEnv::new(
+        "readiness",
+        Settings {
+            shutdown_grace: "5s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let mut worker = env.start_worker().await;
+    let (ready, _) = common::http_get(env.port, "/readyz").await.expect("readyz");
+    assert_eq!(ready, 200);
+    let status = worker.terminate().await;
+    assert!(status.success());
+    assert!(
+        common::http_get(env.port, "/readyz").await.is_err(),
+        "the server is gone after exit"
+    );
+}
