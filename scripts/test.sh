@@ -19,10 +19,10 @@ if [[ -z "${PUBSUB_EMULATOR_HOST:-}" ]]; then
   echo "Pub/Sub emulator on $PUBSUB_EMULATOR_HOST"
 fi
 
+# Doc tests first: nextest does not run them, and its summary should close the run.
+cargo test --workspace --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
-# Doc tests are not run by nextest.
-cargo test --workspace --doc --quiet

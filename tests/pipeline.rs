@@ -408,3 +408,119 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("worker stopped"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cuts_in_process_retries_short_and_nacks_the_message() {
+    let env = TestEnv::new(
+        "sigterm-retrying",
+        Settings {
+            max_in_process_wait: "60s",
+            shutdown_grace: "60s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let mut worker = env.start_worker().await;
+    let id = env
+        .publish_json(&json_request(&[("PLATFORM_FCM", "unavailable-1")]))
+        .await;
+    // The message is now in flight, backing off between in-process retries.
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "retryable")],
+        1.0,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let status = worker.terminate().await;
+    assert!(status.success(), "{}", worker.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "draining stops retries instead of waiting out max_in_process_wait"
+    );
+    let log = worker.log_text();
+    let settled = log
+        .lines()
+        .find(|l| l.contains("settled") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no settle line for {id}:\n{log}"));
+    assert!(settled.contains("Nack"), "{settled}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_grace_elapsed_nacks_what_is_still_in_flight() {
+    let env = TestEnv::new(
+        "grace",
+        Settings {
+            stub_options: "latency=60s",
+            shutdown_grace: "1s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let mut worker = env.start_worker().await;
+    let id = env
+        .publish_json(&json_request(&[("PLATFORM_FCM", "slow-1")]))
+        .await;
+    env.wait_metric("push_dispatch_inflight_messages", &[], 1.0)
+        .await;
+    let status = worker.terminate().await;
+    assert!(status.success(), "{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("shutdown grace elapsed"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("settled") && l.contains(&id) && l.contains("Nack")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unconfirmed_feedback_carries_dead_tokens_forward_without_resending_siblings() {
+    let env = TestEnv::new(
+        "feedback-down",
+        Settings {
+            max_republish: 2,
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    env.delete_topic("push-feedback").await;
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    // No provisioning at start: it would create the feedback topic again.
+    let _worker = env
+        .start_worker_with(&[("PUSH_DISPATCH_PUBSUB__PROVISION", "false")])
+        .await;
+    env.publish_json(&json_request(&[
+        ("PLATFORM_FCM", "fcm-good"),
+        ("PLATFORM_FCM", "unregistered-x"),
+    ]))
+    .await;
+    // The dead token keeps failing to be reported: carried forward once, then
+    // nacked until the last delivery attempt, then dead-lettered with a reason.
+    let got = dlq.take(1).await;
+    assert_eq!(got[0].attributes["push_error"], "retries_exhausted");
+    assert_eq!(got[0].attributes["push_attempt"], "2");
+    let part: PushRequest = serde_json::from_slice(&got[0].data).expect("request");
+    let tokens: Vec<&str> = part.targets.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(tokens, ["unregistered-x"]);
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        1.0,
+        "the delivered sibling was never sent again"
+    );
+    assert!(
+        common::metric_value(
+            &m,
+            "push_dispatch_publish_failures_total",
+            &[("reason", "feedback")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_feedback_events_total", &[]),
+        0.0
+    );
+}

@@ -47,6 +47,8 @@ pub struct Settings {
     pub max_republish: u32,
     pub shutdown_grace: &'static str,
     pub streams: u32,
+    /// Options of the `stub:` endpoints of the default app, e.g. `latency=5s`.
+    pub stub_options: &'static str,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             max_republish: 5,
             shutdown_grace: "10s",
             streams: 2,
+            stub_options: "",
         }
     }
 }
@@ -120,13 +123,13 @@ server:
 apps:
   - name: default
     apns:
-      endpoint: "stub:"
+      endpoint: "stub:{stub}"
       key_file: {key}
       key_id: TESTKEY001
       team_id: TESTTEAM01
       topic: com.example.app
     fcm:
-      endpoint: "stub:"
+      endpoint: "stub:{stub}"
       project_id: example-firebase
   - name: second
     fcm:
@@ -141,6 +144,7 @@ apps:
             wait = s.max_in_process_wait,
             max_republish = s.max_republish,
             key = key.display(),
+            stub = s.stub_options,
         );
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
@@ -219,6 +223,17 @@ apps:
         sub
     }
 
+    /// Deletes a topic (short name), to make publishes to it fail.
+    pub async fn delete_topic(&self, name: &str) {
+        self.clients
+            .topics
+            .delete_topic()
+            .set_topic(self.topic(name))
+            .send()
+            .await
+            .expect("delete topic");
+    }
+
     pub async fn get_subscription(&self, name: &str) -> Subscription {
         self.clients
             .subscriptions
@@ -254,13 +269,21 @@ apps:
 
     /// Starts the worker and waits until `/readyz` answers 200.
     pub async fn start_worker(&self) -> WorkerProcess {
+        self.start_worker_with(&[]).await
+    }
+
+    /// Like [`TestEnv::start_worker`], with extra environment variables.
+    pub async fn start_worker_with(&self, env: &[(&str, &str)]) -> WorkerProcess {
         let log = self
             .dir
             .path()
             .join(format!("worker-{}.log", rand::random::<u16>()));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = self
-            .command(&["run"])
+        let mut cmd = self.command(&["run"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -418,6 +441,13 @@ impl WorkerProcess {
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- worker log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -12,7 +12,8 @@
 //!
 //! Anything else is delivered. It does no I/O, so pipeline tests exercise the
 //! worker's policy against the real Pub/Sub emulator without a provider.
-//! Selected by the endpoint `stub:`; never meant for production.
+//! Selected by the endpoint `stub:` (`stub:latency=2s` adds latency to every
+//! answer, for drain and timeout tests); never meant for production.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +33,7 @@ pub struct StubDispatcher {
     platform: Platform,
     flaky_failures: Mutex<HashMap<String, u32>>,
     delivered: AtomicU64,
+    latency: Duration,
 }
 
 impl StubDispatcher {
@@ -41,7 +43,14 @@ impl StubDispatcher {
             platform,
             flaky_failures: Mutex::new(HashMap::new()),
             delivered: AtomicU64::new(0),
+            latency: Duration::ZERO,
         }
+    }
+
+    /// Delays every answer by `latency`.
+    pub fn with_latency(mut self, latency: Duration) -> StubDispatcher {
+        self.latency = latency;
+        self
     }
 
     /// Pushes delivered so far.
@@ -129,6 +138,9 @@ impl Dispatcher for StubDispatcher {
     }
 
     async fn send(&self, _request: &PushRequest, token: &str) -> Outcome {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let outcome = match self.platform {
             Platform::Apns => self.apns(token),
             Platform::Fcm => self.fcm(token),

@@ -99,8 +99,28 @@ fn dispatcher_for(
     endpoint: &str,
     platform: Platform,
 ) -> Result<Arc<dyn Dispatcher>, RunError> {
-    if endpoint.starts_with("stub:") {
-        return Ok(Arc::new(StubDispatcher::new(platform)));
+    if let Some(options) = endpoint.strip_prefix("stub:") {
+        let mut stub = StubDispatcher::new(platform);
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("latency", value)) => {
+                    let latency = humantime::parse_duration(value).map_err(|e| RunError::Dispatcher {
+                        key: key.clone(),
+                        problem: format!("`{endpoint}`: latency `{value}` is not a duration ({e}); write e.g. stub:latency=200ms"),
+                    })?;
+                    stub = stub.with_latency(latency);
+                }
+                _ => {
+                    return Err(RunError::Dispatcher {
+                        key,
+                        problem: format!(
+                            "`{endpoint}`: unknown stub option `{option}`; the only option is latency=DURATION"
+                        ),
+                    });
+                }
+            }
+        }
+        return Ok(Arc::new(stub));
     }
     Err(RunError::Dispatcher {
         key,

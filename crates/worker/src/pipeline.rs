@@ -177,6 +177,7 @@ impl Worker {
                 Settle::Nack
             }
         };
+        tracing::debug!(message_id = %message.message_id, settle = ?settle, "settled");
         match settle {
             Settle::Ack(result) => {
                 if let Err(e) = lease.ack().await {
