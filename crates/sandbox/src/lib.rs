@@ -1,0 +1,1 @@
+//! Local APNs, FCM and OAuth stand-ins (being written).
