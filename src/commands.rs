@@ -85,7 +85,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         return Err(Failure::Config(ConfigError::Invalid(file_issues).into()));
     }
     crate::logging::init(&config.telemetry).map_err(|e| Failure::Config(anyhow!(e)))?;
-    let apps = build_apps(&config).map_err(|e| match e {
+    let apps = build_apps(&config).await.map_err(|e| match e {
         RunError::Dispatcher { .. } => Failure::Config(e.into()),
         other => runtime(other),
     })?;

@@ -238,6 +238,9 @@ pub struct FcmConfig {
     /// A service-account JSON; null = Application Default Credentials.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// HTTP/2 connections to FCM.
+    #[serde(default = "default_fcm_connections")]
+    pub connections: u32,
     /// An extra root CA (a sandbox with TLS).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -247,6 +250,10 @@ pub struct FcmConfig {
 }
 
 fn default_apns_connections() -> u32 {
+    2
+}
+
+fn default_fcm_connections() -> u32 {
     2
 }
 

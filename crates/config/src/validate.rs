@@ -369,6 +369,7 @@ fn validate_apps(apps: &[AppConfig], v: &mut Issues) {
                     "is empty; set the Firebase project id",
                 );
             }
+            v.range(&format!("{key}.fcm.connections"), f.connections, 1, 64, "");
             v.rate(&format!("{key}.fcm.rate_limit"), f.rate_limit);
         }
     }

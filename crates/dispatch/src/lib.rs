@@ -9,14 +9,30 @@
 //! process by token prefix, exactly as the sandbox of SPEC §7 scripts it. It
 //! is selected by the endpoint `stub:` and serves pipeline tests and dry runs.
 
+pub mod apns;
+pub mod fcm;
+pub mod http;
 pub mod outcome;
+pub mod retry_after;
 pub mod stub;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use push_dispatch_proto::v1::{Platform, PushRequest};
 
 pub use outcome::{Outcome, RejectReason, RetryCause};
+
+/// One push to one device.
+#[derive(Clone, Copy, Debug)]
+pub struct Push<'a> {
+    /// The request (shared by all its targets).
+    pub request: &'a PushRequest,
+    /// The device token.
+    pub token: &'a str,
+    /// When the request stops being deliverable (first publish + ttl), if it has a ttl.
+    pub expires_at: Option<SystemTime>,
+}
 
 /// Sends a push to one device of one provider.
 #[async_trait::async_trait]
@@ -24,9 +40,9 @@ pub trait Dispatcher: Send + Sync + std::fmt::Debug {
     /// The platform this dispatcher serves.
     fn platform(&self) -> Platform;
 
-    /// Sends `request` to the device `token` and classifies the answer.
-    /// Never fails: transport errors are [`Outcome::Retryable`].
-    async fn send(&self, request: &PushRequest, token: &str) -> Outcome;
+    /// Sends the push and classifies the answer. Never fails: transport
+    /// errors are [`Outcome::Retryable`].
+    async fn send(&self, push: Push<'_>) -> Outcome;
 }
 
 /// The dispatchers of one configured app, by platform.

@@ -89,7 +89,9 @@ impl RejectReason {
     /// Short machine-readable code for `push_error`.
     pub fn code(&self) -> &'static str {
         match self {
-            RejectReason::PayloadTooLarge { .. } => "payload_too_large",
+            RejectReason::PayloadTooLarge { .. } | RejectReason::Provider { status: 413, .. } => {
+                "payload_too_large"
+            }
             RejectReason::Provider { .. } => "provider_rejected",
         }
     }

@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use push_dispatch_proto::v1::{Platform, PushRequest, Reason};
+use push_dispatch_proto::v1::{Platform, Reason};
 
-use crate::{Dispatcher, Outcome, RetryCause};
+use crate::{Dispatcher, Outcome, Push, RetryCause};
 
 /// `Retry-After` the stub gives with FCM `QUOTA_EXCEEDED`.
 pub const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -137,7 +137,8 @@ impl Dispatcher for StubDispatcher {
         self.platform
     }
 
-    async fn send(&self, _request: &PushRequest, token: &str) -> Outcome {
+    async fn send(&self, push: Push<'_>) -> Outcome {
+        let token = push.token;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -161,10 +162,19 @@ impl Dispatcher for StubDispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use push_dispatch_proto::v1::PushRequest;
+
+    fn push<'a>(request: &'a PushRequest, token: &'a str) -> Push<'a> {
+        Push {
+            request,
+            token,
+            expires_at: None,
+        }
+    }
 
     async fn answer(platform: Platform, token: &str) -> Outcome {
         StubDispatcher::new(platform)
-            .send(&PushRequest::default(), token)
+            .send(push(&PushRequest::default(), token))
             .await
     }
 
@@ -237,18 +247,18 @@ mod tests {
         let stub = StubDispatcher::new(Platform::Fcm);
         let req = PushRequest::default();
         assert!(matches!(
-            stub.send(&req, "flaky-1").await,
+            stub.send(push(&req, "flaky-1")).await,
             Outcome::Retryable { .. }
         ));
         assert!(matches!(
-            stub.send(&req, "flaky-1").await,
+            stub.send(push(&req, "flaky-1")).await,
             Outcome::Retryable { .. }
         ));
         assert!(matches!(
-            stub.send(&req, "flaky-2").await,
+            stub.send(push(&req, "flaky-2")).await,
             Outcome::Retryable { .. }
         ));
-        assert_eq!(stub.send(&req, "flaky-1").await, Outcome::Delivered);
+        assert_eq!(stub.send(push(&req, "flaky-1")).await, Outcome::Delivered);
         assert_eq!(stub.delivered(), 1);
     }
 }

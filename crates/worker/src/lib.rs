@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use push_dispatch_config::{Config, FeedbackEncoding};
+use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
+use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::StubDispatcher;
 use push_dispatch_dispatch::{AppDispatchers, Dispatcher};
 use push_dispatch_feedback::FeedbackPublisher;
@@ -94,62 +96,82 @@ pub fn apns_environment(endpoint: &str) -> &'static str {
     }
 }
 
-fn dispatcher_for(
-    key: String,
+fn stub_for(
+    key: &str,
     endpoint: &str,
     platform: Platform,
-) -> Result<Arc<dyn Dispatcher>, RunError> {
-    if let Some(options) = endpoint.strip_prefix("stub:") {
-        let mut stub = StubDispatcher::new(platform);
-        for option in options.split(',').filter(|o| !o.is_empty()) {
-            match option.split_once('=') {
-                Some(("latency", value)) => {
-                    let latency = humantime::parse_duration(value).map_err(|e| RunError::Dispatcher {
-                        key: key.clone(),
-                        problem: format!("`{endpoint}`: latency `{value}` is not a duration ({e}); write e.g. stub:latency=200ms"),
-                    })?;
-                    stub = stub.with_latency(latency);
-                }
-                _ => {
-                    return Err(RunError::Dispatcher {
-                        key,
+) -> Option<Result<Arc<dyn Dispatcher>, RunError>> {
+    let options = endpoint.strip_prefix("stub:")?;
+    let mut stub = StubDispatcher::new(platform);
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some(("latency", value)) => match humantime::parse_duration(value) {
+                Ok(latency) => stub = stub.with_latency(latency),
+                Err(e) => {
+                    return Some(Err(RunError::Dispatcher {
+                        key: key.to_string(),
                         problem: format!(
-                            "`{endpoint}`: unknown stub option `{option}`; the only option is latency=DURATION"
+                            "`{endpoint}`: latency `{value}` is not a duration ({e}); write e.g. stub:latency=200ms"
                         ),
-                    });
+                    }));
                 }
+            },
+            _ => {
+                return Some(Err(RunError::Dispatcher {
+                    key: key.to_string(),
+                    problem: format!(
+                        "`{endpoint}`: unknown stub option `{option}`; the only option is latency=DURATION"
+                    ),
+                }));
             }
         }
-        return Ok(Arc::new(stub));
     }
-    Err(RunError::Dispatcher {
-        key,
-        problem: format!(
-            "`{endpoint}`: this build has no HTTP/2 {} client yet (it lands with the provider-clients issue); use `stub:` for the in-process stand-in",
-            platform.label()
-        ),
-    })
+    Some(Ok(Arc::new(stub)))
 }
 
-/// Builds each app's dispatchers from the config, in config order.
-pub fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
+/// Builds each app's dispatchers from the config, in config order: the HTTP/2
+/// APNs and FCM clients, or the in-process stub for `stub:` endpoints.
+pub async fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
+    let timeout = config.dispatch.request_timeout;
     let mut apps = Vec::with_capacity(config.apps.len());
     for (i, app) in config.apps.iter().enumerate() {
-        let apns = match &app.apns {
-            Some(a) => Some(dispatcher_for(
-                format!("apps[{i}].apns.endpoint"),
-                &a.endpoint,
-                Platform::Apns,
-            )?),
+        let apns: Option<Arc<dyn Dispatcher>> = match &app.apns {
             None => None,
+            Some(a) => {
+                let key = format!("apps[{i}].apns");
+                Some(
+                    match stub_for(&format!("{key}.endpoint"), &a.endpoint, Platform::Apns) {
+                        Some(stub) => stub?,
+                        None => Arc::new(
+                            ApnsClient::new(ApnsSettings::from_config(a, timeout)).map_err(
+                                |e| RunError::Dispatcher {
+                                    key: key.clone(),
+                                    problem: e.to_string(),
+                                },
+                            )?,
+                        ),
+                    },
+                )
+            }
         };
-        let fcm = match &app.fcm {
-            Some(f) => Some(dispatcher_for(
-                format!("apps[{i}].fcm.endpoint"),
-                &f.endpoint,
-                Platform::Fcm,
-            )?),
+        let fcm: Option<Arc<dyn Dispatcher>> = match &app.fcm {
             None => None,
+            Some(f) => {
+                let key = format!("apps[{i}].fcm");
+                Some(
+                    match stub_for(&format!("{key}.endpoint"), &f.endpoint, Platform::Fcm) {
+                        Some(stub) => stub?,
+                        None => Arc::new(
+                            FcmClient::new(FcmSettings::from_config(f, timeout))
+                                .await
+                                .map_err(|e| RunError::Dispatcher {
+                                    key: key.clone(),
+                                    problem: e.to_string(),
+                                })?,
+                        ),
+                    },
+                )
+            }
         };
         apps.push(AppRuntime {
             dispatchers: AppDispatchers {
@@ -347,8 +369,8 @@ mod tests {
         assert_eq!(apns_environment("http://127.0.0.1:8443"), "sandbox");
     }
 
-    #[test]
-    fn http_endpoints_are_refused_with_the_key_named() {
+    #[tokio::test]
+    async fn a_bad_credentials_file_is_refused_with_the_key_named() {
         let mut config = Config::default();
         config.apps.push(push_dispatch_config::AppConfig {
             name: "main".into(),
@@ -356,15 +378,16 @@ mod tests {
             fcm: Some(push_dispatch_config::FcmConfig {
                 endpoint: "https://fcm.googleapis.com".into(),
                 project_id: "p".into(),
-                credentials_file: None,
+                credentials_file: Some("/definitely/missing.json".into()),
+                connections: 2,
                 ca_file: None,
                 rate_limit: None,
             }),
         });
-        let err = build_apps(&config).expect_err("no client yet");
-        assert!(err.to_string().contains("apps[0].fcm.endpoint"), "{err}");
-        config.apps[0].fcm.as_mut().expect("fcm").endpoint = "stub:".into();
-        let apps = build_apps(&config).expect("stub");
+        let err = build_apps(&config).await.expect_err("missing file");
+        assert!(err.to_string().contains("apps[0].fcm"), "{err}");
+        config.apps[0].fcm.as_mut().expect("fcm").endpoint = "stub:latency=1ms".into();
+        let apps = build_apps(&config).await.expect("stub");
         assert!(apps[0].dispatchers.fcm.is_some() && apps[0].dispatchers.apns.is_none());
     }
 }

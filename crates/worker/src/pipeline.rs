@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use push_dispatch_dispatch::{AppDispatchers, Outcome, RetryCause};
+use push_dispatch_dispatch::{AppDispatchers, Outcome, Push, RetryCause};
 use push_dispatch_feedback::{FeedbackPublisher, event_id, timestamp};
 use push_dispatch_proto::v1::{Platform, PushRequest, TokenInvalidated};
 use push_dispatch_proto::{
@@ -243,12 +243,13 @@ impl Worker {
             part.details.push(e.to_string());
         }
 
+        let deadline = expires_at(&request, ctx.first_publish_time);
         // Dispatch every sendable target concurrently (bounded by `dispatch.concurrency`).
         let outcomes = futures::future::join_all(
             checked
                 .sendable
                 .iter()
-                .map(|&i| self.send_with_retries(app, &request, i)),
+                .map(|&i| self.send_with_retries(app, &request, i, deadline)),
         )
         .await;
 
@@ -426,6 +427,7 @@ impl Worker {
         app: &AppRuntime,
         request: &PushRequest,
         index: usize,
+        expires_at: Option<SystemTime>,
     ) -> Outcome {
         let target = &request.targets[index];
         let platform = target.platform();
@@ -452,7 +454,13 @@ impl Worker {
                 };
             };
             let t0 = Instant::now();
-            let outcome = dispatcher.send(request, &target.token).await;
+            let outcome = dispatcher
+                .send(Push {
+                    request,
+                    token: &target.token,
+                    expires_at,
+                })
+                .await;
             drop(permit);
             self.metrics
                 .send_duration
@@ -621,6 +629,16 @@ impl<'a> Context<'a> {
 
 fn to_system_time(t: push_dispatch_subscriber::wkt::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(t).ok()
+}
+
+/// When the request stops being deliverable: first publish + `ttl`.
+fn expires_at(request: &PushRequest, first_publish: Option<SystemTime>) -> Option<SystemTime> {
+    let ttl = request.ttl.as_ref()?;
+    let ttl = Duration::new(
+        u64::try_from(ttl.seconds).unwrap_or(0),
+        u32::try_from(ttl.nanos).unwrap_or(0),
+    );
+    Some(first_publish.unwrap_or_else(SystemTime::now) + ttl)
 }
 
 /// Expired when a positive `ttl` has elapsed since the first publish (SPEC §5.6).

@@ -1,0 +1,170 @@
+//! The APNs wire: `POST /3/device/{token}` over HTTP/2 with a provider token.
+
+use std::time::{Duration, SystemTime};
+
+use push_dispatch_proto::v1::Platform;
+
+use super::error::{ErrorBody, classify};
+use super::payload::{ApnsRequest, build};
+use super::settings::ApnsSettings;
+use super::token::{Generation, ProviderToken, TokenError};
+use crate::http::{Pool, TransportError, transport_cause};
+use crate::retry_after::parse_retry_after;
+use crate::{Dispatcher, Outcome, Push, RejectReason};
+
+/// The APNs client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsBuildError {
+    /// The key could not be loaded.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The transport could not be built.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Sends pushes to APNs.
+#[derive(Debug)]
+pub struct ApnsClient {
+    settings: ApnsSettings,
+    pool: Pool,
+    token: ProviderToken,
+}
+
+/// What came back from one request.
+struct Answer {
+    status: u16,
+    body: ErrorBody,
+    retry_after: Option<Duration>,
+}
+
+impl ApnsClient {
+    /// Loads the key and builds the connections (lazily connected).
+    pub fn new(settings: ApnsSettings) -> Result<ApnsClient, ApnsBuildError> {
+        let token =
+            ProviderToken::from_file(&settings.key_file, &settings.key_id, &settings.team_id)?;
+        let pool = Pool::new(
+            settings.connections,
+            settings.ca_file.as_deref(),
+            settings.request_timeout,
+        )?;
+        Ok(ApnsClient {
+            settings,
+            pool,
+            token,
+        })
+    }
+
+    /// Provider tokens signed since start.
+    pub fn token_refreshes(&self) -> u64 {
+        self.token.refreshes()
+    }
+
+    async fn post(
+        &self,
+        client: reqwest::Client,
+        device: &str,
+        req: &ApnsRequest,
+        jwt: &str,
+    ) -> Result<Answer, reqwest::Error> {
+        let url = format!("{}/3/device/{device}", self.settings.endpoint);
+        let mut builder = client
+            .post(url)
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", &req.topic)
+            .header("apns-push-type", req.push_type)
+            .header("apns-priority", req.priority.to_string())
+            .header("content-type", "application/json")
+            .body(req.body.clone());
+        if let Some(exp) = req.expiration {
+            builder = builder.header("apns-expiration", exp.to_string());
+        }
+        if let Some(id) = &req.collapse_id {
+            builder = builder.header("apns-collapse-id", id);
+        }
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let bytes = response.bytes().await?;
+        let body = if status == 200 {
+            ErrorBody::default()
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        };
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
+    }
+
+    async fn attempt(
+        &self,
+        device: &str,
+        req: &ApnsRequest,
+        generation: &Generation,
+    ) -> Result<Answer, reqwest::Error> {
+        let conn = self.pool.pick();
+        conn.send(
+            |client| self.post(client, device, req, &generation.jwt),
+            // A connection is warm once a request with our token got through.
+            |r: &Result<Answer, reqwest::Error>| r.as_ref().is_ok_and(|a| a.status != 403),
+        )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Dispatcher for ApnsClient {
+    fn platform(&self) -> Platform {
+        Platform::Apns
+    }
+
+    async fn send(&self, push: Push<'_>) -> Outcome {
+        let req = match build(push.request, &self.settings.topic, push.expires_at) {
+            Ok(r) => r,
+            Err(reason) => return Outcome::Rejected { reason },
+        };
+        let mut generation = match self.token.current() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the APNs provider token");
+                return Outcome::Rejected {
+                    reason: RejectReason::Provider {
+                        status: 0,
+                        provider_reason: "ProviderTokenUnavailable".into(),
+                    },
+                };
+            }
+        };
+        let mut replaced = false;
+        loop {
+            let answer = match self.attempt(push.token, &req, &generation).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "APNs request failed");
+                    return Outcome::Retryable {
+                        after: None,
+                        cause: transport_cause(&e),
+                    };
+                }
+            };
+            if answer.status == 403 && answer.body.reason == "ExpiredProviderToken" && !replaced {
+                // Replace the generation it rejected (once) and try again now.
+                match self.token.rejected(generation.id) {
+                    Ok(g) => {
+                        generation = g;
+                        replaced = true;
+                        continue;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot sign the APNs provider token"),
+                }
+            }
+            return classify(answer.status, &answer.body, answer.retry_after);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The APNs provider token: an ES256 JWT (`kid`, `iss`, `iat`) shared by
+//! every connection of a key.
+//!
+//! Apple wants the token refreshed between 20 and 60 minutes; refreshing more
+//! often trips `TooManyProviderTokenUpdates`. So one generation is signed at a
+//! time and reused until it is [`REFRESH_AFTER`] old (single-flight: one
+//! caller signs, the others wait on the lock and reuse its result), and never
+//! replaced sooner than [`MIN_AGE`] — except that an `ExpiredProviderToken`
+//! answer replaces the generation it rejected, once: later answers that
+//! name the same (already replaced) generation change nothing.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+/// Age after which a generation is replaced on next use.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
+/// Youngest age at which a generation may be replaced for age reasons.
+pub const MIN_AGE: Duration = Duration::from_secs(20 * 60);
+
+/// The key could not be loaded or a token signed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The `.p8` file could not be read.
+    #[error("cannot read the APNs key {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not an ES256 (P-256, PKCS#8 PEM) key.
+    #[error("{path} is not an APNs .p8 key (PKCS#8 PEM, P-256): {source}")]
+    Key {
+        /// The file.
+        path: String,
+        /// jsonwebtoken's complaint.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// Signing failed.
+    #[error("cannot sign the APNs provider token: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    iat: u64,
+}
+
+/// One signed token and when it was made.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// `bearer` value.
+    pub jwt: Arc<str>,
+    /// Increases by one per new token.
+    pub id: u64,
+    issued: Instant,
+}
+
+/// The provider token of one key.
+pub struct ProviderToken {
+    key: EncodingKey,
+    header: Header,
+    team_id: String,
+    current: RwLock<Option<Generation>>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for ProviderToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("ProviderToken")
+            .field("kid", &self.header.kid)
+            .field("team_id", &self.team_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderToken {
+    /// Loads the `.p8` key and checks that it can sign.
+    pub fn from_file(
+        path: &std::path::Path,
+        key_id: &str,
+        team_id: &str,
+    ) -> Result<ProviderToken, TokenError> {
+        let pem = std::fs::read(path).map_err(|source| TokenError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_pem(&pem, key_id, team_id).map_err(|e| match e {
+            TokenError::Key { source, .. } => TokenError::Key {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Like [`ProviderToken::from_file`], from PEM bytes.
+    pub fn from_pem(pem: &[u8], key_id: &str, team_id: &str) -> Result<ProviderToken, TokenError> {
+        let key = EncodingKey::from_ec_pem(pem).map_err(|source| TokenError::Key {
+            path: "(in memory)".into(),
+            source,
+        })?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key_id.to_string());
+        let token = ProviderToken {
+            key,
+            header,
+            team_id: team_id.to_string(),
+            current: RwLock::new(None),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
+        };
+        // Sign once now so that a bad key fails at startup, not on the first push.
+        token.sign(0)?;
+        Ok(token)
+    }
+
+    fn sign(&self, id: u64) -> Result<Generation, TokenError> {
+        let iat = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let jwt = jsonwebtoken::encode(
+            &self.header,
+            &Claims {
+                iss: &self.team_id,
+                iat,
+            },
+            &self.key,
+        )
+        .map_err(TokenError::Sign)?;
+        Ok(Generation {
+            jwt: jwt.into(),
+            id,
+            issued: Instant::now(),
+        })
+    }
+
+    /// The token to send now; signs a new generation when the current one is
+    /// [`REFRESH_AFTER`] old (or none exists).
+    pub fn current(&self) -> Result<Generation, TokenError> {
+        if let Some(g) = self.read()
+            && g.issued.elapsed() < REFRESH_AFTER
+        {
+            return Ok(g);
+        }
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Single flight: someone may have refreshed while we waited.
+        if let Some(g) = slot.as_ref()
+            && g.issued.elapsed() < REFRESH_AFTER
+        {
+            return Ok(g.clone());
+        }
+        let next_id = slot.as_ref().map_or(1, |g| g.id + 1);
+        let generation = self.sign(next_id)?;
+        *slot = Some(generation.clone());
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(generation)
+    }
+
+    /// APNs answered `ExpiredProviderToken` to generation `id`: replace it,
+    /// unless it was already replaced. Returns the generation to use now.
+    pub fn rejected(&self, id: u64) -> Result<Generation, TokenError> {
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(g) if g.id != id => Ok(g.clone()),
+            _ => {
+                let generation = self.sign(id + 1)?;
+                *slot = Some(generation.clone());
+                self.refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(generation)
+            }
+        }
+    }
+
+    /// Tokens signed since start (for metrics).
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn read(&self) -> Option<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    #[cfg(test)]
+    fn age_current_by(&self, by: Duration) {
+        let mut slot = self.current.write().expect("lock");
+        if let Some(g) = slot.as_mut() {
+            g.issued = g.issued.checked_sub(by).expect("instant");
+        }
+    }
+}
+
+/// A throwaway P-256 key for tests (PKCS#8 PEM).
+#[cfg(test)]
+pub(crate) const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBKPcXQYlx9gN0YuY
+TgGcJGRJTa02caWBfKmwsySBFJShRANCAATTQuzZrcLi01wuvZZsyhVF3sgF+aDN
+lMteR4mEpiwtq53ioDVrCjYSggnE35ezsBEQIDFCHi//u0KkFL8fD6AC
+-----END PRIVATE KEY-----
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> ProviderToken {
+        ProviderToken::from_pem(TEST_KEY.as_bytes(), "ABC123DEFG", "DEF123GHIJ").expect("key")
+    }
+
+    #[test]
+    fn the_jwt_carries_kid_iss_and_iat() {
+        let g = token().current().expect("sign");
+        let header = jsonwebtoken::decode_header(g.jwt.as_bytes()).expect("header");
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some("ABC123DEFG"));
+        let payload = g.jwt.split('.').nth(1).expect("payload");
+        use base64::Engine;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("b64"),
+        )
+        .expect("json");
+        assert_eq!(claims["iss"], "DEF123GHIJ");
+        assert!(claims["iat"].as_u64().expect("iat") > 1_700_000_000);
+    }
+
+    #[test]
+    fn one_generation_is_shared_until_it_is_old() {
+        let t = token();
+        let a = t.current().expect("sign");
+        let b = t.current().expect("sign");
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.jwt, b.jwt);
+        t.age_current_by(MIN_AGE);
+        assert_eq!(
+            t.current().expect("sign").id,
+            a.id,
+            "20 minutes is too young"
+        );
+        t.age_current_by(REFRESH_AFTER);
+        assert_eq!(t.current().expect("sign").id, a.id + 1);
+    }
+
+    #[test]
+    fn expired_provider_token_replaces_the_rejected_generation_once() {
+        let t = token();
+        let g1 = t.current().expect("sign");
+        let g2 = t.rejected(g1.id).expect("replace");
+        assert_eq!(g2.id, g1.id + 1);
+        // Many in-flight requests of g1 are rejected too: no further change.
+        for _ in 0..10 {
+            assert_eq!(t.rejected(g1.id).expect("same").id, g2.id);
+        }
+        assert_eq!(t.current().expect("current").id, g2.id);
+        assert_eq!(t.refreshes(), 2);
+    }
+
+    #[test]
+    fn a_bad_key_fails_at_load() {
+        let err = ProviderToken::from_pem(b"not a key", "K", "T").expect_err("bad key");
+        assert!(matches!(err, TokenError::Key { .. }));
+    }
+}

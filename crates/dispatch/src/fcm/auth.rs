@@ -1,0 +1,119 @@
+//! The OAuth2 bearer token for FCM (scope `firebase.messaging`).
+//!
+//! gcp_auth fetches it: from a service-account file (whose `token_uri` may
+//! point at a local stand-in), or from Application Default Credentials
+//! (Workload Identity on GKE). gcp_auth caches tokens but lets every caller
+//! that sees an expired one fetch anew; [`BearerCache`] adds single flight,
+//! so a burst of sends at expiry costs one fetch.
+
+use std::sync::Arc;
+
+use gcp_auth::{Token, TokenProvider};
+
+/// The scope FCM HTTP v1 needs.
+pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+
+/// A bearer token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The credentials could not be loaded.
+    #[error("cannot load FCM credentials {source_name}: {source}")]
+    Load {
+        /// The file, or "Application Default Credentials".
+        source_name: String,
+        /// gcp_auth's error.
+        #[source]
+        source: gcp_auth::Error,
+    },
+    /// The token endpoint refused or failed.
+    #[error("cannot get an FCM access token: {0}")]
+    Fetch(#[source] gcp_auth::Error),
+}
+
+/// Caches the bearer token of one set of credentials.
+pub struct BearerCache {
+    provider: Arc<dyn TokenProvider>,
+    current: tokio::sync::RwLock<Option<Arc<Token>>>,
+    refresh: tokio::sync::Mutex<()>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for BearerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("BearerCache").finish_non_exhaustive()
+    }
+}
+
+impl BearerCache {
+    /// From a service-account file, or ADC when `file` is `None`.
+    pub async fn new(file: Option<&std::path::Path>) -> Result<BearerCache, AuthError> {
+        let provider: Arc<dyn TokenProvider> = match file {
+            Some(path) => Arc::new(gcp_auth::CustomServiceAccount::from_file(path).map_err(
+                |source| AuthError::Load {
+                    source_name: path.display().to_string(),
+                    source,
+                },
+            )?),
+            None => gcp_auth::provider()
+                .await
+                .map_err(|source| AuthError::Load {
+                    source_name: "Application Default Credentials".into(),
+                    source,
+                })?,
+        };
+        Ok(BearerCache::with_provider(provider))
+    }
+
+    /// Around any token provider (tests).
+    pub fn with_provider(provider: Arc<dyn TokenProvider>) -> BearerCache {
+        BearerCache {
+            provider,
+            current: tokio::sync::RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn fresh(token: &Token) -> bool {
+        // gcp_auth counts a token expired 20 s before its end.
+        !token.has_expired()
+    }
+
+    /// A valid bearer token; fetches (single flight) when needed.
+    pub async fn token(&self) -> Result<Arc<Token>, AuthError> {
+        if let Some(t) = self.current.read().await.as_ref()
+            && Self::fresh(t)
+        {
+            return Ok(t.clone());
+        }
+        let _flight = self.refresh.lock().await;
+        if let Some(t) = self.current.read().await.as_ref()
+            && Self::fresh(t)
+        {
+            return Ok(t.clone());
+        }
+        let token = self
+            .provider
+            .token(&[FCM_SCOPE])
+            .await
+            .map_err(AuthError::Fetch)?;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.current.write().await = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Forgets the cached token (FCM answered 401).
+    pub async fn invalidate(&self, stale: &Token) {
+        let mut slot = self.current.write().await;
+        if slot.as_ref().is_some_and(|t| t.as_str() == stale.as_str()) {
+            *slot = None;
+        }
+    }
+
+    /// Tokens fetched since start (for metrics).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

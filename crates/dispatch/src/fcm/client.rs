@@ -1,0 +1,151 @@
+//! The FCM wire: `POST {endpoint}/v1/projects/{project}/messages:send`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use push_dispatch_proto::v1::Platform;
+
+use super::auth::{AuthError, BearerCache};
+use super::error::{ErrorBody, classify};
+use super::message::build;
+use super::settings::FcmSettings;
+use crate::http::{Pool, TransportError, transport_cause};
+use crate::retry_after::parse_retry_after;
+use crate::{Dispatcher, Outcome, Push, RetryCause};
+
+/// The FCM client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FcmBuildError {
+    /// The credentials could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The transport could not be built.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Sends pushes to FCM HTTP v1.
+#[derive(Debug)]
+pub struct FcmClient {
+    url: String,
+    pool: Pool,
+    auth: Arc<BearerCache>,
+}
+
+impl FcmClient {
+    /// Loads the credentials and builds the connections (lazily connected).
+    pub async fn new(settings: FcmSettings) -> Result<FcmClient, FcmBuildError> {
+        let auth = BearerCache::new(settings.credentials_file.as_deref()).await?;
+        FcmClient::with_auth(settings, Arc::new(auth))
+    }
+
+    /// With a given bearer source (tests).
+    pub fn with_auth(
+        settings: FcmSettings,
+        auth: Arc<BearerCache>,
+    ) -> Result<FcmClient, FcmBuildError> {
+        let pool = Pool::new(
+            settings.connections,
+            settings.ca_file.as_deref(),
+            settings.request_timeout,
+        )?;
+        Ok(FcmClient {
+            url: format!(
+                "{}/v1/projects/{}/messages:send",
+                settings.endpoint, settings.project_id
+            ),
+            pool,
+            auth,
+        })
+    }
+
+    /// OAuth tokens fetched since start.
+    pub fn token_fetches(&self) -> u64 {
+        self.auth.fetches()
+    }
+}
+
+#[async_trait::async_trait]
+impl Dispatcher for FcmClient {
+    fn platform(&self) -> Platform {
+        Platform::Fcm
+    }
+
+    async fn send(&self, push: Push<'_>) -> Outcome {
+        let body = match serde_json::to_vec(&build(push.request, push.token, push.expires_at)) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                return Outcome::Rejected {
+                    reason: crate::RejectReason::Provider {
+                        status: 0,
+                        provider_reason: format!("message not encodable: {e}"),
+                    },
+                };
+            }
+        };
+        let mut refreshed = false;
+        loop {
+            let bearer = match self.auth.token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no FCM access token");
+                    return Outcome::Retryable {
+                        after: None,
+                        cause: RetryCause::Status {
+                            status: 401,
+                            provider_reason: "AccessTokenUnavailable".into(),
+                        },
+                    };
+                }
+            };
+            let conn = self.pool.pick();
+            let (body, auth) = (body.clone(), bearer.clone());
+            let result = conn
+                .send(
+                    |client| async move {
+                        let response = client
+                            .post(&self.url)
+                            .bearer_auth(auth.as_str())
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await?;
+                        let status = response.status().as_u16();
+                        let retry_after = response
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                        let bytes = response.bytes().await?;
+                        Ok::<_, reqwest::Error>((status, retry_after, bytes))
+                    },
+                    |r| r.as_ref().is_ok_and(|(s, _, _)| *s != 401),
+                )
+                .await;
+            let (status, retry_after, bytes) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "FCM request failed");
+                    return Outcome::Retryable {
+                        after: None,
+                        cause: transport_cause(&e),
+                    };
+                }
+            };
+            if (200..300).contains(&status) {
+                return Outcome::Delivered;
+            }
+            let error: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            if status == 401
+                && error.code() == super::error::FcmErrorCode::Unauthenticated
+                && !refreshed
+            {
+                // Our token was refused: fetch a new one and try once more.
+                self.auth.invalidate(&bearer).await;
+                refreshed = true;
+                continue;
+            }
+            return classify(status, &error, retry_after);
+        }
+    }
+}
