@@ -1,6 +1,8 @@
 //! Command-line arguments (clap), as SPEC §3 fixes them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -31,6 +33,40 @@ pub enum Command {
     Send(SendArgs),
     /// Validate the config and the files it names; print the effective config.
     CheckConfig,
+    /// Run the local APNs, FCM and OAuth stand-ins (for `make run`, tests, benchmarks).
+    Sandbox(SandboxArgs),
+}
+
+/// Arguments of `sandbox`.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// h2c (and HTTP/1.1) address for APNs, FCM, OAuth and /sandbox/*.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub listen: SocketAddr,
+    /// Also serve TLS here, with a self-signed certificate written to DIR/sandbox-cert.pem.
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Where the development credentials (APNs key, service account) are kept or made.
+    #[arg(long, default_value = ".dev")]
+    pub dir: PathBuf,
+    /// The bundle id APNs accepts.
+    #[arg(long, default_value = "com.example.app")]
+    pub topic: String,
+    /// The Firebase project FCM accepts.
+    #[arg(long, default_value = "example-firebase-project")]
+    pub fcm_project: String,
+    /// Fault: share of accepted requests answered 500/503 instead (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub failure_rate: f64,
+    /// Fault: share of accepted requests answered 429 instead (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub retry_after_rate: f64,
+    /// Fault: latency added to every answer, e.g. 20ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub latency: Option<Duration>,
+    /// Fault: HTTP/2 GOAWAY after every N requests on a connection.
+    #[arg(long)]
+    pub goaway_every: Option<u32>,
 }
 
 /// A target platform on the command line.

@@ -18,7 +18,7 @@ use push_dispatch_worker::metrics::Metrics;
 use push_dispatch_worker::{RunError, build_apps};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{PlatformArg, SendArgs};
+use crate::cli::{PlatformArg, SandboxArgs, SendArgs};
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug)]
@@ -270,4 +270,59 @@ fn build_request(args: &SendArgs) -> anyhow::Result<PushRequest> {
         request.request_id = format!("cli-{:016x}", rand::random::<u64>());
     }
     Ok(request)
+}
+
+/// `sandbox`: the local APNs/FCM/OAuth stand-ins until SIGTERM or SIGINT.
+pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
+    use push_dispatch_sandbox::{Faults, Sandbox, SandboxConfig, devkeys};
+    let token_uri = format!("http://{}/token", args.listen);
+    let creds = devkeys::ensure(&args.dir, &token_uri, &args.fcm_project).map_err(runtime)?;
+    let mut config = SandboxConfig::local(
+        creds.apns_config(&args.topic),
+        creds.fcm_config(&args.fcm_project),
+    );
+    config.listen = args.listen;
+    config.tls_listen = args.tls_listen;
+    let cert_file = args.dir.join("sandbox-cert.pem");
+    if args.tls_listen.is_some() {
+        config.cert_file = Some(cert_file.clone());
+    }
+    config.faults = Faults {
+        failure_rate: args.failure_rate,
+        retry_after_rate: args.retry_after_rate,
+        latency: args.latency.unwrap_or_default(),
+        goaway_every: args.goaway_every,
+        ..Faults::default()
+    };
+    config
+        .faults
+        .validate()
+        .map_err(|e| Failure::Config(e.into()))?;
+    let sandbox = Sandbox::start(config).await.map_err(runtime)?;
+    println!("sandbox listening on {} (h2c)", sandbox.base_url());
+    if let Some(url) = sandbox.tls_base_url() {
+        println!(
+            "                 and {url} (TLS, CA file {})",
+            cert_file.display()
+        );
+    }
+    println!(
+        "  APNs key  {} (key_id {}, team_id {}, topic {})",
+        creds.apns_key_file.display(),
+        creds.key_id,
+        creds.team_id,
+        args.topic
+    );
+    println!(
+        "  FCM       project {}, service account {}",
+        args.fcm_project,
+        creds.service_account_file.display()
+    );
+    println!(
+        "  inspect   {0}/sandbox/deliveries  {0}/sandbox/stats",
+        sandbox.base_url()
+    );
+    wait_for_signal().await;
+    sandbox.shutdown().await;
+    Ok(())
 }

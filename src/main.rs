@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Provision { dry_run } => commands::provision(&cli.config, dry_run).await,
             Command::Send(args) => commands::send(&cli.config, args).await,
             Command::CheckConfig => commands::check_config(&cli.config),
+            Command::Sandbox(args) => commands::sandbox(args).await,
         }
     });
     match result {

@@ -34,6 +34,56 @@ pub fn apns_token(prefix: &str) -> String {
     format!("{prefix}{}", &"0123456789abcdef".repeat(4)[prefix.len()..])
 }
 
+/// A sandbox (APNs, FCM, OAuth) with its own development credentials in `dir`.
+pub async fn start_sandbox(
+    dir: &std::path::Path,
+    topic: &str,
+    project: &str,
+    faults: push_dispatch_sandbox::Faults,
+) -> (
+    push_dispatch_sandbox::Sandbox,
+    push_dispatch_sandbox::devkeys::DevCredentials,
+) {
+    use push_dispatch_sandbox::{Sandbox, SandboxConfig, devkeys};
+    let port = free_port();
+    let creds = devkeys::ensure(dir, &format!("http://127.0.0.1:{port}/token"), project)
+        .expect("dev credentials");
+    let mut config = SandboxConfig::local(creds.apns_config(topic), creds.fcm_config(project));
+    config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    config.faults = faults;
+    let sandbox = Sandbox::start(config).await.expect("sandbox");
+    (sandbox, creds)
+}
+
+/// The YAML of one app whose APNs and FCM point at `sandbox`.
+pub fn sandbox_app_yaml(
+    name: &str,
+    sandbox: &push_dispatch_sandbox::Sandbox,
+    creds: &push_dispatch_sandbox::devkeys::DevCredentials,
+    topic: &str,
+    project: &str,
+) -> String {
+    format!(
+        r#"  - name: {name}
+    apns:
+      endpoint: {url}
+      key_file: {key}
+      key_id: {kid}
+      team_id: {team}
+      topic: {topic}
+    fcm:
+      endpoint: {url}
+      project_id: {project}
+      credentials_file: {sa}
+"#,
+        url = sandbox.base_url(),
+        key = creds.apns_key_file.display(),
+        kid = creds.key_id,
+        team = creds.team_id,
+        sa = creds.service_account_file.display(),
+    )
+}
+
 /// How long tests wait for something to happen before failing.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -49,6 +99,8 @@ pub struct Settings {
     pub streams: u32,
     /// Options of the `stub:` endpoints of the default app, e.g. `latency=5s`.
     pub stub_options: &'static str,
+    /// Replaces the whole `apps:` section (YAML list items, indented by 2).
+    pub apps_yaml: Option<String>,
 }
 
 impl Default for Settings {
@@ -62,6 +114,7 @@ impl Default for Settings {
             shutdown_grace: "10s",
             streams: 2,
             stub_options: "",
+            apps_yaml: None,
         }
     }
 }
@@ -101,6 +154,26 @@ impl TestEnv {
         std::fs::write(&key, TEST_APNS_KEY).expect("write key");
         let port = free_port();
         let s = &settings;
+        let default_apps = format!(
+            r#"  - name: default
+    apns:
+      endpoint: "stub:{stub}"
+      key_file: {key}
+      key_id: TESTKEY001
+      team_id: TESTTEAM01
+      topic: com.example.app
+    fcm:
+      endpoint: "stub:{stub}"
+      project_id: example-firebase
+  - name: second
+    fcm:
+      endpoint: "stub:"
+      project_id: second-firebase
+"#,
+            key = key.display(),
+            stub = s.stub_options,
+        );
+        let apps = s.apps_yaml.clone().unwrap_or(default_apps);
         let config = format!(
             r#"
 project_id: {project}
@@ -121,20 +194,7 @@ telemetry:
 server:
   listen: 127.0.0.1:{port}
 apps:
-  - name: default
-    apns:
-      endpoint: "stub:{stub}"
-      key_file: {key}
-      key_id: TESTKEY001
-      team_id: TESTTEAM01
-      topic: com.example.app
-    fcm:
-      endpoint: "stub:{stub}"
-      project_id: example-firebase
-  - name: second
-    fcm:
-      endpoint: "stub:"
-      project_id: second-firebase
+{apps}
 "#,
             mda = s.max_delivery_attempts,
             rmin = s.retry_min_backoff,
@@ -143,8 +203,6 @@ apps:
             grace = s.shutdown_grace,
             wait = s.max_in_process_wait,
             max_republish = s.max_republish,
-            key = key.display(),
-            stub = s.stub_options,
         );
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");

@@ -1,0 +1,381 @@
+//! The real APNs and FCM clients against the strict sandbox (HTTP/2, ES256
+//! provider tokens, OAuth bearer tokens issued after an RS256 assertion).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
+use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
+use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
+use push_dispatch_proto::v1::{Notification, PushRequest, Reason};
+use push_dispatch_sandbox::{Faults, Sandbox, SandboxConfig, devkeys};
+
+const TOPIC: &str = "com.example.app";
+const PROJECT: &str = "sandbox-project";
+
+struct World {
+    sandbox: Sandbox,
+    creds: devkeys::DevCredentials,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn world(tls: bool, faults: Faults) -> World {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let creds = devkeys::ensure(
+        dir.path(),
+        &format!("http://127.0.0.1:{port}/token"),
+        PROJECT,
+    )
+    .expect("dev credentials");
+    let mut config = SandboxConfig::local(creds.apns_config(TOPIC), creds.fcm_config(PROJECT));
+    config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    if tls {
+        config.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        config.cert_file = Some(dir.path().join("sandbox-cert.pem"));
+    }
+    config.faults = faults;
+    let sandbox = Sandbox::start(config).await.expect("sandbox");
+    World {
+        sandbox,
+        creds,
+        _dir: dir,
+    }
+}
+
+impl World {
+    fn apns(&self, tls: bool) -> ApnsClient {
+        let (endpoint, ca_file) = if tls {
+            (
+                self.sandbox.tls_base_url().expect("tls url"),
+                Some(self._dir.path().join("sandbox-cert.pem")),
+            )
+        } else {
+            (self.sandbox.base_url(), None)
+        };
+        ApnsClient::new(ApnsSettings {
+            endpoint,
+            key_file: self.creds.apns_key_file.clone(),
+            key_id: self.creds.key_id.clone(),
+            team_id: self.creds.team_id.clone(),
+            topic: TOPIC.into(),
+            connections: 2,
+            ca_file,
+            request_timeout: Duration::from_secs(10),
+        })
+        .expect("apns client")
+    }
+
+    async fn fcm(&self, tls: bool) -> FcmClient {
+        let (endpoint, ca_file) = if tls {
+            (
+                self.sandbox.tls_base_url().expect("tls url"),
+                Some(self._dir.path().join("sandbox-cert.pem")),
+            )
+        } else {
+            (self.sandbox.base_url(), None)
+        };
+        FcmClient::new(FcmSettings {
+            endpoint,
+            project_id: PROJECT.into(),
+            credentials_file: Some(self.creds.service_account_file.clone()),
+            ca_file,
+            connections: 2,
+            request_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("fcm client")
+    }
+}
+
+fn apns_token(prefix: &str) -> String {
+    format!("{prefix}{}", &"0123456789abcdef".repeat(4)[prefix.len()..])
+}
+
+fn alert() -> PushRequest {
+    PushRequest {
+        request_id: "r".into(),
+        notification: Some(Notification {
+            title: "Hello".into(),
+            body: "World".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn send(d: &dyn Dispatcher, request: &PushRequest, token: &str) -> Outcome {
+    d.send(Push {
+        request,
+        token,
+        expires_at: None,
+    })
+    .await
+}
+
+fn dead(o: &Outcome) -> Option<Reason> {
+    match o {
+        Outcome::TokenInvalid { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+fn retry_status(o: &Outcome) -> Option<u16> {
+    match o {
+        Outcome::Retryable {
+            cause: RetryCause::Status { status, .. },
+            ..
+        } => Some(*status),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apns_delivers_and_classifies_every_scripted_answer() {
+    let w = world(false, Faults::default()).await;
+    let apns = w.apns(false);
+    let req = alert();
+    assert_eq!(
+        send(&apns, &req, &apns_token("a1b2")).await,
+        Outcome::Delivered
+    );
+    let unregistered = send(&apns, &req, &apns_token("dead")).await;
+    assert_eq!(dead(&unregistered), Some(Reason::Unregistered));
+    assert!(
+        matches!(&unregistered, Outcome::TokenInvalid { invalidated_at: Some(_), provider_reason, .. } if provider_reason == "Unregistered"),
+        "{unregistered:?}"
+    );
+    assert_eq!(
+        dead(&send(&apns, &req, &apns_token("bad0")).await),
+        Some(Reason::BadDeviceToken)
+    );
+    assert_eq!(
+        retry_status(&send(&apns, &req, &apns_token("0429")).await),
+        Some(429)
+    );
+    assert_eq!(
+        retry_status(&send(&apns, &req, &apns_token("0500")).await),
+        Some(500)
+    );
+    assert_eq!(
+        retry_status(&send(&apns, &req, &apns_token("0503")).await),
+        Some(503)
+    );
+    let flaky = apns_token("f1a0");
+    assert_eq!(retry_status(&send(&apns, &req, &flaky).await), Some(503));
+    assert_eq!(retry_status(&send(&apns, &req, &flaky).await), Some(503));
+    assert_eq!(send(&apns, &req, &flaky).await, Outcome::Delivered);
+
+    let deliveries = w.sandbox.deliveries();
+    let first = deliveries
+        .iter()
+        .find(|d| d.token == apns_token("a1b2"))
+        .expect("delivery recorded");
+    assert_eq!(
+        first.headers.get("apns-topic").map(String::as_str),
+        Some(TOPIC)
+    );
+    assert_eq!(
+        first.headers.get("apns-push-type").map(String::as_str),
+        Some("alert")
+    );
+    assert_eq!(
+        first.headers.get("apns-priority").map(String::as_str),
+        Some("10")
+    );
+    assert_eq!(first.payload["aps"]["alert"]["title"], "Hello");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_topic_makes_tokens_look_dead() {
+    let w = world(false, Faults::default()).await;
+    // Same key, another bundle id: what a misconfigured deployment does.
+    let misconfigured = ApnsClient::new(ApnsSettings {
+        endpoint: w.sandbox.base_url(),
+        key_file: w.creds.apns_key_file.clone(),
+        key_id: w.creds.key_id.clone(),
+        team_id: w.creds.team_id.clone(),
+        topic: "com.example.other".into(),
+        connections: 1,
+        ca_file: None,
+        request_timeout: Duration::from_secs(10),
+    })
+    .expect("client");
+    assert_eq!(
+        dead(&send(&misconfigured, &alert(), &apns_token("a1b2")).await),
+        Some(Reason::DeviceTokenNotForTopic)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fcm_delivers_and_classifies_every_scripted_answer_with_one_oauth_token() {
+    let w = world(false, Faults::default()).await;
+    let fcm = w.fcm(false).await;
+    let req = alert();
+    for i in 0..20 {
+        assert_eq!(
+            send(&fcm, &req, &format!("ok-{i}")).await,
+            Outcome::Delivered
+        );
+    }
+    assert_eq!(
+        dead(&send(&fcm, &req, "unregistered-1").await),
+        Some(Reason::Unregistered)
+    );
+    assert_eq!(
+        dead(&send(&fcm, &req, "invalid-1").await),
+        Some(Reason::InvalidRegistration)
+    );
+    assert_eq!(
+        dead(&send(&fcm, &req, "mismatch-1").await),
+        Some(Reason::SenderIdMismatch)
+    );
+    let quota = send(&fcm, &req, "quota-1").await;
+    assert!(
+        matches!(quota, Outcome::Retryable { after: Some(d), .. } if d == Duration::from_secs(30)),
+        "Retry-After is read: {quota:?}"
+    );
+    assert_eq!(
+        retry_status(&send(&fcm, &req, "unavailable-1").await),
+        Some(503)
+    );
+    assert_eq!(retry_status(&send(&fcm, &req, "flaky-1").await), Some(503));
+    assert_eq!(retry_status(&send(&fcm, &req, "flaky-1").await), Some(503));
+    assert_eq!(send(&fcm, &req, "flaky-1").await, Outcome::Delivered);
+    assert_eq!(
+        w.sandbox.stats().oauth_tokens_issued,
+        1,
+        "the bearer token is cached"
+    );
+    assert_eq!(fcm.token_fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apns_replaces_an_expired_provider_token_once_and_loses_no_send() {
+    let w = world(false, Faults::default()).await;
+    let apns = Arc::new(w.apns(false));
+    let req = alert();
+    assert_eq!(
+        send(apns.as_ref(), &req, &apns_token("a1b2")).await,
+        Outcome::Delivered
+    );
+    assert_eq!(apns.token_refreshes(), 1);
+
+    w.sandbox.set_faults(Faults {
+        expire_provider_tokens: true,
+        ..Faults::default()
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let apns = apns.clone();
+        let req = req.clone();
+        tasks.spawn(async move {
+            let token = format!("{:064x}", 0xabc0_0000_u64 + i);
+            send(apns.as_ref(), &req, &token).await
+        });
+    }
+    while let Some(outcome) = tasks.join_next().await {
+        assert_eq!(outcome.expect("task"), Outcome::Delivered);
+    }
+    assert_eq!(
+        apns.token_refreshes(),
+        2,
+        "one new generation for all 100 sends"
+    );
+    let stats = w.sandbox.stats();
+    assert_eq!(
+        stats.apns_count("429 TooManyProviderTokenUpdates"),
+        0,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_over_4kib_is_rejected_without_a_request() {
+    let w = world(false, Faults::default()).await;
+    let apns = w.apns(false);
+    let mut req = alert();
+    req.data.insert("blob".into(), "x".repeat(5000));
+    let outcome = send(&apns, &req, &apns_token("a1b2")).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Rejected {
+                reason: RejectReason::PayloadTooLarge { max: 4096, .. }
+            }
+        ),
+        "{outcome:?}"
+    );
+    let stats = w.sandbox.stats();
+    assert_eq!(
+        stats.apns.values().sum::<u64>(),
+        0,
+        "no request was made: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_the_sandbox_certificate_as_ca_file() {
+    let w = world(true, Faults::default()).await;
+    let apns = w.apns(true);
+    let fcm = w.fcm(true).await;
+    assert_eq!(
+        send(&apns, &alert(), &apns_token("a1b2")).await,
+        Outcome::Delivered
+    );
+    assert_eq!(send(&fcm, &alert(), "ok-tls").await, Outcome::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn goaway_mid_burst_is_a_retryable_connection_answer_never_a_lost_send() {
+    let w = world(
+        false,
+        Faults {
+            goaway_every: Some(7),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let fcm = Arc::new(w.fcm(false).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let fcm = fcm.clone();
+        tasks.spawn(async move {
+            let token = format!("burst-{i}");
+            // What the worker does: retry what is retryable.
+            for _ in 0..20 {
+                match send(fcm.as_ref(), &alert(), &token).await {
+                    Outcome::Delivered => return true,
+                    Outcome::Retryable { .. } => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("{token}: {other:?}"),
+                }
+            }
+            false
+        });
+    }
+    let mut delivered = 0;
+    while let Some(ok) = tasks.join_next().await {
+        if ok.expect("task") {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 300);
+    let stats = w.sandbox.stats();
+    assert!(stats.goaways > 0, "the fault fired: {stats:?}");
+    let unique: std::collections::HashSet<String> = w
+        .sandbox
+        .deliveries()
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    assert_eq!(unique.len(), 300);
+}

@@ -1,0 +1,177 @@
+//! Fault flags: expired provider tokens, GOAWAY every N streams, random
+//! failures and 429s, latency; set through the API and over HTTP.
+
+use std::time::{Duration, Instant};
+
+use push_dispatch_sandbox::Faults;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{PROJECT, answer, now, start, start_with};
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn expire_provider_tokens_forces_one_refresh() {
+    let fx = start().await;
+    let first = fx.jwt_at(now() - 60);
+    let send = |jwt: &str| {
+        let req = fx.apns_request(&fx.client, TOKEN, jwt);
+        async move { answer(req.send().await.unwrap()).await }
+    };
+    assert_eq!(send(&first).await.status, StatusCode::OK);
+
+    fx.sandbox.set_faults(Faults {
+        expire_provider_tokens: true,
+        ..Faults::default()
+    });
+    // One-shot: the stored flag is down again.
+    assert!(!fx.sandbox.faults().expire_provider_tokens);
+    for _ in 0..3 {
+        let a = send(&first).await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (StatusCode::FORBIDDEN, "ExpiredProviderToken")
+        );
+    }
+    // Replacing the expired token right away is not a too-early update.
+    let second = fx.jwt();
+    assert_eq!(send(&second).await.status, StatusCode::OK);
+    // But replacing the replacement is.
+    let third = fx.jwt_at(now() + 1);
+    assert_eq!(send(&third).await.reason(), "TooManyProviderTokenUpdates");
+
+    let stats = fx.sandbox.stats();
+    assert_eq!(stats.provider_tokens_expired, 1);
+    assert_eq!(stats.apns_count("403 ExpiredProviderToken"), 3);
+    assert_eq!(stats.apns_token_generations, 3);
+}
+
+#[tokio::test]
+async fn goaway_every_n_streams_closes_connections_gracefully() {
+    let fx = start_with(|c| c.faults.goaway_every = Some(3)).await;
+    let jwt = fx.jwt();
+    for i in 0..10 {
+        let resp = fx.apns_request(&fx.client, TOKEN, &jwt).send().await;
+        // A request racing the GOAWAY may need one retry on a new connection.
+        let resp = match resp {
+            Ok(r) => r,
+            Err(_) => fx
+                .apns_request(&fx.client, TOKEN, &jwt)
+                .send()
+                .await
+                .unwrap(),
+        };
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+    }
+    let stats = fx.sandbox.stats();
+    assert!(stats.goaways >= 3, "{stats:?}");
+    assert!(stats.connections >= 4, "{stats:?}");
+    assert_eq!(stats.apns_count("200"), 10);
+}
+
+#[tokio::test]
+async fn failure_rate_one_fails_every_accepted_request() {
+    let fx = start_with(|c| c.faults.failure_rate = 1.0).await;
+    let t = fx.access_token().await;
+    for _ in 0..10 {
+        let a = fx.push(TOKEN).await;
+        assert!(
+            matches!(a.reason(), "InternalServerError" | "ServiceUnavailable"),
+            "{:?}",
+            a.body
+        );
+        let f = fx
+            .fcm_send(PROJECT, Some(&t), json!({"message": {"token": "d"}}))
+            .await;
+        assert!(
+            matches!(f.fcm_code(), "INTERNAL" | "UNAVAILABLE"),
+            "{:?}",
+            f.body
+        );
+    }
+    // Requests that are refused anyway keep their own answer.
+    assert_eq!(fx.push("dead00").await.reason(), "Unregistered");
+    assert!(fx.sandbox.deliveries().is_empty());
+}
+
+#[tokio::test]
+async fn retry_after_rate_one_answers_429() {
+    let fx = start_with(|c| {
+        c.faults.retry_after_rate = 1.0;
+        c.faults.retry_after_secs = 7;
+    })
+    .await;
+    let t = fx.access_token().await;
+    let a = fx.push(TOKEN).await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests")
+    );
+    let f = fx
+        .fcm_send(PROJECT, Some(&t), json!({"message": {"token": "d"}}))
+        .await;
+    assert_eq!(f.fcm_code(), "QUOTA_EXCEEDED");
+    assert_eq!(f.headers["retry-after"], "7");
+}
+
+#[tokio::test]
+async fn latency_is_added_and_faults_change_over_http() {
+    let fx = start().await;
+    let a = answer(
+        fx.client
+            .post(fx.url("/sandbox/faults"))
+            .json(&json!({"latency": "150ms"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["latency"], "150ms");
+    assert_eq!(a.body["failure_rate"], 0.0);
+
+    let started = Instant::now();
+    assert_eq!(fx.push(TOKEN).await.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    // Merge, not replace.
+    let a = answer(
+        fx.client
+            .post(fx.url("/sandbox/faults"))
+            .json(&json!({"goaway_every": 100}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.body["latency"], "150ms");
+    assert_eq!(a.body["goaway_every"], 100);
+    let current = answer(
+        fx.client
+            .get(fx.url("/sandbox/faults"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(current.body, a.body);
+
+    for bad in [
+        json!({"failure_rate": 2}),
+        json!({"nonsense": 1}),
+        json!({"goaway_every": 0}),
+    ] {
+        let a = answer(
+            fx.client
+                .post(fx.url("/sandbox/faults"))
+                .json(&bad)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(fx.sandbox.faults().goaway_every, Some(100));
+}
