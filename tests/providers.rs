@@ -260,3 +260,157 @@ async fn a_retry_after_beyond_the_in_process_budget_hands_back_to_pubsub() {
         "{sends} sends for {nacked} nacks: Retry-After not honoured"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_apns_topic_trips_the_guard_and_not_one_suspicious_token_is_reported() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (sandbox, creds) = start_sandbox(
+        dir.path(),
+        "com.example.app",
+        "guard-firebase",
+        Faults::default(),
+    )
+    .await;
+    // The deployment names the wrong bundle id: APNs answers
+    // DeviceTokenNotForTopic for every token.
+    let env = TestEnv::new(
+        "guard",
+        Settings {
+            apps_yaml: Some(sandbox_app_yaml(
+                "default",
+                &sandbox,
+                &creds,
+                "com.example.wrong",
+                "guard-firebase",
+            )),
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    env.create_subscription("push-feedback", "feedback-watch")
+        .await;
+    let mut feedback = env.collect("feedback-watch");
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let _worker = env
+        .start_worker_with(&[("PUSH_DISPATCH_FEEDBACK__GUARD__MIN_SAMPLES", "10")])
+        .await;
+    let n = 30u64;
+    for i in 0..n {
+        env.publish_json(&format!(
+            r#"{{"requestId":"g-{i}","targets":[{{"platform":"PLATFORM_APNS","token":"{:064x}"}},{{"platform":"PLATFORM_FCM","token":"unregistered-{i}"}}]}}"#,
+            0xfeed_0000_u64 + i
+        ))
+        .await;
+    }
+    // Unregistered still flows: one event per FCM token, and nothing else.
+    let events = feedback.take(n as usize).await;
+    for m in &events {
+        assert_eq!(m.attributes["reason"], "REASON_UNREGISTERED", "{m:?}");
+        assert_eq!(m.attributes["platform"], "fcm");
+    }
+    feedback.expect_nothing(Duration::from_millis(500)).await;
+    // The held targets are dead-lettered, to be replayed after the fix.
+    let held = dlq.take(n as usize).await;
+    for m in &held {
+        assert_eq!(m.attributes["push_error"], "invalidation_guard");
+        let part: PushRequest = serde_json::from_slice(&m.data).expect("request");
+        assert_eq!(part.targets.len(), 1);
+        assert_eq!(
+            part.targets[0].platform(),
+            push_dispatch_proto::v1::Platform::Apns
+        );
+    }
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "push_dispatch_invalidation_guard_tripped",
+            &[("platform", "apns"), ("app", "default")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "push_dispatch_invalidation_guard_tripped",
+            &[("platform", "fcm")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_invalidation_guard_held_total", &[]),
+        n as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_opens_the_circuit_and_targets_are_carried_forward_unsent() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (sandbox, creds) = start_sandbox(
+        dir.path(),
+        "com.example.app",
+        "outage-firebase",
+        Faults {
+            failure_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let env = TestEnv::new(
+        "circuit",
+        Settings {
+            apps_yaml: Some(sandbox_app_yaml(
+                "default",
+                &sandbox,
+                &creds,
+                "com.example.app",
+                "outage-firebase",
+            )),
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env
+        .start_worker_with(&[
+            ("PUSH_DISPATCH_DISPATCH__CIRCUIT__MIN_REQUESTS", "5"),
+            ("PUSH_DISPATCH_DISPATCH__CIRCUIT__OPEN_FOR", "60s"),
+        ])
+        .await;
+    for i in 0..20 {
+        env.publish_json(&format!(
+            r#"{{"targets":[{{"platform":"PLATFORM_FCM","token":"down-{i}"}}]}}"#
+        ))
+        .await;
+    }
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "circuit_open")],
+        1.0,
+    )
+    .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "push_dispatch_circuit_open",
+            &[("platform", "fcm"), ("app", "default")]
+        ),
+        1.0
+    );
+    let sent = common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "retryable")]);
+    let answered_by_sandbox: u64 = sandbox.stats().fcm.values().sum();
+    assert_eq!(
+        sent as u64, answered_by_sandbox,
+        "requests stopped reaching the provider once the circuit opened"
+    );
+    assert!(
+        sent < 20.0,
+        "{sent} sends: the open circuit held the rest back"
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        0.0
+    );
+}

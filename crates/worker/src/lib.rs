@@ -7,9 +7,12 @@
 //! are nacked at once, in-flight work drains within `shutdown_grace`
 //! (publishes confirmed before acks), and whatever is left is nacked.
 
+pub mod circuit;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;
+pub mod rate_limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,6 +197,8 @@ pub async fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
                 .as_ref()
                 .map(|f| f.project_id.clone())
                 .unwrap_or_default(),
+            apns_rate_limit: app.apns.as_ref().and_then(|a| a.rate_limit),
+            fcm_rate_limit: app.fcm.as_ref().and_then(|f| f.rate_limit),
         });
     }
     Ok(apps)
@@ -256,6 +261,8 @@ pub async fn run(
             max_in_process_wait: config.dispatch.max_in_process_wait,
             max_republish: config.dispatch.max_republish,
             concurrency: config.dispatch.concurrency as usize,
+            circuit: config.dispatch.circuit.clone(),
+            guard: config.feedback.guard.clone(),
         },
         metrics.clone(),
         draining.clone(),

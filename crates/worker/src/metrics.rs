@@ -73,6 +73,22 @@ pub struct FeedbackLabels {
     pub reason: &'static str,
 }
 
+/// `platform, app` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppPlatformLabels {
+    /// `apns` or `fcm`.
+    pub platform: &'static str,
+    /// Configured app name.
+    pub app: String,
+}
+
+/// `window` label: which duplicate window of SPEC §5.4 a risk falls in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    /// `answer_lost`, `republish_failed`, `grace_exceeded`, `ack_unconfirmed`.
+    pub window: &'static str,
+}
+
 /// `reason` label (a `push_error` code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -105,6 +121,14 @@ pub struct Metrics {
     pub streams_running: Gauge,
     /// `push_dispatch_ack_failures_total`: exactly-once acks not confirmed.
     pub ack_failures: Counter,
+    /// `push_dispatch_circuit_open{platform,app}`: 1 while open or probing.
+    pub circuit_open: Family<AppPlatformLabels, Gauge>,
+    /// `push_dispatch_invalidation_guard_tripped{platform,app}`: 1 while tripped.
+    pub guard_tripped: Family<AppPlatformLabels, Gauge>,
+    /// `push_dispatch_invalidation_guard_held_total{platform,app}`: dead tokens held back.
+    pub guard_held: Family<AppPlatformLabels, Counter>,
+    /// `push_dispatch_duplicate_risk_total{window}`: events that may cause a resend.
+    pub duplicate_risk: Family<WindowLabels, Counter>,
 }
 
 impl Metrics {
@@ -122,6 +146,10 @@ impl Metrics {
             inflight: Gauge::default(),
             streams_running: Gauge::default(),
             ack_failures: Counter::default(),
+            circuit_open: Family::default(),
+            guard_tripped: Family::default(),
+            guard_held: Family::default(),
+            duplicate_risk: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
@@ -175,7 +203,34 @@ impl Metrics {
             "Exactly-once acks that Pub/Sub did not confirm",
             m.ack_failures.clone(),
         );
+        r.register(
+            "circuit_open",
+            "1 while the circuit of a provider and app is open",
+            m.circuit_open.clone(),
+        );
+        r.register(
+            "invalidation_guard_tripped",
+            "1 while the mass-invalidation guard holds dead-token reports",
+            m.guard_tripped.clone(),
+        );
+        r.register(
+            "invalidation_guard_held",
+            "Dead-token reports held back by the guard and dead-lettered",
+            m.guard_held.clone(),
+        );
+        r.register(
+            "duplicate_risk",
+            "Events after which a device may get a push twice, by window",
+            m.duplicate_risk.clone(),
+        );
         m
+    }
+
+    /// Counts one event of a duplicate window.
+    pub fn duplicate_risk(&self, window: &'static str) {
+        self.duplicate_risk
+            .get_or_create(&WindowLabels { window })
+            .inc();
     }
 
     /// Counts one settled message.

@@ -25,9 +25,14 @@ use push_dispatch_subscriber::stream::Received;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::{Admission, Circuit};
+use crate::guard::{Guard, Verdict, is_suspicious};
 use crate::metrics::{
-    FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels, SendLabels,
+    AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels,
+    SendLabels,
 };
+use crate::rate_limit::RateLimit;
+use push_dispatch_config::{CircuitConfig, GuardConfig};
 
 /// Attribute: short error code on dead-lettered messages.
 pub const ATTR_PUSH_ERROR: &str = "push_error";
@@ -43,6 +48,8 @@ pub const ATTR_FIRST_PUBLISH_TIME: &str = "push_first_publish_time";
 pub const ATTR_DELIVERY_ATTEMPT: &str = "push_delivery_attempt";
 /// `push_error` when retries ran out.
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+/// `push_error` of dead tokens held by the mass-invalidation guard.
+pub const INVALIDATION_GUARD: &str = "invalidation_guard";
 
 /// Longest `push_error_detail`, in bytes.
 const MAX_DETAIL_BYTES: usize = 1024;
@@ -62,6 +69,10 @@ pub struct WorkerSettings {
     pub max_republish: u32,
     /// `dispatch.concurrency`.
     pub concurrency: usize,
+    /// `dispatch.circuit`.
+    pub circuit: CircuitConfig,
+    /// `feedback.guard`.
+    pub guard: GuardConfig,
 }
 
 /// One app as the pipeline sees it: its dispatchers and what feedback events say of it.
@@ -75,6 +86,18 @@ pub struct AppRuntime {
     pub apns_environment: String,
     /// `fcm.project_id`.
     pub fcm_project: String,
+    /// `apns.rate_limit`, pushes/s for this pod.
+    pub apns_rate_limit: Option<f64>,
+    /// `fcm.rate_limit`, pushes/s for this pod.
+    pub fcm_rate_limit: Option<f64>,
+}
+
+/// Circuit, guard and rate limit of one app and platform.
+#[derive(Debug)]
+struct Controls {
+    circuit: Circuit,
+    guard: Guard,
+    limit: Option<RateLimit>,
 }
 
 /// Where the pipeline publishes.
@@ -101,6 +124,8 @@ pub enum Settle {
 #[derive(Debug)]
 pub struct Worker {
     apps: Vec<AppRuntime>,
+    /// Per app: [APNs, FCM].
+    controls: Vec<[Controls; 2]>,
     platforms: Vec<AppPlatforms>,
     outputs: Outputs,
     settings: WorkerSettings,
@@ -145,8 +170,20 @@ impl Worker {
                 fcm: a.dispatchers.fcm.is_some(),
             })
             .collect();
+        let controls = apps
+            .iter()
+            .map(|a| {
+                let make = |limit: Option<f64>| Controls {
+                    circuit: Circuit::new(settings.circuit.clone()),
+                    guard: Guard::new(settings.guard.clone()),
+                    limit: limit.map(RateLimit::new),
+                };
+                [make(a.apns_rate_limit), make(a.fcm_rate_limit)]
+            })
+            .collect();
         Worker {
             apps,
+            controls,
             platforms,
             outputs,
             sends: Semaphore::new(settings.concurrency.max(1)),
@@ -173,6 +210,7 @@ impl Worker {
         let settle = tokio::select! {
             s = self.process(&message, attempt) => s,
             () = self.hard_stop.cancelled() => {
+                self.metrics.duplicate_risk("grace_exceeded");
                 tracing::warn!(message_id = %message.message_id, "shutdown grace elapsed; nacking");
                 Settle::Nack
             }
@@ -182,6 +220,7 @@ impl Worker {
             Settle::Ack(result) => {
                 if let Err(e) = lease.ack().await {
                     self.metrics.ack_failures.inc();
+                    self.metrics.duplicate_risk("ack_unconfirmed");
                     tracing::warn!(message_id = %message.message_id, error = %e, "ack not confirmed; Pub/Sub may redeliver");
                 }
                 self.metrics.message(result);
@@ -249,9 +288,25 @@ impl Worker {
             checked
                 .sendable
                 .iter()
-                .map(|&i| self.send_with_retries(app, &request, i, deadline)),
+                .map(|&i| self.send_with_retries(checked.app_index, &request, i, deadline)),
         )
         .await;
+
+        // §5.9: feed the guard with this message's final answers.
+        let answered: Vec<(Platform, Option<push_dispatch_proto::v1::Reason>)> = checked
+            .sendable
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(&i, o)| {
+                let p = request.targets[i].platform();
+                match o {
+                    Outcome::Delivered | Outcome::Rejected { .. } => Some((p, None)),
+                    Outcome::TokenInvalid { reason, .. } => Some((p, Some(*reason))),
+                    Outcome::Retryable { .. } => None,
+                }
+            })
+            .collect();
+        let verdicts = self.guard_verdicts(checked.app_index, &app.dispatchers.name, &answered);
 
         let mut finals = 0usize;
         let mut carry: Vec<usize> = Vec::new();
@@ -261,6 +316,35 @@ impl Worker {
             let target = &request.targets[index];
             match outcome {
                 Outcome::Delivered => finals += 1,
+                Outcome::TokenInvalid {
+                    reason,
+                    provider_reason,
+                    invalidated_at,
+                } if is_suspicious(reason)
+                    && matches!(
+                        verdicts[usize::from(target.platform() == Platform::Fcm)],
+                        Verdict::Hold { .. }
+                    ) =>
+                {
+                    // Held by the guard: dead-letter instead of reporting.
+                    self.metrics
+                        .guard_held
+                        .get_or_create(&AppPlatformLabels {
+                            platform: target.platform().label(),
+                            app: app.dispatchers.name.clone(),
+                        })
+                        .inc();
+                    let part = dead.entry(INVALIDATION_GUARD).or_insert_with(|| DeadPart {
+                        indices: Vec::new(),
+                        details: Vec::new(),
+                    });
+                    part.indices.push(index);
+                    part.details.push(format!(
+                        "target {index}: {provider_reason} ({}) held by the mass-invalidation guard; invalidated_at {:?}",
+                        reason.as_str_name(),
+                        invalidated_at
+                    ));
+                }
                 Outcome::TokenInvalid {
                     reason,
                     provider_reason,
@@ -414,6 +498,7 @@ impl Worker {
                 // The delivered targets will be sent again on redelivery: one
                 // of the duplicate windows of SPEC §5.4.
                 self.count_publish_failure("republish");
+                self.metrics.duplicate_risk("republish_failed");
                 tracing::warn!(message_id = %message.message_id, error = %e, "republish not confirmed; nacking (delivered targets may be resent)");
                 Settle::Nack
             }
@@ -424,34 +509,52 @@ impl Worker {
     /// within `dispatch.max_in_process_wait` (SPEC §5.3).
     async fn send_with_retries(
         &self,
-        app: &AppRuntime,
+        app_index: usize,
         request: &PushRequest,
         index: usize,
         expires_at: Option<SystemTime>,
     ) -> Outcome {
+        let app = &self.apps[app_index];
         let target = &request.targets[index];
         let platform = target.platform();
-        let Some(dispatcher) = app.dispatchers.for_platform(platform) else {
+        let shutting_down = Outcome::Retryable {
+            after: None,
+            cause: RetryCause::ShuttingDown,
+        };
+        let (Some(dispatcher), Some(controls)) = (
+            app.dispatchers.for_platform(platform),
+            self.controls_of(app_index, platform),
+        ) else {
             // Validation guarantees a dispatcher; keep the target rather than lose it.
-            return Outcome::Retryable {
-                after: None,
-                cause: RetryCause::ShuttingDown,
-            };
+            return shutting_down;
         };
         let started = Instant::now();
         let mut retries = 0u32;
         loop {
-            let permit = tokio::select! {
-                p = self.sends.acquire() => p,
-                () = self.draining.cancelled() => {
-                    return Outcome::Retryable { after: None, cause: RetryCause::ShuttingDown };
-                }
-            };
-            let Ok(permit) = permit else {
+            // §5.8: while the circuit is open, nothing is sent; the target is carried forward.
+            let admission = controls.circuit.admit();
+            if admission == Admission::Rejected {
+                self.count_send(platform, &app.dispatchers.name, "circuit_open");
                 return Outcome::Retryable {
                     after: None,
-                    cause: RetryCause::ShuttingDown,
+                    cause: RetryCause::CircuitOpen,
                 };
+            }
+            if let Some(limit) = &controls.limit {
+                let wait = limit.reserve();
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.draining.cancelled() => return shutting_down,
+                    }
+                }
+            }
+            let permit = tokio::select! {
+                p = self.sends.acquire() => p,
+                () = self.draining.cancelled() => return shutting_down,
+            };
+            let Ok(permit) = permit else {
+                return shutting_down;
             };
             let t0 = Instant::now();
             let outcome = dispatcher
@@ -462,6 +565,14 @@ impl Worker {
                 })
                 .await;
             drop(permit);
+            controls.circuit.record(admission, &outcome);
+            self.metrics
+                .circuit_open
+                .get_or_create(&AppPlatformLabels {
+                    platform: platform.label(),
+                    app: app.dispatchers.name.clone(),
+                })
+                .set(i64::from(controls.circuit.is_open()));
             self.metrics
                 .send_duration
                 .get_or_create(&PlatformLabels {
@@ -471,9 +582,13 @@ impl Worker {
             self.count_send(platform, &app.dispatchers.name, outcome.label());
             tracing::debug!(platform = platform.label(), token = %redact_token(&target.token), outcome = outcome.label(), "sent");
 
-            let Outcome::Retryable { after, .. } = &outcome else {
+            let Outcome::Retryable { after, cause } = &outcome else {
                 return outcome;
             };
+            if matches!(cause, RetryCause::Timeout | RetryCause::Connection) {
+                // The request may have reached the provider: a retry may resend it.
+                self.metrics.duplicate_risk("answer_lost");
+            }
             let wait = after.unwrap_or_else(|| backoff(retries));
             if self.draining.is_cancelled()
                 || started.elapsed() + wait > self.settings.max_in_process_wait
@@ -486,6 +601,65 @@ impl Worker {
             }
             retries += 1;
         }
+    }
+
+    fn controls_of(&self, app_index: usize, platform: Platform) -> Option<&Controls> {
+        let pair = self.controls.get(app_index)?;
+        match platform {
+            Platform::Apns => Some(&pair[0]),
+            Platform::Fcm => Some(&pair[1]),
+            Platform::Unspecified => None,
+        }
+    }
+
+    /// §5.9: counts this message's final answers per platform in the guard and
+    /// returns, per platform, whether suspicious dead-token reasons are held.
+    fn guard_verdicts(
+        &self,
+        app_index: usize,
+        app: &str,
+        finals: &[(Platform, Option<push_dispatch_proto::v1::Reason>)],
+    ) -> [Verdict; 2] {
+        let mut verdicts = [Verdict::Report, Verdict::Report];
+        for (slot, platform) in [(0usize, Platform::Apns), (1, Platform::Fcm)] {
+            let sends = finals.iter().filter(|(p, _)| *p == platform).count() as u64;
+            let suspicious = finals
+                .iter()
+                .filter(|(p, r)| *p == platform && r.is_some_and(is_suspicious))
+                .count() as u64;
+            let Some(controls) = self.controls_of(app_index, platform) else {
+                continue;
+            };
+            if sends > 0 {
+                controls.guard.record(sends, suspicious);
+            }
+            let (verdict, changed) = controls.guard.verdict();
+            if changed {
+                let tripped = controls.guard.is_tripped();
+                self.metrics
+                    .guard_tripped
+                    .get_or_create(&AppPlatformLabels {
+                        platform: platform.label(),
+                        app: app.to_string(),
+                    })
+                    .set(i64::from(tripped));
+                if tripped {
+                    tracing::error!(
+                        app,
+                        platform = platform.label(),
+                        "invalidation guard tripped: most tokens look dead (BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix"
+                    );
+                } else {
+                    tracing::warn!(
+                        app,
+                        platform = platform.label(),
+                        "invalidation guard released"
+                    );
+                }
+            }
+            verdicts[slot] = verdict;
+        }
+        verdicts
     }
 
     /// Publishes the whole original message to the dead-letter topic, then
