@@ -35,6 +35,32 @@ pub enum Command {
     CheckConfig,
     /// Run the local APNs, FCM and OAuth stand-ins (for `make run`, tests, benchmarks).
     Sandbox(SandboxArgs),
+    /// Inspect or replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead-lettered messages with their reasons and delivery counts (nothing is removed).
+    Peek {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 20)]
+        max: usize,
+    },
+    /// Move dead-lettered messages back onto the requests topic.
+    Replay {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+        /// Only messages whose `push_error` is this code (e.g. invalidation_guard).
+        #[arg(long, value_name = "CODE")]
+        push_error: Option<String>,
+        /// Only show what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Arguments of `sandbox`.

@@ -18,7 +18,7 @@ use push_dispatch_worker::metrics::Metrics;
 use push_dispatch_worker::{RunError, build_apps};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{PlatformArg, SandboxArgs, SendArgs};
+use crate::cli::{DlqCommand, PlatformArg, SandboxArgs, SendArgs};
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug)]
@@ -325,4 +325,178 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
     wait_for_signal().await;
     sandbox.shutdown().await;
     Ok(())
+}
+
+/// Attributes a replay removes: our error attributes, Pub/Sub's dead-letter
+/// bookkeeping and reserved keys; `push_attempt` restarts at 1.
+fn is_cleared_on_replay(key: &str) -> bool {
+    matches!(
+        key,
+        "push_error" | "push_error_detail" | "push_delivery_attempt" | "push_attempt"
+    ) || key.starts_with("CloudPubSubDeadLetter")
+        || key.starts_with("googclient_")
+}
+
+fn describe_dead_letter(m: &push_dispatch_subscriber::dlq::Pulled) -> String {
+    let a = &m.attributes;
+    let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("-");
+    let deliveries = a
+        .get("CloudPubSubDeadLetterSourceDeliveryCount")
+        .or_else(|| a.get("push_delivery_attempt"))
+        .map(String::as_str)
+        .unwrap_or("-");
+    let mut out = format!(
+        "message {}  published {}  push_error={}  deliveries={}  source_message_id={}\n",
+        m.message_id,
+        m.publish_time,
+        get("push_error"),
+        deliveries,
+        get("source_message_id"),
+    );
+    if let Some(detail) = a.get("push_error_detail") {
+        out.push_str(&format!("  detail: {detail}\n"));
+    }
+    match push_dispatch_proto::decode_request(&m.data, a) {
+        Ok(r) => {
+            let apns = r
+                .targets
+                .iter()
+                .filter(|t| t.platform() == Platform::Apns)
+                .count();
+            let fcm = r
+                .targets
+                .iter()
+                .filter(|t| t.platform() == Platform::Fcm)
+                .count();
+            out.push_str(&format!(
+                "  request: request_id={} app={} targets={} (apns {apns}, fcm {fcm})\n",
+                if r.request_id.is_empty() {
+                    "-"
+                } else {
+                    &r.request_id
+                },
+                if r.app.is_empty() {
+                    "(default)"
+                } else {
+                    &r.app
+                },
+                r.targets.len(),
+            ));
+        }
+        Err(e) => out.push_str(&format!(
+            "  body: {} bytes, not a request ({})\n",
+            m.data.len(),
+            e.code()
+        )),
+    }
+    out
+}
+
+/// `dlq peek` and `dlq replay`.
+pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
+    use push_dispatch_subscriber::dlq::RestSubscriber;
+    let config = load(path)?;
+    let names = Names::from_config(&config);
+    let rest = RestSubscriber::new(config.pubsub.emulator_host.as_deref()).map_err(runtime)?;
+    let sub = &names.dead_letter_subscription;
+    match cmd {
+        DlqCommand::Peek { max } => {
+            let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
+            for m in &messages {
+                print!("{}", describe_dead_letter(m));
+            }
+            println!(
+                "{} message(s) shown from {sub}; none removed",
+                messages.len()
+            );
+            let ids: Vec<String> = messages.into_iter().map(|m| m.ack_id).collect();
+            rest.release(sub, &ids).await.map_err(runtime)?;
+            Ok(())
+        }
+        DlqCommand::Replay {
+            max,
+            push_error,
+            dry_run,
+        } => {
+            let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
+            let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
+                push_error.as_deref().is_none_or(|code| {
+                    m.attributes.get("push_error").map(String::as_str) == Some(code)
+                })
+            });
+            rest.release(
+                sub,
+                &others.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(runtime)?;
+            if dry_run {
+                for m in &chosen {
+                    print!("would replay {}", describe_dead_letter(m));
+                }
+                println!(
+                    "{} message(s) would be replayed (dry run); none removed",
+                    chosen.len()
+                );
+                rest.release(
+                    sub,
+                    &chosen.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(runtime)?;
+                return Ok(());
+            }
+            let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+                .await
+                .map_err(runtime)?;
+            let publisher = clients
+                .publisher(
+                    &names.requests_topic,
+                    std::time::Duration::from_secs(30),
+                    std::time::Duration::from_millis(5),
+                )
+                .await
+                .map_err(runtime)?;
+            let mut replayed = 0usize;
+            let mut failed = Vec::new();
+            for m in chosen {
+                let mut attrs: HashMap<String, String> = m
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| !is_cleared_on_replay(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                attrs.insert("push_replayed_from".into(), m.message_id.clone());
+                match publish_confirmed(&publisher, &names.requests_topic, m.data.clone(), attrs)
+                    .await
+                {
+                    Ok(id) => {
+                        // Ack only after the republish is confirmed: nothing is lost.
+                        rest.acknowledge(sub, std::slice::from_ref(&m.ack_id))
+                            .await
+                            .map_err(runtime)?;
+                        println!("replayed {} as {id}", m.message_id);
+                        replayed += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("could not replay {}: {e}", m.message_id);
+                        failed.push(m.ack_id);
+                    }
+                }
+            }
+            rest.release(sub, &failed).await.map_err(runtime)?;
+            println!(
+                "{replayed} message(s) replayed onto {}",
+                names.requests_topic
+            );
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(runtime(anyhow!(
+                    "{} message(s) could not be replayed and stay in {sub}",
+                    failed.len()
+                )))
+            }
+        }
+    }
 }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Send(args) => commands::send(&cli.config, args).await,
             Command::CheckConfig => commands::check_config(&cli.config),
             Command::Sandbox(args) => commands::sandbox(args).await,
+            Command::Dlq(cmd) => commands::dlq(&cli.config, cmd).await,
         }
     });
     match result {

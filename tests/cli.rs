@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Settings, TestEnv};
 
 fn stdout(out: &std::process::Output) -> String {
@@ -251,5 +253,101 @@ async fn the_health_server_stops_with_the_worker() {
     assert!(
         common::http_get(env.port, "/readyz").await.is_err(),
         "the server is gone after exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_peek_shows_reasons_and_replay_moves_only_the_chosen_messages_back() {
+    let env = TestEnv::new("dlq", Settings::default()).await;
+    env.provision();
+    env.create_subscription("push-requests", "requests-watch")
+        .await;
+    let mut requests = env.collect("requests-watch");
+    let held = env
+        .publish(
+            "push-requests-dlq",
+            br#"{"requestId":"held-1","targets":[{"platform":"PLATFORM_FCM","token":"t1"}]}"#
+                .to_vec(),
+            &[
+                ("push_error", "invalidation_guard"),
+                ("push_error_detail", "held by the guard"),
+                ("push_attempt", "3"),
+                ("push_delivery_attempt", "1"),
+                ("source_message_id", "orig-1"),
+                ("trace", "keep-me"),
+            ],
+        )
+        .await;
+    env.publish(
+        "push-requests-dlq",
+        b"{garbage".to_vec(),
+        &[
+            ("push_error", "decode_json"),
+            ("source_message_id", "orig-2"),
+        ],
+    )
+    .await;
+
+    let peek = env.run(&["dlq", "peek"], &[]);
+    assert!(peek.status.success(), "{}", stderr(&peek));
+    let text = stdout(&peek);
+    assert!(text.contains("push_error=invalidation_guard"), "{text}");
+    assert!(text.contains("push_error=decode_json"), "{text}");
+    assert!(text.contains("request_id=held-1"), "{text}");
+    assert!(text.contains("2 message(s) shown"), "{text}");
+    let again = stdout(&env.run(&["dlq", "peek"], &[]));
+    assert!(
+        again.contains("2 message(s) shown"),
+        "peek removes nothing: {again}"
+    );
+
+    let dry = stdout(&env.run(
+        &[
+            "dlq",
+            "replay",
+            "--push-error",
+            "invalidation_guard",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    assert!(dry.contains("1 message(s) would be replayed"), "{dry}");
+    requests.expect_nothing(Duration::from_millis(300)).await;
+
+    let replay = env.run(
+        &["dlq", "replay", "--push-error", "invalidation_guard"],
+        &[],
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert!(
+        stdout(&replay).contains("1 message(s) replayed"),
+        "{}",
+        stdout(&replay)
+    );
+    let back = &requests.take(1).await[0];
+    assert_eq!(back.attributes.get("push_replayed_from"), Some(&held));
+    assert_eq!(
+        back.attributes.get("trace").map(String::as_str),
+        Some("keep-me")
+    );
+    assert_eq!(
+        back.attributes.get("source_message_id").map(String::as_str),
+        Some("orig-1")
+    );
+    for cleared in [
+        "push_error",
+        "push_error_detail",
+        "push_attempt",
+        "push_delivery_attempt",
+    ] {
+        assert!(
+            !back.attributes.contains_key(cleared),
+            "{cleared} not cleared: {back:?}"
+        );
+    }
+    let left = stdout(&env.run(&["dlq", "peek"], &[]));
+    assert!(
+        left.contains("1 message(s) shown") && left.contains("decode_json"),
+        "{left}"
     );
 }

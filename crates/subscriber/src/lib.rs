@@ -11,10 +11,14 @@
 //!   budget, each message handed out with a [`stream::Lease`] to ack or nack.
 //! * [`publish`]: publishing with Pub/Sub's limits enforced on our side
 //!   (the emulator enforces none of them).
+//! * [`dlq`]: unary pull, ack and release over Pub/Sub's REST API, for
+//!   `dlq peek` and `dlq replay` (the official crate exposes only streaming
+//!   pull, which suits a worker but not a one-shot inspection).
 //!
 //! It knows nothing of push requests: the policy lives in the worker crate.
 
 pub mod client;
+pub mod dlq;
 pub mod provision;
 pub mod publish;
 pub mod stream;
