@@ -524,3 +524,36 @@ async fn unconfirmed_feedback_carries_dead_tokens_forward_without_resending_sibl
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_subscriptions_get_confirmed_acks() {
+    let env = TestEnv::new("exactly-once", Settings::default()).await;
+    let eo = [("PUSH_DISPATCH_PUBSUB__EXACTLY_ONCE", "true")];
+    let out = env.run(&["provision"], &eo);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        env.get_subscription("push-requests-dispatch")
+            .await
+            .enable_exactly_once_delivery
+    );
+    let _worker = env.start_worker_with(&eo).await;
+    for i in 0..5 {
+        env.publish_json(&json_request(&[("PLATFORM_FCM", &format!("eo-{i}"))]))
+            .await;
+    }
+    env.wait_metric("push_dispatch_acks_total", &[("kind", "confirmed")], 5.0)
+        .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_acks_total", &[("kind", "sent")]),
+        0.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_ack_failures_total", &[]),
+        0.0
+    );
+}

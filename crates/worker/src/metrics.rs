@@ -89,6 +89,13 @@ pub struct WindowLabels {
     pub window: &'static str,
 }
 
+/// `kind` label of acks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AckLabels {
+    /// `confirmed` (exactly-once) or `sent` (at-least-once, unconfirmed by design).
+    pub kind: &'static str,
+}
+
 /// `reason` label (a `push_error` code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -129,6 +136,8 @@ pub struct Metrics {
     pub guard_held: Family<AppPlatformLabels, Counter>,
     /// `push_dispatch_duplicate_risk_total{window}`: events that may cause a resend.
     pub duplicate_risk: Family<WindowLabels, Counter>,
+    /// `push_dispatch_acks_total{kind}`.
+    pub acks: Family<AckLabels, Counter>,
 }
 
 impl Metrics {
@@ -150,6 +159,7 @@ impl Metrics {
             guard_tripped: Family::default(),
             guard_held: Family::default(),
             duplicate_risk: Family::default(),
+            acks: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
@@ -222,6 +232,11 @@ impl Metrics {
             "duplicate_risk",
             "Events after which a device may get a push twice, by window",
             m.duplicate_risk.clone(),
+        );
+        r.register(
+            "acks",
+            "Acks sent, by kind (confirmed on exactly-once subscriptions)",
+            m.acks.clone(),
         );
         m
     }

@@ -21,15 +21,15 @@ use push_dispatch_proto::{
 use push_dispatch_subscriber::publish::{PublishError, publish_confirmed, truncate_utf8};
 use push_dispatch_subscriber::pubsub::client::Publisher;
 use push_dispatch_subscriber::pubsub::model::Message;
-use push_dispatch_subscriber::stream::Received;
+use push_dispatch_subscriber::stream::{AckOutcome, Received};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Admission, Circuit};
 use crate::guard::{Guard, Verdict, is_suspicious};
 use crate::metrics::{
-    AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, PlatformLabels, ReasonLabels,
-    SendLabels,
+    AckLabels, AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, PlatformLabels,
+    ReasonLabels, SendLabels,
 };
 use crate::rate_limit::RateLimit;
 use push_dispatch_config::{CircuitConfig, GuardConfig};
@@ -218,7 +218,15 @@ impl Worker {
         tracing::debug!(message_id = %message.message_id, settle = ?settle, "settled");
         match settle {
             Settle::Ack(result) => {
-                if let Err(e) = lease.ack().await {
+                let acked = lease.ack().await;
+                if let Ok(kind) = &acked {
+                    let kind = match kind {
+                        AckOutcome::Confirmed => "confirmed",
+                        AckOutcome::Sent => "sent",
+                    };
+                    self.metrics.acks.get_or_create(&AckLabels { kind }).inc();
+                }
+                if let Err(e) = acked {
                     self.metrics.ack_failures.inc();
                     self.metrics.duplicate_risk("ack_unconfirmed");
                     tracing::warn!(message_id = %message.message_id, error = %e, "ack not confirmed; Pub/Sub may redeliver");
