@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test lint fmt build release buf-lint clean-dev
+.PHONY: run test chaos lint fmt build release buf-lint clean-dev docker helm-lint
 
 CARGO ?= cargo
 DEV := .dev
@@ -11,6 +11,10 @@ run: build
 ## test: every test (starts its own emulator when PUBSUB_EMULATOR_HOST is unset)
 test:
 	@scripts/test.sh
+
+## chaos: the full chaos run (3,000 requests, kills and restarts, sandbox faults) and its reconciliation table
+chaos:
+	@scripts/chaos.sh
 
 ## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract
 lint:
@@ -30,3 +34,18 @@ release:
 
 clean-dev:
 	rm -rf $(DEV)
+
+## docker: build the container image from deploy/Dockerfile (needs a BuildKit engine: docker, or DOCKER=podman)
+DOCKER ?= docker
+IMAGE ?= push-dispatch
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+docker:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "$(DOCKER) not found: make docker needs a container engine (DOCKER=podman works too)"; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile -t $(IMAGE):$(VERSION) \
+		--build-arg VERSION=$(VERSION) \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
+
+## helm-lint: hadolint, yamllint, helm lint, kubernetes-validate and the chart tests (installs its tools into .tools/)
+helm-lint:
+	@deploy/helm/tests/helm-lint.sh

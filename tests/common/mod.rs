@@ -332,10 +332,21 @@ apps:
 
     /// Like [`TestEnv::start_worker`], with extra environment variables.
     pub async fn start_worker_with(&self, env: &[(&str, &str)]) -> WorkerProcess {
+        self.start_worker_on_port(self.port, env, "worker").await
+    }
+
+    /// A worker whose server listens on `port` (set `PUSH_DISPATCH_SERVER__LISTEN`
+    /// to match in `env`), logging to `NAME-….log`.
+    pub async fn start_worker_on_port(
+        &self,
+        port: u16,
+        env: &[(&str, &str)],
+        name: &str,
+    ) -> WorkerProcess {
         let log = self
             .dir
             .path()
-            .join(format!("worker-{}.log", rand::random::<u16>()));
+            .join(format!("{name}-{}.log", rand::random::<u16>()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = self.command(&["run"]);
         for (k, v) in env {
@@ -346,14 +357,10 @@ apps:
             .stderr(file)
             .spawn()
             .expect("spawn worker");
-        let mut worker = WorkerProcess {
-            child,
-            log,
-            port: self.port,
-        };
+        let mut worker = WorkerProcess { child, log, port };
         let start = Instant::now();
         loop {
-            if let Ok(r) = http_get(self.port, "/readyz").await
+            if let Ok(r) = http_get(port, "/readyz").await
                 && r.0 == 200
             {
                 break;
@@ -538,6 +545,11 @@ impl Collector {
             }
         }
         out
+    }
+
+    /// The next message if one has arrived, without waiting.
+    pub fn try_next(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
     }
 
     /// Asserts that nothing (more) arrives within `wait`.

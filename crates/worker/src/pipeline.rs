@@ -207,6 +207,9 @@ impl Worker {
             self.metrics.pull_lag.observe(d.as_secs_f64());
         }
         let attempt = lease.delivery_attempt();
+        // Every received message id is logged (debug), so that a run can be
+        // reconciled against what Pub/Sub handed out.
+        tracing::debug!(message_id = %message.message_id, delivery_attempt = attempt.unwrap_or(0), "received");
         let settle = tokio::select! {
             s = self.process(&message, attempt) => s,
             () = self.hard_stop.cancelled() => {
@@ -264,6 +267,7 @@ impl Worker {
             }
         };
         let app = &self.apps[checked.app_index];
+        tracing::debug!(message_id = %message.message_id, request_id = %request.request_id, "decoded");
 
         // §5.6 expired requests are not sent.
         if is_expired(&request, ctx.first_publish_time) {
