@@ -42,7 +42,7 @@ struct Planned {
 
 fn plan(i: usize) -> Planned {
     let request_id = format!("chaos-{i}");
-    if i % 25 == 0 {
+    if i.is_multiple_of(25) {
         return Planned {
             body: format!("{{garbage {request_id}").into_bytes(),
             targets: vec![(request_id.clone(), Expect::DeadLettered("decode_json"))],
@@ -59,7 +59,7 @@ fn plan(i: usize) -> Planned {
             request_id,
         };
     }
-    let app = if i % 2 == 0 { "" } else { "second" };
+    let app = if i.is_multiple_of(2) { "" } else { "second" };
     let mut targets = Vec::new();
     let mut json_targets = Vec::new();
     for j in 0..(1 + i % 3) {
@@ -75,7 +75,7 @@ fn plan(i: usize) -> Planned {
                 Expect::Reported,
             ),
             8 => {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     ("PLATFORM_APNS", format!("f1a0{n:060x}"), Expect::Delivered)
                 } else {
                     ("PLATFORM_FCM", format!("flaky-{n}"), Expect::Delivered)
@@ -132,10 +132,11 @@ fn read_receipts(logs: &[(String, String)]) -> Receipts {
     for (worker, text) in logs {
         let mut acked: HashSet<&str> = HashSet::new();
         for line in text.lines() {
-            if line.contains(" settled ") && line.contains("Ack(") {
-                if let Some(id) = field(line, "message_id") {
-                    acked.insert(id);
-                }
+            if line.contains(" settled ")
+                && line.contains("Ack(")
+                && let Some(id) = field(line, "message_id")
+            {
+                acked.insert(id);
             }
         }
         for line in text.lines() {
@@ -146,15 +147,14 @@ fn read_receipts(logs: &[(String, String)]) -> Receipts {
                         .or_default()
                         .push((worker.clone(), acked.contains(id)));
                 }
-            } else if line.contains(" decoded ") {
-                if let (Some(id), Some(req)) =
+            } else if line.contains(" decoded ")
+                && let (Some(id), Some(req)) =
                     (field(line, "message_id"), field(line, "request_id"))
-                {
-                    r.messages_of
-                        .entry(req.to_string())
-                        .or_default()
-                        .insert(id.to_string());
-                }
+            {
+                r.messages_of
+                    .entry(req.to_string())
+                    .or_default()
+                    .insert(id.to_string());
             }
         }
     }
