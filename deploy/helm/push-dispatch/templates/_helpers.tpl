@@ -1,0 +1,183 @@
+{{/*
+Helpers of the push-dispatch chart: names, standard labels, the service
+accounts, the image, values derived from `config` (port, grace period) and
+the checks that refuse inconsistent values.
+*/}}
+
+{{- define "push-dispatch.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "push-dispatch.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "push-dispatch.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels shared by every object of the release (worker and provisioning Job). */}}
+{{- define "push-dispatch.instanceLabels" -}}
+app.kubernetes.io/name: {{ include "push-dispatch.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Selector of the worker pods (Deployment, PDB, PodMonitoring, Service). */}}
+{{- define "push-dispatch.selectorLabels" -}}
+{{ include "push-dispatch.instanceLabels" . }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{/* Standard labels without the component. */}}
+{{- define "push-dispatch.commonLabels" -}}
+helm.sh/chart: {{ include "push-dispatch.chart" . }}
+{{ include "push-dispatch.instanceLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: push-dispatch
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Standard labels of the worker's objects. */}}
+{{- define "push-dispatch.labels" -}}
+{{ include "push-dispatch.commonLabels" . }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "push-dispatch.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "push-dispatch.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The worker's Google service account (Workload Identity). */}}
+{{- define "push-dispatch.gcpServiceAccount" -}}
+{{- default (printf "push-dispatch@%s.iam.gserviceaccount.com" .Values.config.project_id) .Values.serviceAccount.workloadIdentity.gcpServiceAccount }}
+{{- end }}
+
+{{- define "push-dispatch.provisionServiceAccountName" -}}
+{{- if .Values.provisionJob.serviceAccount.create }}
+{{- default (printf "%s-provision" (include "push-dispatch.fullname" . | trunc 53 | trimSuffix "-")) .Values.provisionJob.serviceAccount.name }}
+{{- else }}
+{{- default (include "push-dispatch.serviceAccountName" .) .Values.provisionJob.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "push-dispatch.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The port of config.server.listen (host:port or [v6]:port). */}}
+{{- define "push-dispatch.port" -}}
+{{- $listen := toString .Values.config.server.listen }}
+{{- $port := regexFind "[0-9]+$" $listen }}
+{{- if or (not $port) (not (regexMatch ":[0-9]+$" $listen)) }}
+{{- fail (printf "config.server.listen %q: expected HOST:PORT, e.g. 0.0.0.0:8080" $listen) }}
+{{- end }}
+{{- if hasPrefix "127." $listen }}
+{{- fail (printf "config.server.listen %q listens on loopback only: probes and scrapes could not reach it; use 0.0.0.0:PORT" $listen) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{/*
+Whole seconds (rounded up) of a humantime duration such as "30s", "1m30s",
+"2m", "1500ms", "1h". Fails on anything it cannot read.
+*/}}
+{{- define "push-dispatch.durationSeconds" -}}
+{{- $d := toString . | trim }}
+{{- $parts := regexFindAll "[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+" $d -1 }}
+{{- if or (not $parts) (ne (regexReplaceAll "[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+|\\s" $d "") "") }}
+{{- fail (printf "cannot read the duration %q; write it like 30s, 1m30s or 2m" $d) }}
+{{- end }}
+{{- $units := dict "ns" 0.000000001 "nsec" 0.000000001 "us" 0.000001 "µs" 0.000001 "usec" 0.000001 "ms" 0.001 "msec" 0.001 "s" 1.0 "sec" 1.0 "secs" 1.0 "second" 1.0 "seconds" 1.0 "m" 60.0 "min" 60.0 "mins" 60.0 "minute" 60.0 "minutes" 60.0 "h" 3600.0 "hr" 3600.0 "hrs" 3600.0 "hour" 3600.0 "hours" 3600.0 "d" 86400.0 "day" 86400.0 "days" 86400.0 }}
+{{- $total := 0.0 }}
+{{- range $parts }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . | float64 }}
+{{- $u := regexFind "[a-zA-Zµ]+$" . }}
+{{- if not (hasKey $units $u) }}
+{{- fail (printf "cannot read the duration %q: unknown unit %q" $d $u) }}
+{{- end }}
+{{- $total = addf $total (mulf $n (get $units $u)) }}
+{{- end }}
+{{- ceil $total | int }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: always longer than config.shutdown_grace. */}}
+{{- define "push-dispatch.terminationGracePeriodSeconds" -}}
+{{- $grace := include "push-dispatch.durationSeconds" .Values.config.shutdown_grace | int }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $grace (int .Values.terminationGraceExtraSeconds) }}
+{{- else }}
+{{- $override := int .Values.terminationGracePeriodSeconds }}
+{{- if le $override $grace }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed config.shutdown_grace (%ds), or the kubelet kills the worker mid-drain" $override $grace) }}
+{{- end }}
+{{- $override }}
+{{- end }}
+{{- end }}
+
+{{/*
+The `secrets` list of a SecretProviderClass from (list $ .Values.secrets.X.secretManager):
+the project defaults to config.project_id, the version to latest.
+*/}}
+{{- define "push-dispatch.secretManagerObjects" -}}
+{{- $root := index . 0 }}
+{{- range (index . 1) }}
+- resourceName: {{ printf "projects/%s/secrets/%s/versions/%s" (default $root.Values.config.project_id .project) .secret (toString (default "latest" .version)) | quote }}
+  path: {{ .path | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "push-dispatch.csiDriver" -}}
+{{- if eq .Values.secrets.secretManager.provider "gke" }}secrets-store-gke.csi.k8s.io{{ else }}secrets-store.csi.k8s.io{{ end }}
+{{- end }}
+
+{{/* Volumes shared by the worker and the provisioning Job. */}}
+{{- define "push-dispatch.configVolume" -}}
+- name: config
+  configMap:
+    name: {{ include "push-dispatch.fullname" . }}
+    items:
+      - key: config.yaml
+        path: config.yaml
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 16Mi
+{{- end }}
+
+{{/* Refuse combinations that cannot work, with a message that says what to change. */}}
+{{- define "push-dispatch.validate" -}}
+{{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
+{{- fail "autoscaling.enabled and keda.enabled are both true: a KEDA ScaledObject creates its own HorizontalPodAutoscaler, and two autoscalers on one Deployment fight. Enable only one." }}
+{{- end }}
+{{- if not .Values.config.apps }}
+{{- fail "config.apps is empty: configure at least one app (the first is the default)" }}
+{{- end }}
+{{- if and (eq .Values.secrets.source "secretManager") .Values.secrets.apns.enabled (not .Values.secrets.apns.secretManager) }}
+{{- fail "secrets.source is secretManager but secrets.apns.secretManager lists no secret" }}
+{{- end }}
+{{- if and (eq .Values.secrets.source "secretManager") .Values.secrets.fcm.enabled (not .Values.secrets.fcm.secretManager) }}
+{{- fail "secrets.source is secretManager but secrets.fcm.secretManager lists no secret" }}
+{{- end }}
+{{- if and .Values.secrets.apns.enabled .Values.secrets.fcm.enabled (eq (clean .Values.secrets.apns.mountPath) (clean .Values.secrets.fcm.mountPath)) }}
+{{- fail "secrets.apns.mountPath and secrets.fcm.mountPath must differ" }}
+{{- end }}
+{{- $_ := include "push-dispatch.port" . }}
+{{- $_ = include "push-dispatch.terminationGracePeriodSeconds" . }}
+{{- end }}

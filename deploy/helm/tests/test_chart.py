@@ -1,0 +1,683 @@
+#!/usr/bin/env python3
+"""Chart tests for deploy/helm/push-dispatch, run by `make helm-lint`.
+
+kubernetes-validate checks the built-in kinds against the Kubernetes schemas
+but skips custom resources (ScaledObject, TriggerAuthentication, PodMonitoring,
+ServiceMonitor, SecretProviderClass). These tests render the chart with helm
+for the default values and every file in deploy/helm/ci/, and assert what a
+schema cannot: the custom resources' fields, the security context and probes,
+the grace period against shutdown_grace, that the rendered config has the keys
+of the repository's config.yaml (and that values.yaml and values.schema.json
+stay in step with it), that the chart refuses HPA and KEDA together, and, when
+target/debug/push-dispatch exists, that the binary accepts every rendered
+config except for the key files that only exist in a pod.
+
+Usage: test_chart.py [--helm PATH] [--binary PATH]
+Prints one line per test and `test_chart: N passed, M failed[, K skipped]`;
+exits 1 on failure.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+HELM_DIR = REPO / "deploy" / "helm"
+CHART = HELM_DIR / "push-dispatch"
+CI_VALUES = sorted((HELM_DIR / "ci").glob("*.yaml"))
+RELEASE = "pd"
+NAMESPACE = "push"
+CONFIG_PATH = "/etc/push-dispatch/config.yaml"
+
+HELM = "helm"
+BINARY = None
+TESTS = []
+_renders = {}
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+class RenderError(Exception):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+def helm_template(values=None, sets=(), release=RELEASE):
+    """Renders the chart; returns the list of objects. Cached per arguments."""
+    key = (str(values), tuple(sets), release)
+    if key in _renders:
+        return _renders[key]
+    cmd = [HELM, "template", release, str(CHART), "--namespace", NAMESPACE]
+    if values:
+        cmd += ["--values", str(values)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RenderError(proc.stderr.strip() or proc.stdout.strip())
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    _renders[key] = docs
+    return docs
+
+
+def helm_fails(values=None, sets=()):
+    """Renders expecting failure; returns helm's error text."""
+    try:
+        helm_template(values, sets)
+    except RenderError as err:
+        return str(err)
+    raise AssertionError(f"helm template succeeded with values={values} sets={list(sets)}; expected a failure")
+
+
+def find(docs, kind, name=None, required=True):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if required:
+        assert found, f"no {kind}{' ' + name if name else ''} rendered (kinds: {sorted({d['kind'] for d in docs})})"
+    return found
+
+
+def one(docs, kind, name=None):
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def deployment(docs):
+    return one(docs, "Deployment")
+
+
+def rendered_config(docs):
+    cm = one(docs, "ConfigMap", f"{RELEASE}-push-dispatch")
+    return yaml.safe_load(cm["data"]["config.yaml"])
+
+
+def values_file(values):
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    if values:
+        merge(base, yaml.safe_load(Path(values).read_text()))
+    return base
+
+
+def merge(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def repo_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def key_paths(node, prefix=""):
+    """Every key path of a YAML tree; list items are merged under `[]`."""
+    paths = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{prefix}.{k}" if prefix else k
+            paths.add(p)
+            paths |= key_paths(v, p)
+    elif isinstance(node, list):
+        for item in node:
+            paths |= key_paths(item, f"{prefix}[]")
+    return paths
+
+
+def schema_paths(schema, prefix=""):
+    """Key paths a JSON schema declares (properties, array items as `[]`)."""
+    paths = set()
+    if schema.get("type") == "array" or "items" in schema:
+        return schema_paths(schema.get("items", {}), f"{prefix}[]")
+    for k, sub in schema.get("properties", {}).items():
+        p = f"{prefix}.{k}" if prefix else k
+        paths.add(p)
+        paths |= schema_paths(sub, p)
+    return paths
+
+
+def duration_seconds(text):
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "m": 60, "min": 60,
+             "h": 3600, "hr": 3600, "d": 86400}
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Zµ]+)", str(text))
+    assert parts, f"cannot read duration {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def all_renders():
+    """(label, values file or None, objects) for the default values and every ci/ file."""
+    out = [("default values", None, helm_template())]
+    for f in CI_VALUES:
+        out.append((f"ci/{f.name}", f, helm_template(f)))
+    return out
+
+
+def pod_labels(dep):
+    return dep["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector, labels):
+    match = selector.get("matchLabels", selector)
+    return all(labels.get(k) == v for k, v in match.items())
+
+
+# ---------------------------------------------------------------- config
+
+
+@test
+def config_keys_match_repo_config_yaml():
+    """The ConfigMap's config.yaml parses and has exactly the keys of config.yaml."""
+    want_top = set(repo_config())
+    want_all = key_paths(repo_config())
+    for label, _, docs in all_renders():
+        cfg = rendered_config(docs)
+        assert isinstance(cfg, dict), f"{label}: config.yaml is not a mapping"
+        assert set(cfg) == want_top, (
+            f"{label}: top-level keys {sorted(cfg)} differ from config.yaml's {sorted(want_top)}")
+        extra = key_paths(cfg) - want_all
+        assert not extra, f"{label}: keys not in config.yaml (the binary refuses them): {sorted(extra)}"
+
+
+@test
+def values_yaml_mirrors_config_yaml():
+    """values.yaml `config:` declares every key of config.yaml and no other."""
+    want = key_paths(repo_config())
+    have = key_paths(yaml.safe_load((CHART / "values.yaml").read_text())["config"])
+    assert have == want, (f"values.yaml config: missing {sorted(want - have)}, "
+                          f"unknown {sorted(have - want)}; keep the chart in step with config.yaml")
+
+
+@test
+def schema_mirrors_config_yaml():
+    """values.schema.json describes exactly config.yaml's keys, closed to others."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema.get("$schema", "").startswith("http://json-schema.org/draft-07/"), "schema is not draft-07"
+    cfg = schema["properties"]["config"]
+    want = key_paths(repo_config())
+    have = schema_paths(cfg)
+    assert have == want, (f"values.schema.json config: missing {sorted(want - have)}, "
+                          f"unknown {sorted(have - want)}")
+
+    def closed(node, path):
+        if node.get("type") == "object" or "properties" in node:
+            assert node.get("additionalProperties") is False, f"schema {path or 'config'} accepts unknown keys"
+            for k, sub in node.get("properties", {}).items():
+                closed(sub, f"{path}.{k}" if path else k)
+        if "items" in node:
+            closed(node["items"], f"{path}[]")
+
+    closed(cfg, "")
+
+
+@test
+def schema_refuses_typos_and_wrong_types():
+    for sets, needle in [
+        (["config.pubsub.streamz=4"], "streamz"),
+        (["config.pubsub.streams=four"], "streams"),
+        (["config.shutdown_grace=thirty"], "shutdown_grace"),
+        (["config.telemetry.log_format=xml"], "log_format"),
+        (["keda.mode=Whatever"], "mode"),
+        (["secrets.source=vault"], "source"),
+    ]:
+        err = helm_fails(sets=sets)
+        assert needle in err, f"--set {sets}: error does not name {needle!r}: {err}"
+
+
+@test
+def production_defaults():
+    cfg = rendered_config(helm_template())
+    assert cfg["telemetry"]["log_format"] == "json", "log_format should be json for Cloud Logging"
+    assert cfg["server"]["listen"] == "0.0.0.0:8080"
+    app = cfg["apps"][0]
+    assert app["apns"]["endpoint"] == "https://api.push.apple.com"
+    assert app["apns"]["key_file"].startswith("/secrets/apns/")
+    assert app["fcm"]["endpoint"] == "https://fcm.googleapis.com"
+    assert app["fcm"]["credentials_file"] is None, "FCM should default to Workload Identity"
+
+
+# ---------------------------------------------------------------- Deployment
+
+
+@test
+def security_context_is_hardened():
+    for label, _, docs in all_renders():
+        pods = [deployment(docs)["spec"]["template"]["spec"]]
+        pods += [j["spec"]["template"]["spec"] for j in find(docs, "Job", required=False)]
+        for pod in pods:
+            psc = pod["securityContext"]
+            assert psc.get("runAsNonRoot") is True, f"{label}: pod runAsNonRoot"
+            assert psc.get("runAsUser") == 65532, f"{label}: pod runAsUser"
+            assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: pod seccomp"
+            assert pod.get("automountServiceAccountToken") is False, f"{label}: service account token mounted"
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc.get("runAsNonRoot") is True, f"{label}/{c['name']}: runAsNonRoot"
+                assert sc.get("runAsUser") == 65532, f"{label}/{c['name']}: runAsUser"
+                assert sc.get("readOnlyRootFilesystem") is True, f"{label}/{c['name']}: readOnlyRootFilesystem"
+                assert sc.get("allowPrivilegeEscalation") is False, f"{label}/{c['name']}: allowPrivilegeEscalation"
+                assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}/{c['name']}: drop ALL"
+                assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}/{c['name']}: seccomp"
+
+
+@test
+def probes_resources_and_port():
+    for label, _, docs in all_renders():
+        cfg = rendered_config(docs)
+        port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
+        c = deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+        assert c["args"] == ["run", "--config", CONFIG_PATH], f"{label}: args {c['args']}"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports.get("http") == port, f"{label}: container port {ports} != listen port {port}"
+        for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")]:
+            get = c.get(probe, {}).get("httpGet")
+            assert get, f"{label}: {probe} missing"
+            assert get["path"] == path and get["port"] in ("http", port), f"{label}: {probe} {get}"
+        res = c.get("resources", {})
+        assert res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory"), f"{label}: requests"
+        assert res.get("limits", {}).get("memory"), f"{label}: memory limit"
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert CONFIG_PATH.rsplit("/", 1)[0] in mounts, f"{label}: config not mounted"
+
+
+@test
+def termination_grace_exceeds_shutdown_grace():
+    for label, _, docs in all_renders():
+        grace = duration_seconds(rendered_config(docs)["shutdown_grace"])
+        tgps = deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert tgps > grace, f"{label}: terminationGracePeriodSeconds {tgps} <= shutdown_grace {grace}s"
+    docs = helm_template(sets=["config.shutdown_grace=2m"])
+    assert deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135
+    err = helm_fails(sets=["terminationGracePeriodSeconds=30"])
+    assert "must exceed config.shutdown_grace" in err, err
+
+
+@test
+def config_change_rolls_the_pods():
+    def checksum(docs):
+        return deployment(docs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    a = checksum(helm_template())
+    b = checksum(helm_template(sets=["config.dispatch.concurrency=256"]))
+    assert re.fullmatch(r"[0-9a-f]{64}", a), f"checksum/config {a!r}"
+    assert a != b, "checksum/config did not change with the config"
+
+
+@test
+def topology_spread_and_pdb_select_the_workers():
+    for label, _, docs in all_renders():
+        dep = deployment(docs)
+        labels = pod_labels(dep)
+        assert selects(dep["spec"]["selector"], labels), f"{label}: Deployment selector"
+        tsc = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        keys = {t["topologyKey"] for t in tsc}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, f"{label}: spread keys {keys}"
+        for t in tsc:
+            assert selects(t["labelSelector"], labels), f"{label}: spread selector"
+        pdb = one(docs, "PodDisruptionBudget")
+        assert selects(pdb["spec"]["selector"], labels), f"{label}: PDB selector"
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"]), f"{label}: PDB {pdb['spec']}"
+        # At the fewest replicas, the PDB must still allow one eviction, or node drains hang.
+        fewest = min([dep["spec"].get("replicas", 10**6)]
+                     + [h["spec"]["minReplicas"] for h in find(docs, "HorizontalPodAutoscaler", required=False)]
+                     + [s["spec"]["minReplicaCount"] for s in find(docs, "ScaledObject", required=False)])
+        if isinstance(pdb["spec"].get("minAvailable"), int):
+            assert fewest > pdb["spec"]["minAvailable"], f"{label}: PDB minAvailable blocks drains at {fewest} pods"
+        if isinstance(pdb["spec"].get("maxUnavailable"), int):
+            assert pdb["spec"]["maxUnavailable"] >= 1, f"{label}: PDB maxUnavailable 0 blocks drains"
+
+
+@test
+def every_configured_file_is_mounted():
+    """key_file, credentials_file and ca_file of every app lie under a volume mount."""
+    for label, _, docs in all_renders():
+        c = deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+        mounts = [m["mountPath"].rstrip("/") + "/" for m in c["volumeMounts"]]
+        for app in rendered_config(docs)["apps"]:
+            for platform, key in [("apns", "key_file"), ("apns", "ca_file"), ("fcm", "credentials_file"),
+                                  ("fcm", "ca_file")]:
+                path = (app.get(platform) or {}).get(key)
+                if path:
+                    assert any(path.startswith(m) for m in mounts), (
+                        f"{label}: apps[{app['name']}].{platform}.{key} {path} is under no mount {mounts}")
+
+
+@test
+def labels_and_namespace_on_every_object():
+    for label, _, docs in all_renders():
+        for d in docs:
+            md = d["metadata"]
+            for k in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                      "helm.sh/chart", "app.kubernetes.io/version"]:
+                assert k in md.get("labels", {}), f"{label}: {d['kind']} {md['name']} lacks label {k}"
+            assert md.get("namespace") == NAMESPACE, f"{label}: {d['kind']} {md['name']} namespace"
+
+
+# ---------------------------------------------------------------- service account
+
+
+@test
+def workload_identity_annotation():
+    sa = one(helm_template(), "ServiceAccount")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
+        "push-dispatch@local-project.iam.gserviceaccount.com"
+    dep = deployment(helm_template())
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    sa = one(docs, "ServiceAccount", f"{RELEASE}-push-dispatch")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
+        "push-dispatch-otp@acme-push-prod.iam.gserviceaccount.com"
+    sa = one(helm_template(HELM_DIR / "ci" / "keda.yaml"), "ServiceAccount")
+    assert "iam.gke.io/gcp-service-account" not in (sa["metadata"].get("annotations") or {}), \
+        "workloadIdentity.enabled=false still annotates"
+
+
+# ---------------------------------------------------------------- autoscaling
+
+
+@test
+def hpa_and_keda_together_are_refused():
+    err = helm_fails(sets=["autoscaling.enabled=true", "keda.enabled=true"])
+    assert "autoscaling.enabled and keda.enabled are both true" in err, err
+
+
+@test
+def default_has_fixed_replicas_and_no_autoscaler():
+    docs = helm_template()
+    assert deployment(docs)["spec"]["replicas"] == 2
+    assert not find(docs, "HorizontalPodAutoscaler", required=False)
+    assert not find(docs, "ScaledObject", required=False)
+
+
+@test
+def hpa_scales_the_deployment_on_cpu_slowly_down():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    dep = deployment(docs)
+    assert "replicas" not in dep["spec"], "an autoscaled Deployment must not pin replicas"
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]), ref
+    metric = hpa["spec"]["metrics"][0]
+    assert metric["resource"]["name"] == "cpu", metric
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert not find(docs, "ScaledObject", required=False)
+
+
+def check_scaled_object(docs, values):
+    dep = deployment(docs)
+    assert "replicas" not in dep["spec"], "a KEDA-scaled Deployment must not pin replicas"
+    assert not find(docs, "HorizontalPodAutoscaler", required=False), "KEDA and an HPA rendered together"
+    so = one(docs, "ScaledObject")
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    ref = so["spec"]["scaleTargetRef"]
+    assert ref["name"] == dep["metadata"]["name"] and ref.get("kind", "Deployment") == "Deployment", ref
+    assert so["spec"]["minReplicaCount"] >= 1, "scaling to zero delays one-time codes"
+    assert so["spec"]["maxReplicaCount"] >= so["spec"]["minReplicaCount"]
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "scale-down must be slow (APNs churn)"
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "gcp-pubsub", trigger
+    cfg = values["config"]
+    want = f"projects/{cfg['project_id']}/subscriptions/{cfg['pubsub']['subscription']}"
+    assert trigger["metadata"]["subscriptionName"] == want, trigger["metadata"]
+    assert trigger["metadata"]["mode"] == values["keda"]["mode"]
+    for k in ("value", "activationValue"):
+        assert isinstance(trigger["metadata"][k], str), f"KEDA metadata {k} must be a string"
+    return so, trigger
+
+
+@test
+def keda_scaled_object_on_the_subscription_backlog():
+    f = HELM_DIR / "ci" / "keda.yaml"
+    docs = helm_template(f)
+    so, trigger = check_scaled_object(docs, values_file(f))
+    assert trigger["metadata"]["value"] == "10000"
+    auth = one(docs, "TriggerAuthentication")
+    assert auth["spec"]["podIdentity"]["provider"] == "gcp", auth["spec"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"], "kind": "TriggerAuthentication"}
+    assert so["spec"]["fallback"]["replicas"] >= 1
+
+
+@test
+def keda_with_existing_cluster_trigger_authentication():
+    f = HELM_DIR / "ci" / "secret-manager-gcp.yaml"
+    docs = helm_template(f)
+    _, trigger = check_scaled_object(docs, values_file(f))
+    assert trigger["metadata"]["mode"] == "OldestUnackedMessageAge"
+    assert trigger["authenticationRef"] == {"name": "keda-gcp-workload-identity",
+                                            "kind": "ClusterTriggerAuthentication"}
+    assert not find(docs, "TriggerAuthentication", required=False)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@test
+def pod_monitoring_scrapes_metrics():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    dep = deployment(docs)
+    pm = one(docs, "PodMonitoring")
+    assert pm["apiVersion"] == "monitoring.googleapis.com/v1"
+    assert selects(pm["spec"]["selector"], pod_labels(dep)), "PodMonitoring selects no worker pod"
+    (ep,) = pm["spec"]["endpoints"]
+    port_names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ep["path"] == "/metrics" and ep["port"] in port_names, ep
+    assert duration_seconds(ep["timeout"]) <= duration_seconds(ep["interval"])
+
+
+@test
+def service_monitor_scrapes_metrics_through_the_service():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    dep = deployment(docs)
+    svc = one(docs, "Service")
+    assert selects(svc["spec"]["selector"], pod_labels(dep)), "Service selects no worker pod"
+    (sp,) = svc["spec"]["ports"]
+    assert sp["name"] == "http" and sp["targetPort"] == "http"
+    sm = one(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert selects(sm["spec"]["selector"], svc["metadata"]["labels"]), "ServiceMonitor selects no Service"
+    assert sm["metadata"]["labels"].get("release") == "kube-prometheus-stack"
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == sp["name"] and ep["path"] == "/metrics", ep
+    assert NAMESPACE in sm["spec"]["namespaceSelector"]["matchNames"]
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@test
+def apns_key_from_kubernetes_secret_by_default():
+    docs = helm_template()
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["apns"]["secret"]["secretName"] == "push-dispatch-apns"
+    assert "fcm" not in vols, "FCM defaults to Workload Identity: no key to mount"
+    assert not find(docs, "SecretProviderClass", required=False)
+
+
+def check_secret_provider_classes(docs, values, provider, driver):
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    spcs = {s["metadata"]["name"]: s for s in find(docs, "SecretProviderClass")}
+    for set_name in ("apns", "fcm"):
+        if not values["secrets"][set_name]["enabled"]:
+            continue
+        csi = vols[set_name]["csi"]
+        assert csi["driver"] == driver, csi
+        spc = spcs[csi["volumeAttributes"]["secretProviderClass"]]
+        assert spc["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
+        assert spc["spec"]["provider"] == provider
+        entries = yaml.safe_load(spc["spec"]["parameters"]["secrets"])
+        want = values["secrets"][set_name]["secretManager"]
+        assert len(entries) == len(want)
+        for e, w in zip(entries, want):
+            project = w.get("project") or values["config"]["project_id"]
+            version = str(w.get("version") or "latest")
+            assert e["resourceName"] == f"projects/{project}/secrets/{w['secret']}/versions/{version}", e
+            assert e["path"] == w["path"]
+
+
+@test
+def secret_manager_through_the_gke_addon():
+    f = HELM_DIR / "ci" / "all-features.yaml"
+    docs = helm_template(f)
+    values = values_file(f)
+    check_secret_provider_classes(docs, values, "gke", "secrets-store-gke.csi.k8s.io")
+    cfg = rendered_config(docs)
+    apns_files = {e["path"] for e in values["secrets"]["apns"]["secretManager"]}
+    assert os.path.basename(cfg["apps"][0]["apns"]["key_file"]) in apns_files, "key_file names no mounted secret"
+
+
+@test
+def secret_manager_through_the_open_source_provider():
+    f = HELM_DIR / "ci" / "secret-manager-gcp.yaml"
+    check_secret_provider_classes(helm_template(f), values_file(f), "gcp", "secrets-store.csi.k8s.io")
+
+
+# ---------------------------------------------------------------- network policy
+
+
+@test
+def network_policy_allows_only_what_the_worker_needs():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    np = one(docs, "NetworkPolicy")
+    dep = deployment(docs)
+    assert selects(np["spec"]["podSelector"], pod_labels(dep)), "NetworkPolicy does not select the workers"
+    for job in find(docs, "Job"):
+        assert selects(np["spec"]["podSelector"], job["spec"]["template"]["metadata"]["labels"]), \
+            "NetworkPolicy does not select the provisioning Job"
+    assert set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (ing,) = np["spec"]["ingress"]
+    assert [p["port"] for p in ing["ports"]] == ["http"], ing
+    ports, cidrs = set(), set()
+    for rule in np["spec"]["egress"]:
+        assert rule.get("ports"), f"egress rule without ports: {rule}"
+        ports |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+        cidrs |= {t["ipBlock"]["cidr"] for t in rule.get("to", []) if "ipBlock" in t}
+        assert rule.get("to"), f"egress rule to anywhere: {rule}"
+    assert ports == {(53, "UDP"), (53, "TCP"), (80, "TCP"), (988, "TCP"), (443, "TCP"), (2197, "TCP"),
+                     (4317, "TCP")}, ports
+    for c in ["169.254.169.254/32", "169.254.169.252/32", "17.0.0.0/8", "199.36.153.8/30"]:
+        assert c in cidrs, f"{c} missing from egress {sorted(cidrs)}"
+    assert "0.0.0.0/0" not in cidrs
+    docs = helm_template(HELM_DIR / "ci" / "secret-manager-gcp.yaml")
+    assert one(docs, "NetworkPolicy")["spec"]["ingress"] == [], "no metricsFrom must deny all ingress"
+
+
+# ---------------------------------------------------------------- provisioning hook
+
+
+@test
+def provisioning_job_is_a_pre_install_hook():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    job = one(docs, "Job")
+    ann = job["metadata"]["annotations"]
+    assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}, ann
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][0] == "provision" and "--config" in c["args"], c["args"]
+    assert pod["restartPolicy"] == "Never"
+    # Its config and service account exist before it: hooks with a lower weight.
+    weight = int(ann["helm.sh/hook-weight"])
+    cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
+    cm = one(docs, "ConfigMap", cm_name)
+    sa = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    for obj in (cm, sa):
+        a = obj["metadata"]["annotations"]
+        assert "pre-install" in a["helm.sh/hook"], f"{obj['kind']} {obj['metadata']['name']} is not a hook"
+        assert int(a["helm.sh/hook-weight"]) < weight
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
+        "push-dispatch-provisioner@acme-push-prod.iam.gserviceaccount.com"
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == rendered_config(docs), "the Job provisions another config"
+    assert not find(helm_template(), "Job", required=False), "the Job is optional (off by default)"
+
+
+# ---------------------------------------------------------------- NOTES.txt
+
+
+@test
+def notes_warn_about_example_values():
+    def notes(values=None):
+        cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        if values:
+            cmd += ["--values", str(values)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return out.split("NOTES:", 1)[1]
+
+    default = notes()
+    assert "rollout status deployment/pd-push-dispatch" in default
+    assert "config.project_id is still the example" in default
+    assert "WARNINGS" not in notes(HELM_DIR / "ci" / "all-features.yaml"), "all-features.yaml still warns"
+
+
+# ---------------------------------------------------------------- the real binary
+
+
+@test
+def binary_accepts_every_rendered_config():
+    """`push-dispatch check-config` refuses a rendered config only for the files mounted in the pod."""
+    if BINARY is None:
+        raise Skip("no push-dispatch binary (target/debug/push-dispatch); `make test` builds it")
+    file_keys = ("key_file", "credentials_file", "ca_file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSH_DISPATCH_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, _, docs in all_renders():
+            path = Path(tmp) / "config.yaml"
+            path.write_text(one(docs, "ConfigMap", f"{RELEASE}-push-dispatch")["data"]["config.yaml"])
+            proc = subprocess.run([str(BINARY), "check-config", "--config", str(path)], capture_output=True,
+                                  text=True, env=env, cwd=tmp, timeout=60, check=False)
+            out = proc.stdout + proc.stderr
+            if proc.returncode == 0:
+                continue
+            assert proc.returncode == 2, f"{label}: check-config exit {proc.returncode}: {out}"
+            assert "unknown field" not in out and "invalid type" not in out, f"{label}: {out}"
+            keys = re.findall(r"config key `([^`]+)`", out)
+            assert keys, f"{label}: check-config failed without naming a key: {out}"
+            bad = [k for k in keys if not k.endswith(file_keys)]
+            assert not bad, f"{label}: check-config refused {bad}, not just the pod's files: {out}"
+
+
+def main():
+    global HELM, BINARY
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--helm", default=os.environ.get("HELM", "helm"))
+    ap.add_argument("--binary", default=os.environ.get("PUSH_DISPATCH_BIN", str(REPO / "target/debug/push-dispatch")))
+    args = ap.parse_args()
+    HELM = args.helm
+    if Path(args.binary).is_file() and os.access(args.binary, os.X_OK):
+        BINARY = Path(args.binary)
+
+    passed = failed = skipped = 0
+    for fn in TESTS:
+        try:
+            fn()
+        except Skip as why:
+            skipped += 1
+            print(f"skip {fn.__name__}: {why}")
+        except Exception as err:  # noqa: BLE001 - report every failure, then go on
+            failed += 1
+            print(f"FAIL {fn.__name__}: {err}")
+            if not isinstance(err, (AssertionError, RenderError)):
+                traceback.print_exc()
+        else:
+            passed += 1
+            print(f"ok   {fn.__name__}")
+    print(f"test_chart: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
