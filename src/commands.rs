@@ -84,7 +84,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     if !file_issues.is_empty() {
         return Err(Failure::Config(ConfigError::Invalid(file_issues).into()));
     }
-    crate::logging::init(&config.telemetry).map_err(|e| Failure::Config(anyhow!(e)))?;
+    let telemetry = push_dispatch_telemetry::init(&config.telemetry, &config.project_id)
+        .map_err(|e| Failure::Config(e.into()))?;
     let apps = build_apps(&config).await.map_err(|e| match e {
         RunError::Dispatcher { .. } => Failure::Config(e.into()),
         other => runtime(other),
@@ -140,6 +141,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     if let Err(e) = served {
         tracing::error!(error = %e, "health server failed");
     }
+    telemetry.shutdown();
     result.map_err(runtime)
 }
 

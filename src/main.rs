@@ -4,7 +4,6 @@
 
 mod cli;
 mod commands;
-mod logging;
 
 use std::process::ExitCode;
 

@@ -34,11 +34,26 @@ pub struct Push<'a> {
     pub expires_at: Option<SystemTime>,
 }
 
+/// Provider credentials refreshed since start (APNs provider tokens signed,
+/// FCM OAuth tokens fetched), and refreshes that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenRefreshes {
+    /// Successful refreshes.
+    pub ok: u64,
+    /// Failed refreshes.
+    pub failed: u64,
+}
+
 /// Sends a push to one device of one provider.
 #[async_trait::async_trait]
 pub trait Dispatcher: Send + Sync + std::fmt::Debug {
     /// The platform this dispatcher serves.
     fn platform(&self) -> Platform;
+
+    /// Credential refreshes so far (none for dispatchers without credentials).
+    fn token_refreshes(&self) -> TokenRefreshes {
+        TokenRefreshes::default()
+    }
 
     /// Sends the push and classifies the answer. Never fails: transport
     /// errors are [`Outcome::Retryable`].

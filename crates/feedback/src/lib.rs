@@ -97,7 +97,8 @@ impl FeedbackPublisher {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let body = encode_message(event, self.encoding)?;
-            let attrs = attributes(event, self.encoding);
+            let mut attrs = attributes(event, self.encoding);
+            push_dispatch_telemetry::propagation::inject_current(&mut attrs);
             pending.push(publish_confirmed(&self.publisher, &self.topic, body, attrs));
         }
         for result in futures::future::join_all(pending).await {

@@ -290,6 +290,9 @@ pub async fn run(
     metrics
         .streams_running
         .set(i64::from(config.pubsub.streams));
+    metrics
+        .max_outstanding
+        .set(i64::from(config.pubsub.max_outstanding_messages));
     readiness.set_streams_up(true);
     tracing::info!(
         subscription = %names.subscription,

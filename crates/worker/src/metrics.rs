@@ -89,6 +89,17 @@ pub struct WindowLabels {
     pub window: &'static str,
 }
 
+/// `platform, app, result` labels of token refreshes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `apns` or `fcm`.
+    pub platform: &'static str,
+    /// Configured app name.
+    pub app: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// `kind` label of acks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AckLabels {
@@ -138,6 +149,10 @@ pub struct Metrics {
     pub duplicate_risk: Family<WindowLabels, Counter>,
     /// `push_dispatch_acks_total{kind}`.
     pub acks: Family<AckLabels, Counter>,
+    /// `push_dispatch_token_refreshes_total{platform,app,result}`.
+    pub token_refreshes: Family<RefreshLabels, Counter>,
+    /// `push_dispatch_max_outstanding_messages`: the flow-control budget.
+    pub max_outstanding: Gauge,
 }
 
 impl Metrics {
@@ -160,6 +175,8 @@ impl Metrics {
             guard_held: Family::default(),
             duplicate_risk: Family::default(),
             acks: Family::default(),
+            token_refreshes: Family::default(),
+            max_outstanding: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
@@ -232,6 +249,21 @@ impl Metrics {
             "duplicate_risk",
             "Events after which a device may get a push twice, by window",
             m.duplicate_risk.clone(),
+        );
+        r.register(
+            "token_refreshes",
+            "APNs provider tokens signed and FCM OAuth tokens fetched, by result",
+            m.token_refreshes.clone(),
+        );
+        r.register(
+            "outstanding_messages",
+            "Messages leased from Pub/Sub and not yet settled (flow control)",
+            m.inflight.clone(),
+        );
+        r.register(
+            "max_outstanding_messages",
+            "The flow-control budget (pubsub.max_outstanding_messages)",
+            m.max_outstanding.clone(),
         );
         r.register(
             "acks",

@@ -22,14 +22,17 @@ use push_dispatch_subscriber::publish::{PublishError, publish_confirmed, truncat
 use push_dispatch_subscriber::pubsub::client::Publisher;
 use push_dispatch_subscriber::pubsub::model::Message;
 use push_dispatch_subscriber::stream::{AckOutcome, Received};
+use push_dispatch_telemetry::propagation;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::circuit::{Admission, Circuit};
 use crate::guard::{Guard, Verdict, is_suspicious};
 use crate::metrics::{
     AckLabels, AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, PlatformLabels,
-    ReasonLabels, SendLabels,
+    ReasonLabels, RefreshLabels, SendLabels,
 };
 use crate::rate_limit::RateLimit;
 use push_dispatch_config::{CircuitConfig, GuardConfig};
@@ -98,6 +101,8 @@ struct Controls {
     circuit: Circuit,
     guard: Guard,
     limit: Option<RateLimit>,
+    /// Token refreshes already counted in the metric: (ok, failed).
+    refreshes_seen: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
 }
 
 /// Where the pipeline publishes.
@@ -177,6 +182,7 @@ impl Worker {
                     circuit: Circuit::new(settings.circuit.clone()),
                     guard: Guard::new(settings.guard.clone()),
                     limit: limit.map(RateLimit::new),
+                    refreshes_seen: Default::default(),
                 };
                 [make(a.apns_rate_limit), make(a.fcm_rate_limit)]
             })
@@ -210,14 +216,33 @@ impl Worker {
         // Every received message id is logged (debug), so that a run can be
         // reconciled against what Pub/Sub handed out.
         tracing::debug!(message_id = %message.message_id, delivery_attempt = attempt.unwrap_or(0), "received");
+        let span = tracing::info_span!(
+            "push.message",
+            otel.name = "push-dispatch process",
+            otel.kind = "consumer",
+            messaging.system = "gcp_pubsub",
+            messaging.operation = "process",
+            messaging.message.id = %message.message_id,
+            messaging.gcp_pubsub.message.delivery_attempt = attempt.unwrap_or(0),
+            push.result = tracing::field::Empty,
+        );
+        // The producer's trace (W3C traceparent, or Google's googclient_ keys).
+        let _ = span.set_parent(propagation::extract(&message.attributes));
         let settle = tokio::select! {
-            s = self.process(&message, attempt) => s,
+            s = self.process(&message, attempt).instrument(span.clone()) => s,
             () = self.hard_stop.cancelled() => {
                 self.metrics.duplicate_risk("grace_exceeded");
                 tracing::warn!(message_id = %message.message_id, "shutdown grace elapsed; nacking");
                 Settle::Nack
             }
         };
+        span.record(
+            "push.result",
+            match settle {
+                Settle::Ack(r) => r.label(),
+                Settle::Nack => "nacked",
+            },
+        );
         tracing::debug!(message_id = %message.message_id, settle = ?settle, "settled");
         match settle {
             Settle::Ack(result) => {
@@ -296,12 +321,22 @@ impl Worker {
 
         let deadline = expires_at(&request, ctx.first_publish_time);
         // Dispatch every sendable target concurrently (bounded by `dispatch.concurrency`).
-        let outcomes = futures::future::join_all(
-            checked
-                .sendable
-                .iter()
-                .map(|&i| self.send_with_retries(checked.app_index, &request, i, deadline)),
-        )
+        let outcomes = futures::future::join_all(checked.sendable.iter().map(|&i| {
+            let target = &request.targets[i];
+            let span = tracing::info_span!(
+                "push.send",
+                otel.name = format!("{} send", target.platform().label()),
+                otel.kind = "client",
+                push.platform = target.platform().label(),
+                push.app = %app.dispatchers.name,
+                push.token = %redact_token(&target.token),
+                push.outcome = tracing::field::Empty,
+                push.attempts = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            );
+            self.send_with_retries(checked.app_index, &request, i, deadline)
+                .instrument(span)
+        }))
         .await;
 
         // §5.9: feed the guard with this message's final answers.
@@ -578,6 +613,12 @@ impl Worker {
                 .await;
             drop(permit);
             controls.circuit.record(admission, &outcome);
+            self.count_refreshes(
+                controls,
+                dispatcher.token_refreshes(),
+                platform,
+                &app.dispatchers.name,
+            );
             self.metrics
                 .circuit_open
                 .get_or_create(&AppPlatformLabels {
@@ -592,6 +633,12 @@ impl Worker {
                 })
                 .observe(t0.elapsed().as_secs_f64());
             self.count_send(platform, &app.dispatchers.name, outcome.label());
+            let current = tracing::Span::current();
+            current.record("push.outcome", outcome.label());
+            current.record("push.attempts", retries + 1);
+            if let Some(status) = provider_status(&outcome) {
+                current.record("http.response.status_code", status);
+            }
             tracing::debug!(platform = platform.label(), token = %redact_token(&target.token), outcome = outcome.label(), "sent");
 
             let Outcome::Retryable { after, cause } = &outcome else {
@@ -612,6 +659,33 @@ impl Worker {
                 () = self.draining.cancelled() => return outcome,
             }
             retries += 1;
+        }
+    }
+
+    /// Adds the refreshes the dispatcher made since last seen to the metric.
+    fn count_refreshes(
+        &self,
+        controls: &Controls,
+        now: push_dispatch_dispatch::TokenRefreshes,
+        platform: Platform,
+        app: &str,
+    ) {
+        use std::sync::atomic::Ordering;
+        for (seen, value, result) in [
+            (&controls.refreshes_seen.0, now.ok, "ok"),
+            (&controls.refreshes_seen.1, now.failed, "error"),
+        ] {
+            let before = seen.fetch_max(value, Ordering::Relaxed);
+            if value > before {
+                self.metrics
+                    .token_refreshes
+                    .get_or_create(&RefreshLabels {
+                        platform: platform.label(),
+                        app: app.to_string(),
+                        result,
+                    })
+                    .inc_by(value - before);
+            }
         }
     }
 
@@ -721,6 +795,7 @@ impl Worker {
         let mut attrs = carried_attributes(&ctx.message.attributes);
         attrs.extend(error_attributes(ctx, code, detail));
         attrs.insert("content-type".into(), body.1.content_type().into());
+        propagation::inject_current(&mut attrs);
         let (publisher, topic) = &self.outputs.dead_letter;
         publish_confirmed(publisher, topic, body.0, attrs).await?;
         self.count_dead_letter(code);
@@ -748,6 +823,7 @@ impl Worker {
             attrs.insert(ATTR_FIRST_PUBLISH_TIME.into(), String::from(t));
         }
         attrs.insert("content-type".into(), encoding.content_type().into());
+        propagation::inject_current(&mut attrs);
         let (publisher, topic) = &self.outputs.requests;
         publish_confirmed(publisher, topic, body, attrs).await
     }
@@ -815,6 +891,21 @@ impl<'a> Context<'a> {
 
 fn to_system_time(t: push_dispatch_subscriber::wkt::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(t).ok()
+}
+
+/// The provider's HTTP status in an outcome, when it carries one.
+fn provider_status(outcome: &Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Delivered => Some(200),
+        Outcome::Retryable {
+            cause: RetryCause::Status { status, .. },
+            ..
+        }
+        | Outcome::Rejected {
+            reason: push_dispatch_dispatch::RejectReason::Provider { status, .. },
+        } => Some(*status),
+        _ => None,
+    }
 }
 
 /// When the request stops being deliverable: first publish + `ttl`.

@@ -124,6 +124,13 @@ impl Dispatcher for ApnsClient {
         Platform::Apns
     }
 
+    fn token_refreshes(&self) -> crate::TokenRefreshes {
+        crate::TokenRefreshes {
+            ok: self.token.refreshes(),
+            failed: self.token.failures(),
+        }
+    }
+
     async fn send(&self, push: Push<'_>) -> Outcome {
         let req = match build(push.request, &self.settings.topic, push.expires_at) {
             Ok(r) => r,

@@ -69,6 +69,7 @@ pub struct ProviderToken {
     team_id: String,
     current: RwLock<Option<Generation>>,
     refreshes: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ProviderToken {
@@ -115,6 +116,7 @@ impl ProviderToken {
             team_id: team_id.to_string(),
             current: RwLock::new(None),
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            failures: std::sync::atomic::AtomicU64::new(0),
         };
         // Sign once now so that a bad key fails at startup, not on the first push.
         token.sign(0)?;
@@ -122,6 +124,15 @@ impl ProviderToken {
     }
 
     fn sign(&self, id: u64) -> Result<Generation, TokenError> {
+        let signed = self.sign_inner(id);
+        if signed.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        signed
+    }
+
+    fn sign_inner(&self, id: u64) -> Result<Generation, TokenError> {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -185,6 +196,11 @@ impl ProviderToken {
                 Ok(generation)
             }
         }
+    }
+
+    /// Signing failures since start (for metrics).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tokens signed since start (for metrics).

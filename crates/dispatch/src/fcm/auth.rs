@@ -36,6 +36,7 @@ pub struct BearerCache {
     current: tokio::sync::RwLock<Option<Arc<Token>>>,
     refresh: tokio::sync::Mutex<()>,
     fetches: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for BearerCache {
@@ -72,6 +73,7 @@ impl BearerCache {
             current: tokio::sync::RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             fetches: std::sync::atomic::AtomicU64::new(0),
+            failures: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -93,11 +95,14 @@ impl BearerCache {
         {
             return Ok(t.clone());
         }
-        let token = self
-            .provider
-            .token(&[FCM_SCOPE])
-            .await
-            .map_err(AuthError::Fetch)?;
+        let token = match self.provider.token(&[FCM_SCOPE]).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(AuthError::Fetch(e));
+            }
+        };
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *self.current.write().await = Some(token.clone());
@@ -110,6 +115,11 @@ impl BearerCache {
         if slot.as_ref().is_some_and(|t| t.as_str() == stale.as_str()) {
             *slot = None;
         }
+    }
+
+    /// Failed fetches since start (for metrics).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tokens fetched since start (for metrics).

@@ -71,6 +71,13 @@ impl Dispatcher for FcmClient {
         Platform::Fcm
     }
 
+    fn token_refreshes(&self) -> crate::TokenRefreshes {
+        crate::TokenRefreshes {
+            ok: self.auth.fetches(),
+            failed: self.auth.failures(),
+        }
+    }
+
     async fn send(&self, push: Push<'_>) -> Outcome {
         let body = match serde_json::to_vec(&build(push.request, push.token, push.expires_at)) {
             Ok(b) => bytes::Bytes::from(b),
