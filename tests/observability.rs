@@ -388,3 +388,67 @@ async fn metrics_equal_what_happened_and_labels_stay_bounded() {
     }
     assert!(series < 200, "{series} labelled series after a small run");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_can_be_exported_over_otlp_http() {
+    use prost::Message;
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let spans = spans.clone();
+            move |body: axum::body::Bytes| {
+                let spans = spans.clone();
+                async move {
+                    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut all = spans.lock().expect("lock");
+                    for rs in request.resource_spans {
+                        for ss in rs.scope_spans {
+                            all.extend(ss.spans);
+                        }
+                    }
+                    ExportTraceServiceResponse::default().encode_to_vec()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let env = TestEnv::new("otlp-http", Settings::default()).await;
+    env.provision();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _worker = env
+        .start_worker_with(&[
+            ("PUSH_DISPATCH_TELEMETRY__OTLP_ENDPOINT", endpoint.as_str()),
+            ("PUSH_DISPATCH_TELEMETRY__OTLP_PROTOCOL", "http"),
+            ("PUSH_DISPATCH_TELEMETRY__SAMPLE_RATIO", "1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ])
+        .await;
+    env.publish_json(r#"{"targets":[{"platform":"PLATFORM_FCM","token":"ok-http"}]}"#)
+        .await;
+    let start = Instant::now();
+    loop {
+        let names: Vec<String> = spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        if names.iter().any(|n| n == "push-dispatch process")
+            && names.iter().any(|n| n == "fcm send")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "spans so far: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -164,6 +164,27 @@ pub enum LogFormat {
     Text,
 }
 
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318; `/v1/traces` is appended).
+    Http,
+}
+
+/// How OTLP requests authenticate.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpAuth {
+    /// No credentials (a collector in the cluster).
+    None,
+    /// A Google OAuth bearer from Application Default Credentials (scope
+    /// `trace.append`), for `https://telemetry.googleapis.com` over HTTP.
+    Google,
+}
+
 /// Logs and traces.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -174,6 +195,10 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// OTLP endpoint for traces, e.g. `http://otel-collector:4317`; null disables export.
     pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http`.
+    pub otlp_protocol: OtlpProtocol,
+    /// `none` or `google`.
+    pub otlp_auth: OtlpAuth,
     /// Share of root traces sampled.
     pub sample_ratio: f64,
 }
@@ -345,6 +370,8 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_auth: OtlpAuth::None,
             sample_ratio: 0.1,
         }
     }

@@ -298,6 +298,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     if let Some(url) = &t.otlp_endpoint {
         v.endpoint("telemetry.otlp_endpoint", url);
     }
+    if t.otlp_auth == crate::OtlpAuth::Google && t.otlp_protocol != crate::OtlpProtocol::Http {
+        v.add(
+            "telemetry.otlp_auth",
+            "google needs telemetry.otlp_protocol: http (e.g. https://telemetry.googleapis.com); use none with a collector over gRPC",
+        );
+    }
 
     validate_apps(&c.apps, &mut v);
     v.0

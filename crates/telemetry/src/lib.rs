@@ -67,7 +67,13 @@ pub fn init(config: &TelemetryConfig, project_id: &str) -> Result<Telemetry, Tel
             source,
         })?;
     let provider = match &config.otlp_endpoint {
-        Some(endpoint) => Some(otel::provider(endpoint, config.sample_ratio)?),
+        Some(endpoint) => Some(otel::provider(
+            endpoint,
+            config.otlp_protocol,
+            config.otlp_auth,
+            config.sample_ratio,
+            project_id,
+        )?),
         None => None,
     };
     let otel_layer = provider
