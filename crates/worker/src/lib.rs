@@ -293,6 +293,14 @@ pub async fn run(
     metrics
         .max_outstanding
         .set(i64::from(config.pubsub.max_outstanding_messages));
+    for stream in 0..config.pubsub.streams.max(1) {
+        metrics
+            .stream_up
+            .get_or_create(&metrics::StreamLabels {
+                stream: stream.to_string(),
+            })
+            .set(1);
+    }
     readiness.set_streams_up(true);
     tracing::info!(
         subscription = %names.subscription,
@@ -307,7 +315,7 @@ pub async fn run(
             tracing::info!("shutdown requested; draining");
         }
         Some(ended) = streams.join_next() => {
-            failure = stream_failure(ended);
+            failure = stream_failure(&metrics, ended);
             metrics.streams_running.dec();
         }
     }
@@ -324,7 +332,7 @@ pub async fn run(
                 Some(ended) => {
                     metrics.streams_running.dec();
                     if failure.is_none() {
-                        failure = stream_failure(ended);
+                        failure = stream_failure(&metrics, ended);
                     }
                 }
                 None => break,
@@ -350,7 +358,18 @@ pub async fn run(
     }
 }
 
-fn stream_failure(ended: Result<(usize, StreamExit), tokio::task::JoinError>) -> Option<RunError> {
+fn stream_failure(
+    metrics: &Metrics,
+    ended: Result<(usize, StreamExit), tokio::task::JoinError>,
+) -> Option<RunError> {
+    if let Ok((stream, _)) = &ended {
+        metrics
+            .stream_up
+            .get_or_create(&metrics::StreamLabels {
+                stream: stream.to_string(),
+            })
+            .set(0);
+    }
     match ended {
         Ok((stream, StreamExit::Failed(source))) => Some(RunError::StreamFailed { stream, source }),
         Ok((_, StreamExit::Closed)) => None,

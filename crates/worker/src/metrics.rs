@@ -100,6 +100,13 @@ pub struct RefreshLabels {
     pub result: &'static str,
 }
 
+/// `stream` label: the index of a streaming pull (bounded by `pubsub.streams`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// 0-based index.
+    pub stream: String,
+}
+
 /// `kind` label of acks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AckLabels {
@@ -153,6 +160,8 @@ pub struct Metrics {
     pub token_refreshes: Family<RefreshLabels, Counter>,
     /// `push_dispatch_max_outstanding_messages`: the flow-control budget.
     pub max_outstanding: Gauge,
+    /// `push_dispatch_stream_up{stream}`: 1 while that streaming pull runs.
+    pub stream_up: Family<StreamLabels, Gauge>,
 }
 
 impl Metrics {
@@ -177,6 +186,7 @@ impl Metrics {
             acks: Family::default(),
             token_refreshes: Family::default(),
             max_outstanding: Gauge::default(),
+            stream_up: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
@@ -264,6 +274,11 @@ impl Metrics {
             "max_outstanding_messages",
             "The flow-control budget (pubsub.max_outstanding_messages)",
             m.max_outstanding.clone(),
+        );
+        r.register(
+            "stream_up",
+            "1 while a streaming pull runs, per stream",
+            m.stream_up.clone(),
         );
         r.register(
             "acks",
