@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos lint fmt build release buf-lint clean-dev docker helm-lint
+.PHONY: run test chaos lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
 
 CARGO ?= cargo
 DEV := .dev
@@ -46,6 +46,10 @@ docker:
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 
-## helm-lint: hadolint, yamllint, helm lint, kubernetes-validate and the chart tests (installs its tools into .tools/)
+## helm-lint: hadolint, yamllint, helm lint, kubernetes-validate, the chart tests and alerts-lint (installs its tools into .tools/)
 helm-lint:
 	@deploy/helm/tests/helm-lint.sh
+
+## alerts-lint: the alert rules and the Grafana dashboard: project checks, and promtool check/test rules (promtool from Debian's prometheus package)
+alerts-lint:
+	@deploy/alerts/check.sh

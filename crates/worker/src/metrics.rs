@@ -306,8 +306,11 @@ impl Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    // 1 ms .. ~32 s: provider answers are typically 5–300 ms.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    // Provider answers are typically 5–300 ms; 1 s is the latency SLO's
+    // threshold (deploy/alerts), so it must be a bucket bound.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
 }
 
 /// Renders the registry in the Prometheus text format.

@@ -10,6 +10,8 @@
 #   test_chart.py   custom resources, security context, probes, config keys,
 #                   HPA/KEDA exclusion, and `push-dispatch check-config` on the
 #                   rendered config when target/debug/push-dispatch exists
+#   deploy/alerts/check.sh  the alert rules and the Grafana dashboard (yamllint,
+#                   project checks, promtool check/test rules when available)
 # Prints one line per check and a closing `helm-lint: N passed, M failed`;
 # exits 1 when any check failed.
 set -euo pipefail
@@ -80,7 +82,7 @@ step "hadolint deploy/Dockerfile" hadolint --no-color deploy/Dockerfile
 step "yamllint chart values and ci values" \
   yamllint --strict -c deploy/helm/.yamllint.yaml \
   "$chart/Chart.yaml" "$chart/values.yaml" deploy/helm/ci/*.yaml deploy/helm/.yamllint.yaml
-step "shellcheck deploy/helm/tests/*.sh" shellcheck deploy/helm/tests/*.sh
+step "shellcheck deploy/helm/tests/*.sh deploy/alerts/*.sh" shellcheck deploy/helm/tests/*.sh deploy/alerts/*.sh
 step "values.schema.json is valid JSON" python3 -m json.tool "$chart/values.schema.json" /dev/null
 
 value_sets=("")
@@ -114,6 +116,16 @@ else
   failed=$((failed + 1))
   failures+=("chart tests")
   echo "FAIL chart tests"
+fi
+
+echo "alert rules and dashboard (deploy/alerts/check.sh):"
+if TOOLS_DIR="$tools" deploy/alerts/check.sh | sed 's/^/     /'; then
+  passed=$((passed + 1))
+  echo "ok   alert rules and dashboard"
+else
+  failed=$((failed + 1))
+  failures+=("alert rules and dashboard")
+  echo "FAIL alert rules and dashboard"
 fi
 
 echo "helm-lint took $((SECONDS - start))s"
