@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
+.PHONY: run test chaos bench lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
 
 CARGO ?= cargo
 DEV := .dev
@@ -15,6 +15,10 @@ test:
 ## chaos: the full chaos run (3,000 requests, kills and restarts, sandbox faults) and its reconciliation table
 chaos:
 	@scripts/chaos.sh
+
+## bench: the dispatch path (APNs and FCM over TLS) against the sandbox, release build
+bench:
+	@scripts/bench.sh
 
 ## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract
 lint:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make bench`: the dispatch path against the local sandbox over TLS, release
+# build. The sandbox runs on core 0 and the benchmark on core 1 (taskset),
+# since the two share this 2-core machine. Figures go to standard output
+# together with the targets and peer rates they are compared to.
+#   BENCH_REQUESTS (default 200000), BENCH_CONCURRENCY (default 512)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requests="${BENCH_REQUESTS:-200000}"
+concurrency="${BENCH_CONCURRENCY:-512}"
+dir=.bench
+mkdir -p "$dir"
+cargo build --release --quiet -p push-dispatch -p push-dispatch-bench
+
+pin() {
+  local core=$1
+  shift
+  if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
+    taskset -c "$core" "$@"
+  else
+    "$@"
+  fi
+}
+
+port_h2c=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+port_tls=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+pin 0 target/release/push-dispatch sandbox --listen "127.0.0.1:$port_h2c" \
+  --tls-listen "127.0.0.1:$port_tls" --dir "$dir" >"$dir/sandbox.log" 2>&1 &
+sandbox=$!
+trap 'kill "$sandbox" 2>/dev/null || true; wait "$sandbox" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port_h2c/sandbox/stats" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+common=(--endpoint "https://127.0.0.1:$port_tls" --ca-file "$dir/sandbox-cert.pem"
+  --requests "$requests" --concurrency "$concurrency")
+pin 1 target/release/push-dispatch-bench --platform apns "${common[@]}" \
+  --key-file "$dir/AuthKey_SANDBOXK01.p8" --key-id SANDBOXK01 --team-id SANDBOXT01
+echo
+pin 1 target/release/push-dispatch-bench --platform fcm "${common[@]}" \
+  --credentials-file "$dir/service-account.json"
