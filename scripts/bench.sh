@@ -3,7 +3,9 @@
 # build. The sandbox runs on core 0 and the benchmark on core 1 (taskset),
 # since the two share this 2-core machine. Figures go to standard output
 # together with the targets and peer rates they are compared to.
-#   BENCH_REQUESTS (default 200000), BENCH_CONCURRENCY (default 512)
+# Then the end-to-end benchmark against the Pub/Sub emulator's own ceiling.
+#   BENCH_REQUESTS (default 200000), BENCH_CONCURRENCY (default 512),
+#   BENCH_E2E_REQUESTS (default 20000), BENCH_STREAMS (default 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,13 @@ port_tls=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0))
 pin 0 target/release/push-dispatch sandbox --listen "127.0.0.1:$port_h2c" \
   --tls-listen "127.0.0.1:$port_tls" --dir "$dir" >"$dir/sandbox.log" 2>&1 &
 sandbox=$!
-trap 'kill "$sandbox" 2>/dev/null || true; wait "$sandbox" 2>/dev/null || true' EXIT
+emulator_started=""
+cleanup() {
+  kill "$sandbox" 2>/dev/null || true
+  wait "$sandbox" 2>/dev/null || true
+  if [[ -n "$emulator_started" ]]; then scripts/emulator.sh stop "$dir"; fi
+}
+trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$port_h2c/sandbox/stats" >/dev/null 2>&1 && break
   sleep 0.1
@@ -41,3 +49,12 @@ pin 1 target/release/push-dispatch-bench --platform apns "${common[@]}" \
 echo
 pin 1 target/release/push-dispatch-bench --platform fcm "${common[@]}" \
   --credentials-file "$dir/service-account.json"
+
+echo
+if [[ -z "${PUBSUB_EMULATOR_HOST:-}" ]]; then
+  PUBSUB_EMULATOR_HOST=$(scripts/emulator.sh start "$dir")
+  export PUBSUB_EMULATOR_HOST
+  emulator_started=1
+fi
+target/release/push-dispatch-bench-e2e --requests "${BENCH_E2E_REQUESTS:-20000}" \
+  --streams "${BENCH_STREAMS:-4}" --worker-bin target/release/push-dispatch
