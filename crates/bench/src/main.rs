@@ -73,6 +73,9 @@ struct Args {
     /// HTTP/2 connections.
     #[arg(long, default_value_t = 2)]
     connections: usize,
+    /// Extra custom data in each push, in bytes (payload size sweep).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
 }
 
 /// CPU seconds (user + system) of this process, from /proc/self/stat.
@@ -181,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
     let dispatcher = dispatcher(&args, dir.path()).await?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let request = Arc::new(PushRequest {
+    let mut request = PushRequest {
         request_id: "bench".into(),
         notification: Some(Notification {
             title: "Benchmark".into(),
@@ -189,7 +192,13 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         }),
         ..Default::default()
-    });
+    };
+    if args.payload_bytes > 0 {
+        request
+            .data
+            .insert("blob".into(), "x".repeat(args.payload_bytes));
+    }
+    let request = Arc::new(request);
     let label = match args.platform {
         Platform::Apns => "apns",
         Platform::Fcm => "fcm",
@@ -283,8 +292,8 @@ async fn main() -> anyhow::Result<()> {
         "h2c"
     };
     println!(
-        "dispatch benchmark: {label} over {transport} ({}), {} pushes, concurrency {}, {} connections",
-        args.endpoint, args.requests, args.concurrency, args.connections
+        "dispatch benchmark: {label} over {transport} ({}), {} pushes, concurrency {}, {} connections, +{} payload bytes",
+        args.endpoint, args.requests, args.concurrency, args.connections, args.payload_bytes
     );
     println!(
         "  pushes/s              {rate:>10.0}   target ≥ {target_rate:.0} ({peer})  {}",
