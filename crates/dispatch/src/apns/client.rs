@@ -27,6 +27,8 @@ pub enum ApnsBuildError {
 #[derive(Debug)]
 pub struct ApnsClient {
     settings: ApnsSettings,
+    /// `{endpoint}/3/device/`.
+    url_prefix: String,
     pool: Pool,
     token: ProviderToken,
 }
@@ -49,6 +51,7 @@ impl ApnsClient {
             settings.request_timeout,
         )?;
         Ok(ApnsClient {
+            url_prefix: format!("{}/3/device/", settings.endpoint),
             settings,
             pool,
             token,
@@ -65,16 +68,18 @@ impl ApnsClient {
         client: reqwest::Client,
         device: &str,
         req: &ApnsRequest,
-        jwt: &str,
+        authorization: &reqwest::header::HeaderValue,
     ) -> Result<Answer, reqwest::Error> {
-        let url = format!("{}/3/device/{device}", self.settings.endpoint);
+        let mut url = String::with_capacity(self.url_prefix.len() + device.len());
+        url.push_str(&self.url_prefix);
+        url.push_str(device);
         let mut builder = client
             .post(url)
-            .header("authorization", format!("bearer {jwt}"))
+            .header(reqwest::header::AUTHORIZATION, authorization.clone())
             .header("apns-topic", &req.topic)
             .header("apns-push-type", req.push_type)
-            .header("apns-priority", req.priority.to_string())
-            .header("content-type", "application/json")
+            .header("apns-priority", if req.priority == 5 { "5" } else { "10" })
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(req.body.clone());
         if let Some(exp) = req.expiration {
             builder = builder.header("apns-expiration", exp.to_string());
@@ -110,7 +115,7 @@ impl ApnsClient {
     ) -> Result<Answer, reqwest::Error> {
         let conn = self.pool.pick();
         conn.send(
-            |client| self.post(client, device, req, &generation.jwt),
+            |client| self.post(client, device, req, &generation.authorization),
             // A connection is warm once a request with our token got through.
             |r: &Result<Answer, reqwest::Error>| r.as_ref().is_ok_and(|a| a.status != 403),
         )

@@ -33,8 +33,8 @@ pub struct ApnsRequest {
     pub expiration: Option<u64>,
     /// `apns-collapse-id`.
     pub collapse_id: Option<String>,
-    /// The JSON body.
-    pub body: Vec<u8>,
+    /// The JSON body (shared, not copied, by every send of it).
+    pub body: bytes::Bytes,
 }
 
 fn push_type_of(request: &PushRequest) -> ApnsPushType {
@@ -228,7 +228,7 @@ pub fn build(
         priority,
         expiration,
         collapse_id: (!request.collapse_key.is_empty()).then(|| request.collapse_key.clone()),
-        body,
+        body: bytes::Bytes::from(body),
     })
 }
 

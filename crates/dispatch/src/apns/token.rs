@@ -57,6 +57,8 @@ struct Claims<'a> {
 pub struct Generation {
     /// `bearer` value.
     pub jwt: Arc<str>,
+    /// The ready-made `authorization` header value (`bearer <jwt>`).
+    pub authorization: reqwest::header::HeaderValue,
     /// Increases by one per new token.
     pub id: u64,
     issued: Instant,
@@ -146,7 +148,11 @@ impl ProviderToken {
             &self.key,
         )
         .map_err(TokenError::Sign)?;
+        let mut authorization = reqwest::header::HeaderValue::from_str(&format!("bearer {jwt}"))
+            .map_err(|_| TokenError::Sign(jsonwebtoken::errors::ErrorKind::InvalidToken.into()))?;
+        authorization.set_sensitive(true);
         Ok(Generation {
+            authorization,
             jwt: jwt.into(),
             id,
             issued: Instant::now(),
