@@ -21,14 +21,22 @@ pub enum ApnsBuildError {
     /// The transport could not be built.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The endpoint is not a URL.
+    #[error("endpoint `{endpoint}` is not a URL: {problem}")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        problem: String,
+    },
 }
 
 /// Sends pushes to APNs.
 #[derive(Debug)]
 pub struct ApnsClient {
     settings: ApnsSettings,
-    /// `{endpoint}/3/device/`.
-    url_prefix: String,
+    /// `{endpoint}/3/device/`, parsed once: each request only sets its path.
+    url_prefix: reqwest::Url,
     pool: Pool,
     token: ProviderToken,
 }
@@ -51,7 +59,12 @@ impl ApnsClient {
             settings.request_timeout,
         )?;
         Ok(ApnsClient {
-            url_prefix: format!("{}/3/device/", settings.endpoint),
+            url_prefix: reqwest::Url::parse(&format!("{}/3/device/", settings.endpoint)).map_err(
+                |e| ApnsBuildError::Endpoint {
+                    endpoint: settings.endpoint.clone(),
+                    problem: e.to_string(),
+                },
+            )?,
             settings,
             pool,
             token,
@@ -70,9 +83,9 @@ impl ApnsClient {
         req: &ApnsRequest,
         authorization: &reqwest::header::HeaderValue,
     ) -> Result<Answer, reqwest::Error> {
-        let mut url = String::with_capacity(self.url_prefix.len() + device.len());
-        url.push_str(&self.url_prefix);
-        url.push_str(device);
+        let mut url = self.url_prefix.clone();
+        let path = format!("{}{device}", self.url_prefix.path());
+        url.set_path(&path);
         let mut builder = client
             .post(url)
             .header(reqwest::header::AUTHORIZATION, authorization.clone())
