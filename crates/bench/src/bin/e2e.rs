@@ -35,6 +35,9 @@ struct Args {
     /// Streaming pulls, for the worker and for the ceiling.
     #[arg(long, default_value_t = 4)]
     streams: u32,
+    /// Targets per request (APNs and FCM alternating).
+    #[arg(long, default_value_t = 1)]
+    targets: usize,
     /// The worker binary.
     #[arg(long, default_value = "target/release/push-dispatch")]
     worker_bin: PathBuf,
@@ -166,19 +169,27 @@ apps:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let targets = args.targets.max(1);
     let bodies: Vec<Vec<u8>> = (0..args.requests)
         .map(|i| {
-            let target = if i % 2 == 0 {
-                format!(r#"{{"platform":"PLATFORM_APNS","token":"a1{i:062x}"}}"#)
-            } else {
-                format!(r#"{{"platform":"PLATFORM_FCM","token":"bench-{i}"}}"#)
-            };
+            let list: Vec<String> = (0..targets)
+                .map(|j| {
+                    let n = i * targets + j;
+                    if n % 2 == 0 {
+                        format!(r#"{{"platform":"PLATFORM_APNS","token":"a1{n:062x}"}}"#)
+                    } else {
+                        format!(r#"{{"platform":"PLATFORM_FCM","token":"bench-{n}"}}"#)
+                    }
+                })
+                .collect();
             format!(
-                r#"{{"requestId":"b-{i}","targets":[{target}],"notification":{{"title":"bench"}}}}"#
+                r#"{{"requestId":"b-{i}","targets":[{}],"notification":{{"title":"bench"}}}}"#,
+                list.join(",")
             )
             .into_bytes()
         })
         .collect();
+    let expected_pushes = args.requests * targets;
     let clients = Clients::connect(Some(&emulator)).await?;
     let t0 = Instant::now();
     publish_all(
@@ -192,12 +203,12 @@ apps:
         let st = s.stats();
         st.apns_count("200") + st.fcm_count("200")
     };
-    while (delivered(&sandbox) as usize) < args.requests {
+    while (delivered(&sandbox) as usize) < expected_pushes {
         if t0.elapsed() > args.timeout {
             bail!(
                 "only {} of {} delivered after {:?}",
                 delivered(&sandbox),
-                args.requests,
+                expected_pushes,
                 args.timeout
             );
         }
@@ -257,9 +268,10 @@ apps:
     tasks.abort_all();
 
     let worker_rate = args.requests as f64 / worker_time.as_secs_f64();
+    let push_rate = expected_pushes as f64 / worker_time.as_secs_f64();
     let ceiling_rate = args.requests as f64 / ceiling_time.as_secs_f64();
     println!(
-        "end-to-end benchmark: {} requests, {} streams (emulator at {emulator})",
+        "end-to-end benchmark: {} requests × {targets} targets, {} streams (emulator at {emulator})",
         args.requests, args.streams
     );
     println!(
@@ -268,8 +280,9 @@ apps:
         published.as_secs_f64()
     );
     println!(
-        "  worker: first publish → last delivery {:>8.0} pushes/s ({:.2} s)",
+        "  worker: first publish → last delivery {:>8.0} requests/s, {:.0} pushes/s ({:.2} s)",
         worker_rate,
+        push_rate,
         worker_time.as_secs_f64()
     );
     println!(
