@@ -119,6 +119,8 @@ struct Receipts {
     received: HashMap<String, Vec<(String, bool)>>,
     /// request id → message ids.
     messages_of: HashMap<String, HashSet<String>>,
+    /// message id → (republished message id, positions of the carried targets).
+    carried: HashMap<String, Vec<(String, Vec<usize>)>>,
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -140,6 +142,19 @@ fn read_receipts(logs: &[(String, String)]) -> Receipts {
             }
         }
         for line in text.lines() {
+            if line.contains("carried retryable targets forward")
+                && let (Some(id), Some(new_id), Some(carried)) = (
+                    field(line, "message_id"),
+                    field(line, "republished_as"),
+                    field(line, "carried"),
+                )
+            {
+                let positions = carried.split(',').filter_map(|p| p.parse().ok()).collect();
+                r.carried
+                    .entry(id.to_string())
+                    .or_default()
+                    .push((new_id.to_string(), positions));
+            }
             if line.contains(" received ") {
                 if let Some(id) = field(line, "message_id") {
                     r.received
@@ -242,8 +257,10 @@ async fn chaos_every_request_is_accounted_for() {
     let mut logs: Vec<(String, String)> = Vec::new();
     let third = n / 3;
     let started = Instant::now();
+    let mut originals: HashMap<String, String> = HashMap::new();
     for p in &plans[..third] {
-        env.publish("push-requests", p.body.clone(), &[]).await;
+        let id = env.publish("push-requests", p.body.clone(), &[]).await;
+        originals.insert(p.request_id.clone(), id);
     }
     // Mid-run: SIGKILL one worker while it holds messages, and replace it.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,14 +269,16 @@ async fn chaos_every_request_is_accounted_for() {
     logs.push(("killed".into(), killed.log_text()));
     let (replacement, _) = start_worker_on(&env, "replacement", "4").await;
     for p in &plans[third..2 * third] {
-        env.publish("push-requests", p.body.clone(), &[]).await;
+        let id = env.publish("push-requests", p.body.clone(), &[]).await;
+        originals.insert(p.request_id.clone(), id);
     }
     // Then stop the other one gracefully.
     let status = stopped.terminate().await;
     assert!(status.success(), "SIGTERM exit: {status}");
     logs.push(("stopped".into(), stopped.log_text()));
     for p in &plans[2 * third..] {
-        env.publish("push-requests", p.body.clone(), &[]).await;
+        let id = env.publish("push-requests", p.body.clone(), &[]).await;
+        originals.insert(p.request_id.clone(), id);
     }
 
     // Collect until every target is accounted for, or the deadline.
@@ -313,12 +332,28 @@ async fn chaos_every_request_is_accounted_for() {
     let mut swallowed_after_kill = 0usize;
     let mut blamed: HashSet<&str> = HashSet::new();
     for (request_id, token) in &report.missing {
-        let messages = receipts.messages_of.get(request_id);
-        let receptions: Vec<&(String, bool)> = messages
-            .into_iter()
-            .flatten()
-            .flat_map(|id| receipts.received.get(id).into_iter().flatten())
-            .collect();
+        // The message that last held this target: the original, or the end
+        // of its chain of republished remainders.
+        let plan = plans.iter().find(|p| &p.request_id == request_id);
+        let mut holder = originals.get(request_id).cloned().unwrap_or_default();
+        let mut tokens: Vec<String> = plan
+            .map(|p| p.targets.iter().map(|(t, _)| t.clone()).collect())
+            .unwrap_or_default();
+        'follow: loop {
+            for (child, positions) in receipts.carried.get(&holder).into_iter().flatten() {
+                let child_tokens: Vec<String> = positions
+                    .iter()
+                    .filter_map(|&i| tokens.get(i).cloned())
+                    .collect();
+                if child_tokens.contains(token) {
+                    holder = child.clone();
+                    tokens = child_tokens;
+                    continue 'follow;
+                }
+            }
+            break;
+        }
+        let receptions = receipts.received.get(&holder).cloned().unwrap_or_default();
         if receptions.is_empty() {
             never_received += 1;
             blamed.insert(token);
@@ -329,7 +364,9 @@ async fn chaos_every_request_is_accounted_for() {
             swallowed_after_kill += 1;
             blamed.insert(token);
         } else {
-            lost.push(format!("{request_id}/{token}"));
+            lost.push(format!(
+                "{request_id}/{token} (last held by message {holder})"
+            ));
         }
     }
 

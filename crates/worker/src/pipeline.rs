@@ -538,7 +538,14 @@ impl Worker {
         }
         match self.republish(&ctx, &request, &carry, next_attempt).await {
             Ok(id) => {
-                tracing::info!(message_id = %message.message_id, republished_as = %id, targets = carry.len(), push_attempt = next_attempt, "carried retryable targets forward");
+                // `carried` lists the positions (in this message's request) of the
+                // targets carried forward, so that a run can be reconciled.
+                let carried = carry
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                tracing::info!(message_id = %message.message_id, republished_as = %id, targets = carry.len(), carried = %carried, push_attempt = next_attempt, "carried retryable targets forward");
                 Settle::Ack(MessageResult::Republished)
             }
             Err(e) => {
