@@ -78,11 +78,6 @@ impl Connection {
         }
         result
     }
-
-    /// Marks the connection cold again (e.g. after a connection error).
-    pub fn cool(&self) {
-        self.warm.store(false, Ordering::Release);
-    }
 }
 
 /// Several HTTP/2 connections to one endpoint, used round robin.
@@ -157,6 +152,32 @@ impl Pool {
     pub fn is_empty(&self) -> bool {
         self.connections.is_empty()
     }
+}
+
+/// What came back from a provider: status, parsed `Retry-After`, body.
+pub struct RawAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, seconds or HTTP date.
+    pub retry_after: Option<std::time::Duration>,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+/// Reads a response into a [`RawAnswer`].
+pub async fn read_answer(response: reqwest::Response) -> Result<RawAnswer, reqwest::Error> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry_after::parse_retry_after(v, std::time::SystemTime::now()));
+    let body = response.bytes().await?;
+    Ok(RawAnswer {
+        status,
+        retry_after,
+        body,
+    })
 }
 
 /// How a transport error is retried.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use push_dispatch_proto::pbjson_types::Timestamp;
-use push_dispatch_proto::v1::{Platform, Reason, TokenInvalidated};
+use push_dispatch_proto::v1::{Platform, TokenInvalidated};
 use push_dispatch_proto::{Encoding, encode_message};
 use push_dispatch_subscriber::publish::{PublishError, publish_confirmed};
 use push_dispatch_subscriber::pubsub::client::Publisher;
@@ -108,24 +108,23 @@ impl FeedbackPublisher {
     }
 }
 
-/// Keeps the first event per (platform, token): a token listed twice in one
-/// request is reported once.
-pub fn dedup(events: Vec<TokenInvalidated>) -> Vec<TokenInvalidated> {
+/// Keeps the first item per event (platform, token): a token listed twice in
+/// one request is reported once. `event` finds the event in an item.
+pub fn dedup<T>(items: Vec<T>, event: impl Fn(&T) -> &TokenInvalidated) -> Vec<T> {
     let mut seen = std::collections::HashSet::new();
-    events
+    items
         .into_iter()
-        .filter(|e| seen.insert((e.platform, e.token.clone())))
+        .filter(|item| {
+            let e = event(item);
+            seen.insert((e.platform, e.token.clone()))
+        })
         .collect()
-}
-
-/// Normalised reason names, for logs.
-pub fn reason_name(reason: Reason) -> &'static str {
-    reason.as_str_name()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use push_dispatch_proto::v1::Reason;
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
@@ -177,6 +176,6 @@ mod tests {
             platform: 1,
             ..Default::default()
         };
-        assert_eq!(dedup(vec![e("a"), e("b"), e("a")]).len(), 2);
+        assert_eq!(dedup(vec![e("a"), e("b"), e("a")], |e| e).len(), 2);
     }
 }

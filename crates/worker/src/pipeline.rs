@@ -447,8 +447,7 @@ impl Worker {
         // (resending to a dead token is harmless) rather than resending the
         // delivered siblings.
         if !events.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            events.retain(|(_, e)| seen.insert((e.platform, e.token.clone())));
+            events = push_dispatch_feedback::dedup(events, |(_, e)| e);
             let batch: Vec<TokenInvalidated> = events.iter().map(|(_, e)| e.clone()).collect();
             match self.outputs.feedback.publish_all(&batch).await {
                 Ok(()) => {

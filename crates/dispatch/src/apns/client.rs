@@ -1,6 +1,6 @@
 //! The APNs wire: `POST /3/device/{token}` over HTTP/2 with a provider token.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use push_dispatch_proto::v1::Platform;
 
@@ -8,8 +8,7 @@ use super::error::{ErrorBody, classify};
 use super::payload::{ApnsRequest, build};
 use super::settings::ApnsSettings;
 use super::token::{Generation, ProviderToken, TokenError};
-use crate::http::{Pool, TransportError, transport_cause};
-use crate::retry_after::parse_retry_after;
+use crate::http::{Pool, TransportError, read_answer, transport_cause};
 use crate::{Dispatcher, Outcome, Push, RejectReason};
 
 /// The APNs client could not be built.
@@ -100,18 +99,12 @@ impl ApnsClient {
         if let Some(id) = &req.collapse_id {
             builder = builder.header("apns-collapse-id", id);
         }
-        let response = builder.send().await?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let bytes = response.bytes().await?;
+        let raw = read_answer(builder.send().await?).await?;
+        let (status, retry_after) = (raw.status, raw.retry_after);
         let body = if status == 200 {
             ErrorBody::default()
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_default()
+            serde_json::from_slice(&raw.body).unwrap_or_default()
         };
         Ok(Answer {
             status,

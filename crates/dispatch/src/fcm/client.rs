@@ -1,7 +1,6 @@
 //! The FCM wire: `POST {endpoint}/v1/projects/{project}/messages:send`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use push_dispatch_proto::v1::Platform;
 
@@ -9,8 +8,7 @@ use super::auth::{AuthError, BearerCache};
 use super::error::{ErrorBody, classify};
 use super::message::build;
 use super::settings::FcmSettings;
-use crate::http::{Pool, TransportError, transport_cause};
-use crate::retry_after::parse_retry_after;
+use crate::http::{Pool, RawAnswer, TransportError, read_answer, transport_cause};
 use crate::{Dispatcher, Outcome, Push, RetryCause};
 
 /// The FCM client could not be built.
@@ -117,19 +115,16 @@ impl Dispatcher for FcmClient {
                             .body(body)
                             .send()
                             .await?;
-                        let status = response.status().as_u16();
-                        let retry_after = response
-                            .headers()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                        let bytes = response.bytes().await?;
-                        Ok::<_, reqwest::Error>((status, retry_after, bytes))
+                        read_answer(response).await
                     },
-                    |r| r.as_ref().is_ok_and(|(s, _, _)| *s != 401),
+                    |r| r.as_ref().is_ok_and(|a| a.status != 401),
                 )
                 .await;
-            let (status, retry_after, bytes) = match result {
+            let RawAnswer {
+                status,
+                retry_after,
+                body: bytes,
+            } = match result {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "FCM request failed");
