@@ -44,8 +44,13 @@ pub enum RetryCause {
     },
     /// No answer within `dispatch.request_timeout`.
     Timeout,
-    /// The connection failed or was reset.
+    /// The connection broke while the request was in flight: the provider
+    /// may have delivered it.
     Connection,
+    /// The provider provably never saw the request: no connection could be
+    /// made, or HTTP/2 refused the stream (`REFUSED_STREAM`, or above the last
+    /// stream id of a `GOAWAY`). A resend cannot duplicate the push.
+    Unsent,
     /// The circuit for this provider and app is open.
     CircuitOpen,
     /// The worker is shutting down and did not send.
@@ -60,7 +65,7 @@ impl RetryCause {
                 status,
                 provider_reason,
             } => *status >= 500 || provider_reason == "QUOTA_EXCEEDED",
-            RetryCause::Timeout | RetryCause::Connection => true,
+            RetryCause::Timeout | RetryCause::Connection | RetryCause::Unsent => true,
             RetryCause::CircuitOpen | RetryCause::ShuttingDown => false,
         }
     }

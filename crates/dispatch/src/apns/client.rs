@@ -8,7 +8,9 @@ use super::error::{ErrorBody, classify};
 use super::payload::{ApnsRequest, build};
 use super::settings::ApnsSettings;
 use super::token::{Generation, ProviderToken, TokenError};
-use crate::http::{Pool, TransportError, read_answer, transport_cause};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+
+use crate::http::{Pool, SendError, TransportError};
 use crate::{Dispatcher, Outcome, Push, RejectReason};
 
 /// The APNs client could not be built.
@@ -20,25 +22,21 @@ pub enum ApnsBuildError {
     /// The transport could not be built.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The endpoint is not a URL.
-    #[error("endpoint `{endpoint}` is not a URL: {problem}")]
-    Endpoint {
-        /// The endpoint.
-        endpoint: String,
-        /// Why.
-        problem: String,
-    },
 }
 
 /// Sends pushes to APNs.
 #[derive(Debug)]
 pub struct ApnsClient {
     settings: ApnsSettings,
-    /// `{endpoint}/3/device/`, parsed once: each request only sets its path.
-    url_prefix: reqwest::Url,
     pool: Pool,
     token: ProviderToken,
 }
+
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 
 /// What came back from one request.
 struct Answer {
@@ -53,17 +51,12 @@ impl ApnsClient {
         let token =
             ProviderToken::from_file(&settings.key_file, &settings.key_id, &settings.team_id)?;
         let pool = Pool::new(
+            &settings.endpoint,
             settings.connections,
             settings.ca_file.as_deref(),
             settings.request_timeout,
         )?;
         Ok(ApnsClient {
-            url_prefix: reqwest::Url::parse(&format!("{}/3/device/", settings.endpoint)).map_err(
-                |e| ApnsBuildError::Endpoint {
-                    endpoint: settings.endpoint.clone(),
-                    problem: e.to_string(),
-                },
-            )?,
             settings,
             pool,
             token,
@@ -75,58 +68,61 @@ impl ApnsClient {
         self.token.refreshes()
     }
 
-    async fn post(
-        &self,
-        client: reqwest::Client,
-        device: &str,
-        req: &ApnsRequest,
-        authorization: &reqwest::header::HeaderValue,
-    ) -> Result<Answer, reqwest::Error> {
-        let mut url = self.url_prefix.clone();
-        let path = format!("{}{device}", self.url_prefix.path());
-        url.set_path(&path);
-        let mut builder = client
-            .post(url)
-            .header(reqwest::header::AUTHORIZATION, authorization.clone())
-            .header("apns-topic", &req.topic)
-            .header("apns-push-type", req.push_type)
-            .header("apns-priority", if req.priority == 5 { "5" } else { "10" })
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(req.body.clone());
+    /// The request headers of `req`; `None` when a value cannot be a header.
+    fn headers(req: &ApnsRequest, authorization: &HeaderValue) -> Option<HeaderMap> {
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(http::header::AUTHORIZATION, authorization.clone());
+        headers.insert(APNS_TOPIC, HeaderValue::from_str(&req.topic).ok()?);
+        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(req.push_type));
+        headers.insert(
+            APNS_PRIORITY,
+            HeaderValue::from_static(if req.priority == 5 { "5" } else { "10" }),
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(exp) = req.expiration {
-            builder = builder.header("apns-expiration", exp.to_string());
+            headers.insert(APNS_EXPIRATION, HeaderValue::from(exp));
         }
         if let Some(id) = &req.collapse_id {
-            builder = builder.header("apns-collapse-id", id);
+            headers.insert(APNS_COLLAPSE_ID, HeaderValue::from_str(id).ok()?);
         }
-        let raw = read_answer(builder.send().await?).await?;
-        let (status, retry_after) = (raw.status, raw.retry_after);
-        let body = if status == 200 {
+        Some(headers)
+    }
+
+    async fn attempt(
+        &self,
+        uri: &Uri,
+        req: &ApnsRequest,
+        generation: &Generation,
+    ) -> Result<Answer, Attempt> {
+        let headers = Self::headers(req, &generation.authorization).ok_or(Attempt::BadHeader)?;
+        // A connection is warm once a request with our token got through.
+        let raw = self
+            .pool
+            .post(uri.clone(), headers, req.body.clone(), |a| a.status != 403)
+            .await
+            .map_err(Attempt::Send)?;
+        let body = if raw.status == 200 {
             ErrorBody::default()
         } else {
             serde_json::from_slice(&raw.body).unwrap_or_default()
         };
         Ok(Answer {
-            status,
+            status: raw.status,
             body,
-            retry_after,
+            retry_after: raw.retry_after,
         })
     }
+}
 
-    async fn attempt(
-        &self,
-        device: &str,
-        req: &ApnsRequest,
-        generation: &Generation,
-    ) -> Result<Answer, reqwest::Error> {
-        let conn = self.pool.pick();
-        conn.send(
-            |client| self.post(client, device, req, &generation.authorization),
-            // A connection is warm once a request with our token got through.
-            |r: &Result<Answer, reqwest::Error>| r.as_ref().is_ok_and(|a| a.status != 403),
-        )
-        .await
-    }
+/// Why an attempt got no answer.
+enum Attempt {
+    /// The topic or collapse id cannot be sent as a header.
+    BadHeader,
+    /// The transport failed.
+    Send(SendError),
 }
 
 #[async_trait::async_trait]
@@ -159,15 +155,35 @@ impl Dispatcher for ApnsClient {
                 };
             }
         };
+        let Ok(uri) = self.pool.uri(&format!("/3/device/{}", push.token)) else {
+            // APNs would answer 400 BadDeviceToken to a token that cannot be a path.
+            return classify(
+                400,
+                &ErrorBody {
+                    reason: "BadDeviceToken".into(),
+                    timestamp: None,
+                },
+                None,
+            );
+        };
         let mut replaced = false;
         loop {
-            let answer = match self.attempt(push.token, &req, &generation).await {
+            let answer = match self.attempt(&uri, &req, &generation).await {
                 Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "APNs request failed");
+                Err(Attempt::BadHeader) => {
+                    return Outcome::Rejected {
+                        reason: RejectReason::Provider {
+                            status: 0,
+                            provider_reason: "topic or collapse_id is not a valid header value"
+                                .into(),
+                        },
+                    };
+                }
+                Err(Attempt::Send(e)) => {
+                    tracing::debug!(error = %e, "APNs request got no answer");
                     return Outcome::Retryable {
                         after: None,
-                        cause: transport_cause(&e),
+                        cause: e.cause(),
                     };
                 }
             };

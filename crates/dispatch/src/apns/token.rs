@@ -58,7 +58,7 @@ pub struct Generation {
     /// `bearer` value.
     pub jwt: Arc<str>,
     /// The ready-made `authorization` header value (`bearer <jwt>`).
-    pub authorization: reqwest::header::HeaderValue,
+    pub authorization: http::HeaderValue,
     /// Increases by one per new token.
     pub id: u64,
     issued: Instant,
@@ -152,7 +152,7 @@ impl ProviderToken {
         // carries a table index instead of re-encoding ~200 bytes (the
         // profile showed Huffman-encoding it on every request). The token is
         // a bearer for Apple only, who sees it on every request anyway.
-        let authorization = reqwest::header::HeaderValue::from_str(&format!("bearer {jwt}"))
+        let authorization = http::HeaderValue::from_str(&format!("bearer {jwt}"))
             .map_err(|_| TokenError::Sign(jsonwebtoken::errors::ErrorKind::InvalidToken.into()))?;
         Ok(Generation {
             authorization,

@@ -8,7 +8,7 @@ use super::auth::{AuthError, BearerCache};
 use super::error::{ErrorBody, classify};
 use super::message::build;
 use super::settings::FcmSettings;
-use crate::http::{Pool, RawAnswer, TransportError, read_answer, transport_cause};
+use crate::http::{Pool, RawAnswer, TransportError};
 use crate::{Dispatcher, Outcome, Push, RetryCause};
 
 /// The FCM client could not be built.
@@ -20,12 +20,22 @@ pub enum FcmBuildError {
     /// The transport could not be built.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The project id cannot be part of a URL path.
+    #[error(
+        "fcm.project_id `{project_id}` cannot be part of a URL ({problem}); use the Firebase project id"
+    )]
+    ProjectId {
+        /// The project id.
+        project_id: String,
+        /// Why.
+        problem: String,
+    },
 }
 
 /// Sends pushes to FCM HTTP v1.
 #[derive(Debug)]
 pub struct FcmClient {
-    url: String,
+    uri: http::Uri,
     pool: Pool,
     auth: Arc<BearerCache>,
 }
@@ -43,18 +53,17 @@ impl FcmClient {
         auth: Arc<BearerCache>,
     ) -> Result<FcmClient, FcmBuildError> {
         let pool = Pool::new(
+            &settings.endpoint,
             settings.connections,
             settings.ca_file.as_deref(),
             settings.request_timeout,
         )?;
-        Ok(FcmClient {
-            url: format!(
-                "{}/v1/projects/{}/messages:send",
-                settings.endpoint, settings.project_id
-            ),
-            pool,
-            auth,
-        })
+        let path = format!("/v1/projects/{}/messages:send", settings.project_id);
+        let uri = pool.uri(&path).map_err(|e| FcmBuildError::ProjectId {
+            project_id: settings.project_id.clone(),
+            problem: e.to_string(),
+        })?;
+        Ok(FcmClient { uri, pool, auth })
     }
 
     /// OAuth tokens fetched since start.
@@ -103,22 +112,15 @@ impl Dispatcher for FcmClient {
                     };
                 }
             };
-            let conn = self.pool.pick();
-            let (body, auth) = (body.clone(), bearer.clone());
-            let result = conn
-                .send(
-                    |client| async move {
-                        let response = client
-                            .post(&self.url)
-                            .bearer_auth(auth.as_str())
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await?;
-                        read_answer(response).await
-                    },
-                    |r| r.as_ref().is_ok_and(|a| a.status != 401),
-                )
+            let mut headers = http::HeaderMap::with_capacity(4);
+            headers.insert(http::header::AUTHORIZATION, bearer.authorization().clone());
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let result = self
+                .pool
+                .post(self.uri.clone(), headers, body.clone(), |a| a.status != 401)
                 .await;
             let RawAnswer {
                 status,
@@ -127,10 +129,10 @@ impl Dispatcher for FcmClient {
             } = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(error = %e, "FCM request failed");
+                    tracing::debug!(error = %e, "FCM request got no answer");
                     return Outcome::Retryable {
                         after: None,
-                        cause: transport_cause(&e),
+                        cause: e.cause(),
                     };
                 }
             };
