@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use push_dispatch_proto::v1::{
     ApnsPushType, InterruptionLevel, Notification, Priority, PushRequest,
 };
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::RejectReason;
 
@@ -92,96 +93,160 @@ fn interruption_level(l: InterruptionLevel) -> Option<&'static str> {
     }
 }
 
-/// The `aps` dictionary and custom data as a JSON object.
-pub fn payload(request: &PushRequest) -> Value {
-    let mut aps = Map::new();
-    if let Some(n) = &request.notification {
-        let mut alert = Map::new();
-        let mut put = |k: &str, v: &str| {
-            if !v.is_empty() {
-                alert.insert(k.into(), Value::String(v.into()));
+/// The `aps` alert dictionary, borrowed from the request.
+#[derive(Serialize)]
+struct Alert<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    title: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    subtitle: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    body: &'a str,
+    #[serde(rename = "title-loc-key", skip_serializing_if = "str::is_empty")]
+    title_loc_key: &'a str,
+    #[serde(
+        rename = "title-loc-args",
+        skip_serializing_if = "<[String]>::is_empty"
+    )]
+    title_loc_args: &'a [String],
+    #[serde(rename = "loc-key", skip_serializing_if = "str::is_empty")]
+    loc_key: &'a str,
+    #[serde(rename = "loc-args", skip_serializing_if = "<[String]>::is_empty")]
+    loc_args: &'a [String],
+}
+
+impl Alert<'_> {
+    fn is_empty(&self) -> bool {
+        self.title.is_empty()
+            && self.subtitle.is_empty()
+            && self.body.is_empty()
+            && self.title_loc_key.is_empty()
+            && self.title_loc_args.is_empty()
+            && self.loc_key.is_empty()
+            && self.loc_args.is_empty()
+    }
+}
+
+/// `sound`: a name, or the critical-alert dictionary.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Sound<'a> {
+    Name(&'a str),
+    Critical {
+        critical: u8,
+        name: &'a str,
+        volume: f64,
+    },
+}
+
+/// The `aps` dictionary, borrowed from the request.
+#[derive(Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<Alert<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<Sound<'a>>,
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+    #[serde(rename = "mutable-content", skip_serializing_if = "Option::is_none")]
+    mutable_content: Option<u8>,
+    #[serde(rename = "thread-id", skip_serializing_if = "str::is_empty")]
+    thread_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    category: &'a str,
+    #[serde(rename = "interruption-level", skip_serializing_if = "Option::is_none")]
+    interruption_level: Option<&'static str>,
+    #[serde(rename = "relevance-score", skip_serializing_if = "Option::is_none")]
+    relevance_score: Option<f64>,
+    #[serde(rename = "target-content-id", skip_serializing_if = "str::is_empty")]
+    target_content_id: &'a str,
+    #[serde(rename = "filter-criteria", skip_serializing_if = "str::is_empty")]
+    filter_criteria: &'a str,
+}
+
+/// The whole payload: custom data at top level, then `aps`. Serialized
+/// straight from the request, with no intermediate JSON tree.
+struct Payload<'a> {
+    data: &'a std::collections::HashMap<String, String>,
+    aps: Aps<'a>,
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in self.data {
+            if k != "aps" {
+                map.serialize_entry(k, v)?;
             }
-        };
-        put("title", &n.title);
-        put("subtitle", &n.subtitle);
-        put("body", &n.body);
-        put("title-loc-key", &n.title_loc_key);
-        put("loc-key", &n.body_loc_key);
-        if !n.title_loc_args.is_empty() {
-            alert.insert("title-loc-args".into(), json!(n.title_loc_args));
         }
-        if !n.body_loc_args.is_empty() {
-            alert.insert("loc-args".into(), json!(n.body_loc_args));
-        }
-        if !alert.is_empty() {
-            aps.insert("alert".into(), Value::Object(alert));
-        }
-        if let Some(badge) = n.badge {
-            aps.insert("badge".into(), json!(badge));
-        }
-        if !n.sound.is_empty() {
-            let critical = request.apns.as_ref().is_some_and(|a| {
-                a.interruption_level() == InterruptionLevel::Critical || a.sound_volume.is_some()
-            });
-            if critical {
-                let volume = request
-                    .apns
-                    .as_ref()
+        map.serialize_entry("aps", &self.aps)?;
+        map.end()
+    }
+}
+
+fn payload_of(request: &PushRequest) -> Payload<'_> {
+    let n = request.notification.as_ref();
+    let apns = request.apns.as_ref();
+    let alert = n
+        .map(|n| Alert {
+            title: &n.title,
+            subtitle: &n.subtitle,
+            body: &n.body,
+            title_loc_key: &n.title_loc_key,
+            title_loc_args: &n.title_loc_args,
+            loc_key: &n.body_loc_key,
+            loc_args: &n.body_loc_args,
+        })
+        .filter(|a| !a.is_empty());
+    let sound = n.filter(|n| !n.sound.is_empty()).map(|n| {
+        let critical = apns.is_some_and(|a| {
+            a.interruption_level() == InterruptionLevel::Critical || a.sound_volume.is_some()
+        });
+        if critical {
+            Sound::Critical {
+                critical: 1,
+                name: &n.sound,
+                volume: apns
                     .and_then(|a| a.sound_volume)
                     .unwrap_or(1.0)
-                    .clamp(0.0, 1.0);
-                aps.insert(
-                    "sound".into(),
-                    json!({"critical": 1, "name": n.sound, "volume": volume}),
-                );
-            } else {
-                aps.insert("sound".into(), Value::String(n.sound.clone()));
+                    .clamp(0.0, 1.0),
             }
+        } else {
+            Sound::Name(&n.sound)
         }
-        if !n.click_action.is_empty() && request.category.is_empty() {
-            aps.insert("category".into(), Value::String(n.click_action.clone()));
-        }
+    });
+    let category = if request.category.is_empty() {
+        n.map_or("", |n| n.click_action.as_str())
+    } else {
+        &request.category
+    };
+    Payload {
+        data: &request.data,
+        aps: Aps {
+            alert,
+            badge: n.and_then(|n| n.badge),
+            sound,
+            content_available: request.content_available.then_some(1),
+            mutable_content: request.mutable_content.then_some(1),
+            thread_id: &request.thread_id,
+            category,
+            interruption_level: apns.and_then(|a| interruption_level(a.interruption_level())),
+            relevance_score: apns
+                .and_then(|a| a.relevance_score)
+                .map(|s| s.clamp(0.0, 1.0)),
+            target_content_id: apns.map_or("", |a| a.target_content_id.as_str()),
+            filter_criteria: apns.map_or("", |a| a.filter_criteria.as_str()),
+        },
     }
-    if request.content_available {
-        aps.insert("content-available".into(), json!(1));
-    }
-    if request.mutable_content {
-        aps.insert("mutable-content".into(), json!(1));
-    }
-    if !request.thread_id.is_empty() {
-        aps.insert("thread-id".into(), Value::String(request.thread_id.clone()));
-    }
-    if !request.category.is_empty() {
-        aps.insert("category".into(), Value::String(request.category.clone()));
-    }
-    if let Some(a) = &request.apns {
-        if let Some(level) = interruption_level(a.interruption_level()) {
-            aps.insert("interruption-level".into(), Value::String(level.into()));
-        }
-        if let Some(score) = a.relevance_score {
-            aps.insert("relevance-score".into(), json!(score.clamp(0.0, 1.0)));
-        }
-        if !a.target_content_id.is_empty() {
-            aps.insert(
-                "target-content-id".into(),
-                Value::String(a.target_content_id.clone()),
-            );
-        }
-        if !a.filter_criteria.is_empty() {
-            aps.insert(
-                "filter-criteria".into(),
-                Value::String(a.filter_criteria.clone()),
-            );
-        }
-    }
-    let mut root = Map::new();
-    for (k, v) in &request.data {
-        if k != "aps" {
-            root.insert(k.clone(), Value::String(v.clone()));
-        }
-    }
-    root.insert("aps".into(), Value::Object(aps));
-    Value::Object(root)
+}
+
+/// The `aps` dictionary and custom data as a JSON object (for inspection;
+/// [`build`] serializes the same payload without this tree).
+pub fn payload(request: &PushRequest) -> Value {
+    serde_json::to_value(payload_of(request)).unwrap_or(Value::Null)
 }
 
 /// Builds the APNs request for `request`; refuses payloads over the limit.
@@ -192,7 +257,7 @@ pub fn build(
 ) -> Result<ApnsRequest, RejectReason> {
     let push_type = push_type_of(request);
     let (name, suffix) = type_and_suffix(push_type);
-    let body = serde_json::to_vec(&payload(request)).map_err(|e| RejectReason::Provider {
+    let body = serde_json::to_vec(&payload_of(request)).map_err(|e| RejectReason::Provider {
         status: 0,
         provider_reason: format!("payload not encodable: {e}"),
     })?;
@@ -272,6 +337,69 @@ mod tests {
         assert_eq!(req.topic, "com.example.app");
         assert_eq!(req.priority, 10);
         assert_eq!(req.expiration, None);
+    }
+
+    #[test]
+    fn every_field_has_its_apple_name_and_nothing_else_is_sent() {
+        let r = PushRequest {
+            notification: Some(Notification {
+                title: "T".into(),
+                subtitle: "S".into(),
+                body: "B".into(),
+                title_loc_key: "TK".into(),
+                title_loc_args: vec!["ta".into()],
+                body_loc_key: "BK".into(),
+                body_loc_args: vec!["ba".into(), "bb".into()],
+                badge: Some(0),
+                sound: "ping.aiff".into(),
+                click_action: "OPEN".into(),
+                ..Default::default()
+            }),
+            content_available: true,
+            mutable_content: true,
+            thread_id: "th".into(),
+            apns: Some(ApnsOptions {
+                interruption_level: InterruptionLevel::TimeSensitive as i32,
+                relevance_score: Some(2.0),
+                target_content_id: "tc".into(),
+                filter_criteria: "fc".into(),
+                ..Default::default()
+            }),
+            data: [("k".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        };
+        let expected = serde_json::json!({
+            "k": "v",
+            "aps": {
+                "alert": {
+                    "title": "T", "subtitle": "S", "body": "B",
+                    "title-loc-key": "TK", "title-loc-args": ["ta"],
+                    "loc-key": "BK", "loc-args": ["ba", "bb"]
+                },
+                "badge": 0,
+                "sound": "ping.aiff",
+                "content-available": 1,
+                "mutable-content": 1,
+                "thread-id": "th",
+                "category": "OPEN",
+                "interruption-level": "time-sensitive",
+                "relevance-score": 1.0,
+                "target-content-id": "tc",
+                "filter-criteria": "fc"
+            }
+        });
+        assert_eq!(payload(&r), expected);
+        let body = build(&r, "t", None).expect("fits").body;
+        let sent: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(sent, expected, "the bytes sent are the same payload");
+        // An explicit category wins over click_action; an empty request has an empty aps.
+        let mut r2 = r.clone();
+        r2.category = "CAT".into();
+        assert_eq!(payload(&r2)["aps"]["category"], "CAT");
+        assert_eq!(
+            payload(&PushRequest::default()),
+            serde_json::json!({"aps": {}})
+        );
     }
 
     #[test]
