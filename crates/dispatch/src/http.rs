@@ -782,6 +782,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn close_ends_the_connections_and_a_later_send_dials_anew() {
+        let (endpoint, _seen) = server(vec![Play::Answer(200)]).await;
+        let p = Pool::new(&endpoint, 2, None, Duration::from_secs(5)).expect("pool");
+        let uri = p.uri("/x").expect("uri");
+        for _ in 0..4 {
+            p.post(uri.clone(), HeaderMap::new(), Bytes::new(), |_| true)
+                .await
+                .expect("answered");
+        }
+        assert_eq!(p.dials(), 2, "one dial per connection");
+        p.close().await;
+        let drivers: usize = p
+            .inner
+            .slots
+            .iter()
+            .map(|s| s.drivers.lock().map_or(0, |d| d.len()))
+            .sum();
+        assert_eq!(drivers, 0, "every connection task was joined");
+        p.post(uri, HeaderMap::new(), Bytes::new(), |_| true)
+            .await
+            .expect("answered after close");
+        assert_eq!(p.dials(), 3);
+    }
+
+    #[tokio::test]
     async fn no_answer_is_a_timeout() {
         let (endpoint, _seen) = server(vec![Play::Ignore]).await;
         let e = post_to(&endpoint, Duration::from_millis(200))

@@ -58,6 +58,10 @@ pub trait Dispatcher: Send + Sync + std::fmt::Debug {
     /// Sends the push and classifies the answer. Never fails: transport
     /// errors are [`Outcome::Retryable`].
     async fn send(&self, push: Push<'_>) -> Outcome;
+
+    /// Closes the provider connections and waits for their tasks. Called
+    /// once nothing is sent any more; a later send dials anew.
+    async fn close(&self) {}
 }
 
 /// The dispatchers of one configured app, by platform.

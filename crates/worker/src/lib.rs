@@ -277,13 +277,14 @@ pub async fn run(
         ack_deadline: config.pubsub.ack_deadline,
     };
     let states = Arc::new(StreamStates::default());
+    let handler = worker.clone();
     let mut streams = spawn_streams(
         &clients.subscriber,
         &settings,
         draining.clone(),
         states.clone(),
         move |received| {
-            let worker = worker.clone();
+            let worker = handler.clone();
             async move { worker.handle(received).await }
         },
     );
@@ -351,6 +352,7 @@ pub async fn run(
         }
     }
     readiness.set_streams_up(false);
+    worker.close_dispatchers().await;
     tracing::info!(received = states.received(), "worker stopped");
     match failure {
         Some(e) => Err(e),

@@ -158,6 +158,19 @@ struct DeadPart {
 }
 
 impl Worker {
+    /// Closes every app's provider connections and waits for their tasks
+    /// (after the streams drained: nothing is sent any more).
+    pub async fn close_dispatchers(&self) {
+        for app in &self.apps {
+            for dispatcher in [&app.dispatchers.apns, &app.dispatchers.fcm]
+                .into_iter()
+                .flatten()
+            {
+                dispatcher.close().await;
+            }
+        }
+    }
+
     /// A worker over the given apps (in config order: the first is the default).
     pub fn new(
         apps: Vec<AppRuntime>,

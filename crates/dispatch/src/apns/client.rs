@@ -138,6 +138,10 @@ impl Dispatcher for ApnsClient {
         }
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn send(&self, push: Push<'_>) -> Outcome {
         let req = match build(push.request, &self.settings.topic, push.expires_at) {
             Ok(r) => r,

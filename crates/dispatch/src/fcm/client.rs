@@ -85,6 +85,10 @@ impl Dispatcher for FcmClient {
         }
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn send(&self, push: Push<'_>) -> Outcome {
         let body = match serde_json::to_vec(&build(push.request, push.token, push.expires_at)) {
             Ok(b) => bytes::Bytes::from(b),
