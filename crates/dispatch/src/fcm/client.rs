@@ -6,7 +6,7 @@ use push_dispatch_proto::v1::Platform;
 
 use super::auth::{AuthError, BearerCache};
 use super::error::{ErrorBody, classify};
-use super::message::build;
+use super::message::message;
 use super::settings::FcmSettings;
 use crate::http::{Pool, RawAnswer, TransportError};
 use crate::{Dispatcher, Outcome, Push, RetryCause};
@@ -90,7 +90,7 @@ impl Dispatcher for FcmClient {
     }
 
     async fn send(&self, push: Push<'_>) -> Outcome {
-        let body = match serde_json::to_vec(&build(push.request, push.token, push.expires_at)) {
+        let body = match serde_json::to_vec(&message(push.request, push.token, push.expires_at)) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 return Outcome::Rejected {

@@ -5,146 +5,275 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use push_dispatch_proto::v1::{AndroidVisibility, Priority, PushRequest};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-fn put(map: &mut Map<String, Value>, key: &str, value: &str) {
-    if !value.is_empty() {
-        map.insert(key.into(), Value::String(value.into()));
-    }
+/// `{"message": …}`, the body of `messages:send`.
+#[derive(Serialize)]
+pub struct Envelope<'a> {
+    message: Message<'a>,
 }
 
-/// The `{"message": …}` body for `token`.
-pub fn build(request: &PushRequest, token: &str, expires_at: Option<SystemTime>) -> Value {
-    let mut message = Map::new();
-    message.insert("token".into(), Value::String(token.into()));
+#[derive(Serialize)]
+struct Message<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Notification<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a std::collections::HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    android: Option<Android<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apns: Option<Apns<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webpush: Option<Webpush<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fcm_options: Option<FcmOptions<'a>>,
+}
 
-    let n = request.notification.clone().unwrap_or_default();
-    let mut notification = Map::new();
-    put(&mut notification, "title", &n.title);
-    put(&mut notification, "body", &n.body);
-    put(&mut notification, "image", &n.image);
-    if !notification.is_empty() {
-        message.insert("notification".into(), Value::Object(notification));
-    }
-    if !request.data.is_empty() {
-        message.insert("data".into(), json!(request.data));
-    }
+#[derive(Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    title: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    body: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    image: &'a str,
+}
 
-    // Android.
-    let fcm = request.fcm.clone().unwrap_or_default();
-    let mut android = Map::new();
-    match request.priority() {
-        Priority::High => {
-            android.insert("priority".into(), json!("HIGH"));
-        }
-        Priority::Normal => {
-            android.insert("priority".into(), json!("NORMAL"));
-        }
-        Priority::Unspecified => {}
-    }
-    if let Some(ttl) = remaining_ttl(request, expires_at) {
-        android.insert("ttl".into(), Value::String(format!("{ttl}s")));
-    }
-    put(&mut android, "collapse_key", &request.collapse_key);
-    put(
-        &mut android,
-        "restricted_package_name",
-        &fcm.restricted_package_name,
-    );
-    if fcm.direct_boot_ok {
-        android.insert("direct_boot_ok".into(), json!(true));
-    }
-    let mut an = Map::new();
-    put(&mut an, "channel_id", &fcm.android_channel_id);
-    put(&mut an, "tag", &fcm.android_tag);
-    put(&mut an, "color", &fcm.android_color);
-    put(&mut an, "icon", &fcm.android_icon);
-    put(&mut an, "sound", &n.sound);
-    put(&mut an, "click_action", &n.click_action);
-    put(&mut an, "title_loc_key", &n.title_loc_key);
-    put(&mut an, "body_loc_key", &n.body_loc_key);
-    if !n.title_loc_args.is_empty() {
-        an.insert("title_loc_args".into(), json!(n.title_loc_args));
-    }
-    if !n.body_loc_args.is_empty() {
-        an.insert("body_loc_args".into(), json!(n.body_loc_args));
-    }
-    if let Some(badge) = n.badge {
-        an.insert("notification_count".into(), json!(badge));
-    }
-    let visibility = match fcm.android_visibility() {
+#[derive(Serialize)]
+struct Android<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    collapse_key: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    restricted_package_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direct_boot_ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<AndroidNotification<'a>>,
+}
+
+#[derive(Serialize)]
+struct AndroidNotification<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    channel_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tag: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    color: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    icon: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sound: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    click_action: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    title_loc_key: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    body_loc_key: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    title_loc_args: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    body_loc_args: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Apns<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<ApnsHeaders<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<ApnsPayload<'a>>,
+}
+
+#[derive(Serialize)]
+struct ApnsHeaders<'a> {
+    #[serde(rename = "apns-priority", skip_serializing_if = "Option::is_none")]
+    priority: Option<&'static str>,
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "str::is_empty")]
+    collapse_id: &'a str,
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ApnsPayload<'a> {
+    aps: Aps<'a>,
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sound: &'a str,
+    #[serde(rename = "thread-id", skip_serializing_if = "str::is_empty")]
+    thread_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    category: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    subtitle: &'a str,
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+    #[serde(rename = "mutable-content", skip_serializing_if = "Option::is_none")]
+    mutable_content: Option<u8>,
+}
+
+#[derive(Serialize)]
+struct Webpush<'a> {
+    fcm_options: WebpushOptions<'a>,
+}
+
+#[derive(Serialize)]
+struct WebpushOptions<'a> {
+    link: &'a str,
+}
+
+#[derive(Serialize)]
+struct FcmOptions<'a> {
+    analytics_label: &'a str,
+}
+
+/// The FCM message for one token, borrowed from the request and serialized
+/// straight to the body (no JSON tree). Empty blocks are left out.
+pub fn message<'a>(
+    request: &'a PushRequest,
+    token: &'a str,
+    expires_at: Option<SystemTime>,
+) -> Envelope<'a> {
+    let n = request.notification.as_ref();
+    let fcm = request.fcm.as_ref();
+    let text = |f: fn(&'a push_dispatch_proto::v1::Notification) -> &'a str| n.map_or("", f);
+    let opt = |f: fn(&'a push_dispatch_proto::v1::FcmOptions) -> &'a str| fcm.map_or("", f);
+    let badge = n.and_then(|n| n.badge);
+    let (android_priority, apns_priority) = match request.priority() {
+        Priority::High => (Some("HIGH"), Some("10")),
+        Priority::Normal => (Some("NORMAL"), Some("5")),
+        Priority::Unspecified => (None, None),
+    };
+
+    let notification = Notification {
+        title: text(|n| &n.title),
+        body: text(|n| &n.body),
+        image: text(|n| &n.image),
+    };
+    let notification = (!(notification.title.is_empty()
+        && notification.body.is_empty()
+        && notification.image.is_empty()))
+    .then_some(notification);
+
+    let visibility = match fcm.map_or(AndroidVisibility::Unspecified, |f| f.android_visibility()) {
         AndroidVisibility::Unspecified => None,
         AndroidVisibility::Private => Some("PRIVATE"),
         AndroidVisibility::Public => Some("PUBLIC"),
         AndroidVisibility::Secret => Some("SECRET"),
     };
-    if let Some(v) = visibility {
-        an.insert("visibility".into(), json!(v));
-    }
-    if !an.is_empty() {
-        android.insert("notification".into(), Value::Object(an));
-    }
-    if !android.is_empty() {
-        message.insert("android".into(), Value::Object(android));
-    }
+    let an = AndroidNotification {
+        channel_id: opt(|f| &f.android_channel_id),
+        tag: opt(|f| &f.android_tag),
+        color: opt(|f| &f.android_color),
+        icon: opt(|f| &f.android_icon),
+        sound: text(|n| &n.sound),
+        click_action: text(|n| &n.click_action),
+        title_loc_key: text(|n| &n.title_loc_key),
+        body_loc_key: text(|n| &n.body_loc_key),
+        title_loc_args: n.map_or(&[], |n| &n.title_loc_args),
+        body_loc_args: n.map_or(&[], |n| &n.body_loc_args),
+        notification_count: badge,
+        visibility,
+    };
+    let an_empty = an.channel_id.is_empty()
+        && an.tag.is_empty()
+        && an.color.is_empty()
+        && an.icon.is_empty()
+        && an.sound.is_empty()
+        && an.click_action.is_empty()
+        && an.title_loc_key.is_empty()
+        && an.body_loc_key.is_empty()
+        && an.title_loc_args.is_empty()
+        && an.body_loc_args.is_empty()
+        && an.notification_count.is_none()
+        && an.visibility.is_none();
+    let android = Android {
+        priority: android_priority,
+        ttl: remaining_ttl(request, expires_at).map(|ttl| format!("{ttl}s")),
+        collapse_key: &request.collapse_key,
+        restricted_package_name: opt(|f| &f.restricted_package_name),
+        direct_boot_ok: fcm.is_some_and(|f| f.direct_boot_ok).then_some(true),
+        notification: (!an_empty).then_some(an),
+    };
+    let android = (android.priority.is_some()
+        || android.ttl.is_some()
+        || !android.collapse_key.is_empty()
+        || !android.restricted_package_name.is_empty()
+        || android.direct_boot_ok.is_some()
+        || android.notification.is_some())
+    .then_some(android);
 
     // APNs through FCM (iOS apps registered with Firebase).
-    let mut headers = Map::new();
-    match request.priority() {
-        Priority::High => {
-            headers.insert("apns-priority".into(), json!("10"));
-        }
-        Priority::Normal => {
-            headers.insert("apns-priority".into(), json!("5"));
-        }
-        Priority::Unspecified => {}
-    }
-    put(&mut headers, "apns-collapse-id", &request.collapse_key);
-    if let Some(at) = expires_at {
-        let secs = at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        headers.insert("apns-expiration".into(), Value::String(secs.to_string()));
-    }
-    let mut aps = Map::new();
-    if let Some(badge) = n.badge {
-        aps.insert("badge".into(), json!(badge));
-    }
-    put(&mut aps, "sound", &n.sound);
-    put(&mut aps, "thread-id", &request.thread_id);
-    put(&mut aps, "category", &request.category);
-    put(&mut aps, "subtitle", &n.subtitle);
-    if request.content_available {
-        aps.insert("content-available".into(), json!(1));
-    }
-    if request.mutable_content {
-        aps.insert("mutable-content".into(), json!(1));
-    }
-    let mut apns = Map::new();
-    if !headers.is_empty() {
-        apns.insert("headers".into(), Value::Object(headers));
-    }
-    if !aps.is_empty() {
-        apns.insert("payload".into(), json!({ "aps": aps }));
-    }
-    if !apns.is_empty() {
-        message.insert("apns".into(), Value::Object(apns));
-    }
+    let headers = ApnsHeaders {
+        priority: apns_priority,
+        collapse_id: &request.collapse_key,
+        expiration: expires_at.map(|at| {
+            at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .to_string()
+        }),
+    };
+    let headers = (headers.priority.is_some()
+        || !headers.collapse_id.is_empty()
+        || headers.expiration.is_some())
+    .then_some(headers);
+    let aps = Aps {
+        badge,
+        sound: text(|n| &n.sound),
+        thread_id: &request.thread_id,
+        category: &request.category,
+        subtitle: text(|n| &n.subtitle),
+        content_available: request.content_available.then_some(1),
+        mutable_content: request.mutable_content.then_some(1),
+    };
+    let payload = (aps.badge.is_some()
+        || !aps.sound.is_empty()
+        || !aps.thread_id.is_empty()
+        || !aps.category.is_empty()
+        || !aps.subtitle.is_empty()
+        || aps.content_available.is_some()
+        || aps.mutable_content.is_some())
+    .then_some(ApnsPayload { aps });
+    let apns = (headers.is_some() || payload.is_some()).then_some(Apns { headers, payload });
 
-    if !fcm.webpush_link.is_empty() {
-        message.insert(
-            "webpush".into(),
-            json!({ "fcm_options": { "link": fcm.webpush_link } }),
-        );
+    let link = opt(|f| &f.webpush_link);
+    let label = opt(|f| &f.analytics_label);
+    Envelope {
+        message: Message {
+            token,
+            notification,
+            data: (!request.data.is_empty()).then_some(&request.data),
+            android,
+            apns,
+            webpush: (!link.is_empty()).then_some(Webpush {
+                fcm_options: WebpushOptions { link },
+            }),
+            fcm_options: (!label.is_empty()).then_some(FcmOptions {
+                analytics_label: label,
+            }),
+        },
     }
-    if !fcm.analytics_label.is_empty() {
-        message.insert(
-            "fcm_options".into(),
-            json!({ "analytics_label": fcm.analytics_label }),
-        );
-    }
-    json!({ "message": message })
+}
+
+/// The message as a JSON tree (for inspection; the client serializes
+/// [`message`] directly).
+pub fn build(request: &PushRequest, token: &str, expires_at: Option<SystemTime>) -> Value {
+    serde_json::to_value(message(request, token, expires_at)).unwrap_or(Value::Null)
 }
 
 /// Whole seconds left before `expires_at`, or the request's ttl without one.
@@ -164,6 +293,81 @@ fn remaining_ttl(request: &PushRequest, expires_at: Option<SystemTime>) -> Optio
 mod tests {
     use super::*;
     use push_dispatch_proto::v1::{FcmOptions, Notification};
+    use serde_json::json;
+
+    #[test]
+    fn every_field_has_its_fcm_name() {
+        let mut r = PushRequest {
+            notification: Some(Notification {
+                title: "T".into(),
+                subtitle: "S".into(),
+                body: "B".into(),
+                image: "https://img".into(),
+                sound: "ping".into(),
+                click_action: "OPEN".into(),
+                title_loc_key: "TK".into(),
+                title_loc_args: vec!["ta".into()],
+                body_loc_key: "BK".into(),
+                body_loc_args: vec!["ba".into()],
+                badge: Some(4),
+            }),
+            priority: Priority::Normal as i32,
+            collapse_key: "c".into(),
+            ttl: Some(push_dispatch_proto::pbjson_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            thread_id: "th".into(),
+            category: "CAT".into(),
+            content_available: true,
+            mutable_content: true,
+            fcm: Some(FcmOptions {
+                android_channel_id: "ch".into(),
+                android_tag: "tag".into(),
+                android_color: "#ff0000".into(),
+                android_icon: "ic".into(),
+                android_visibility: AndroidVisibility::Secret as i32,
+                restricted_package_name: "com.example".into(),
+                direct_boot_ok: true,
+                webpush_link: "https://example.com".into(),
+                analytics_label: "lbl".into(),
+            }),
+            ..Default::default()
+        };
+        r.data.insert("k".into(), "v".into());
+        let expected = json!({"message": {
+            "token": "tok",
+            "notification": {"title": "T", "body": "B", "image": "https://img"},
+            "data": {"k": "v"},
+            "android": {
+                "priority": "NORMAL",
+                "ttl": "60s",
+                "collapse_key": "c",
+                "restricted_package_name": "com.example",
+                "direct_boot_ok": true,
+                "notification": {
+                    "channel_id": "ch", "tag": "tag", "color": "#ff0000", "icon": "ic",
+                    "sound": "ping", "click_action": "OPEN",
+                    "title_loc_key": "TK", "body_loc_key": "BK",
+                    "title_loc_args": ["ta"], "body_loc_args": ["ba"],
+                    "notification_count": 4, "visibility": "SECRET"
+                }
+            },
+            "apns": {
+                "headers": {"apns-priority": "5", "apns-collapse-id": "c"},
+                "payload": {"aps": {
+                    "badge": 4, "sound": "ping", "thread-id": "th", "category": "CAT",
+                    "subtitle": "S", "content-available": 1, "mutable-content": 1
+                }}
+            },
+            "webpush": {"fcm_options": {"link": "https://example.com"}},
+            "fcm_options": {"analytics_label": "lbl"}
+        }});
+        assert_eq!(build(&r, "tok", None), expected);
+        let bytes = serde_json::to_vec(&message(&r, "tok", None)).expect("json");
+        let sent: Value = serde_json::from_slice(&bytes).expect("parse");
+        assert_eq!(sent, expected, "the bytes sent are the same message");
+    }
 
     #[test]
     fn maps_notification_data_and_android_options() {
