@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos bench lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
+.PHONY: run test chaos bench bench-scaling lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
 
 CARGO ?= cargo
 DEV := .dev
@@ -19,6 +19,10 @@ chaos:
 ## bench: the dispatch path (APNs and FCM over TLS) against the sandbox, release build
 bench:
 	@scripts/bench.sh
+
+## bench-scaling: the scaling tables of BENCHMARKS.md (in flight, payload size, targets per request)
+bench-scaling:
+	@scripts/bench-scaling.sh
 
 ## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract
 lint:
