@@ -311,16 +311,26 @@ impl Pool {
     /// streams (see the module doc).
     pub async fn post(
         &self,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Bytes,
+        uri: &Uri,
+        headers: impl Fn() -> HeaderMap,
+        body: &Bytes,
         warms: impl Fn(&RawAnswer) -> bool,
     ) -> Result<RawAnswer, SendError> {
-        let first = self.post_once(uri.clone(), headers.clone(), body.clone(), &warms);
-        match first.await {
+        let request = || {
+            let mut request = Request::new(());
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers();
+            request.headers_mut().insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(USER_AGENT),
+            );
+            request
+        };
+        match self.post_once(request(), body.clone(), &warms).await {
             Err(SendError::Unsent(why)) => {
                 tracing::debug!(%why, "request not sent; resending on a fresh connection");
-                self.post_once(uri, headers, body, &warms).await
+                self.post_once(request(), body.clone(), &warms).await
             }
             other => other,
         }
@@ -328,8 +338,7 @@ impl Pool {
 
     async fn post_once(
         &self,
-        uri: Uri,
-        headers: HeaderMap,
+        request: Request<()>,
         body: Bytes,
         warms: &impl Fn(&RawAnswer) -> bool,
     ) -> Result<RawAnswer, SendError> {
@@ -339,14 +348,6 @@ impl Pool {
             Some(live) => live,
             None => self.dial(i).await?,
         };
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        request.headers_mut().insert(
-            http::header::USER_AGENT,
-            HeaderValue::from_static(USER_AGENT),
-        );
         let timeout = self.inner.request_timeout;
         let result = if live.state.warm.load(Ordering::Acquire) {
             exchange(live.send.clone(), request, body, timeout).await
@@ -677,7 +678,7 @@ mod tests {
         let p = pool(&format!("http://127.0.0.1:{port}")).expect("pool");
         let uri = p.uri("/x").expect("uri");
         let e = p
-            .post(uri, HeaderMap::new(), Bytes::from_static(b"{}"), |_| true)
+            .post(&uri, HeaderMap::new, &Bytes::from_static(b"{}"), |_| true)
             .await
             .expect_err("nobody listens");
         assert!(matches!(e, SendError::Unsent(_)), "{e:?}");
@@ -739,7 +740,7 @@ mod tests {
     async fn post_to(endpoint: &str, timeout: Duration) -> Result<RawAnswer, SendError> {
         let p = Pool::new(endpoint, 1, None, timeout).expect("pool");
         let uri = p.uri("/x").expect("uri");
-        p.post(uri, HeaderMap::new(), Bytes::from_static(b"{}"), |_| true)
+        p.post(&uri, HeaderMap::new, &Bytes::from_static(b"{}"), |_| true)
             .await
     }
 
@@ -787,7 +788,7 @@ mod tests {
         let p = Pool::new(&endpoint, 2, None, Duration::from_secs(5)).expect("pool");
         let uri = p.uri("/x").expect("uri");
         for _ in 0..4 {
-            p.post(uri.clone(), HeaderMap::new(), Bytes::new(), |_| true)
+            p.post(&uri, HeaderMap::new, &Bytes::new(), |_| true)
                 .await
                 .expect("answered");
         }
@@ -800,7 +801,7 @@ mod tests {
             .map(|s| s.drivers.lock().map_or(0, |d| d.len()))
             .sum();
         assert_eq!(drivers, 0, "every connection task was joined");
-        p.post(uri, HeaderMap::new(), Bytes::new(), |_| true)
+        p.post(&uri, HeaderMap::new, &Bytes::new(), |_| true)
             .await
             .expect("answered after close");
         assert_eq!(p.dials(), 3);
@@ -821,12 +822,10 @@ mod tests {
         let (endpoint, seen) = server(vec![Play::DropConnection, Play::Answer(200)]).await;
         let p = Pool::new(&endpoint, 1, None, Duration::from_secs(5)).expect("pool");
         let uri = p.uri("/x").expect("uri");
-        let first = p
-            .post(uri.clone(), HeaderMap::new(), Bytes::new(), |_| true)
-            .await;
+        let first = p.post(&uri, HeaderMap::new, &Bytes::new(), |_| true).await;
         assert!(matches!(first, Err(SendError::Lost(_))), "{first:?}");
         let second = p
-            .post(uri, HeaderMap::new(), Bytes::new(), |_| true)
+            .post(&uri, HeaderMap::new, &Bytes::new(), |_| true)
             .await
             .expect("answered on a new connection");
         assert_eq!(second.status, 200);

@@ -68,42 +68,43 @@ impl ApnsClient {
         self.token.refreshes()
     }
 
-    /// The request headers of `req`; `None` when a value cannot be a header.
-    fn headers(req: &ApnsRequest, authorization: &HeaderValue) -> Option<HeaderMap> {
+    /// The request headers of one attempt.
+    fn headers(fixed: &Fixed, authorization: &HeaderValue) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(http::header::AUTHORIZATION, authorization.clone());
-        headers.insert(APNS_TOPIC, HeaderValue::from_str(&req.topic).ok()?);
-        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(req.push_type));
-        headers.insert(
-            APNS_PRIORITY,
-            HeaderValue::from_static(if req.priority == 5 { "5" } else { "10" }),
-        );
+        headers.insert(APNS_TOPIC, fixed.topic.clone());
+        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(fixed.push_type));
+        headers.insert(APNS_PRIORITY, HeaderValue::from_static(fixed.priority));
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(exp) = req.expiration {
+        if let Some(exp) = fixed.expiration {
             headers.insert(APNS_EXPIRATION, HeaderValue::from(exp));
         }
-        if let Some(id) = &req.collapse_id {
-            headers.insert(APNS_COLLAPSE_ID, HeaderValue::from_str(id).ok()?);
+        if let Some(id) = &fixed.collapse_id {
+            headers.insert(APNS_COLLAPSE_ID, id.clone());
         }
-        Some(headers)
+        headers
     }
 
     async fn attempt(
         &self,
         uri: &Uri,
         req: &ApnsRequest,
+        fixed: &Fixed,
         generation: &Generation,
-    ) -> Result<Answer, Attempt> {
-        let headers = Self::headers(req, &generation.authorization).ok_or(Attempt::BadHeader)?;
+    ) -> Result<Answer, SendError> {
         // A connection is warm once a request with our token got through.
         let raw = self
             .pool
-            .post(uri.clone(), headers, req.body.clone(), |a| a.status != 403)
-            .await
-            .map_err(Attempt::Send)?;
+            .post(
+                uri,
+                || Self::headers(fixed, &generation.authorization),
+                &req.body,
+                |a| a.status != 403,
+            )
+            .await?;
         let body = if raw.status == 200 {
             ErrorBody::default()
         } else {
@@ -117,12 +118,29 @@ impl ApnsClient {
     }
 }
 
-/// Why an attempt got no answer.
-enum Attempt {
-    /// The topic or collapse id cannot be sent as a header.
-    BadHeader,
-    /// The transport failed.
-    Send(SendError),
+/// The header values of one push, checked once for all its attempts.
+struct Fixed {
+    topic: HeaderValue,
+    push_type: &'static str,
+    priority: &'static str,
+    expiration: Option<u64>,
+    collapse_id: Option<HeaderValue>,
+}
+
+impl Fixed {
+    /// `None` when the topic or collapse id cannot be a header value.
+    fn of(req: &ApnsRequest) -> Option<Fixed> {
+        Some(Fixed {
+            topic: HeaderValue::from_str(&req.topic).ok()?,
+            push_type: req.push_type,
+            priority: if req.priority == 5 { "5" } else { "10" },
+            expiration: req.expiration,
+            collapse_id: match &req.collapse_id {
+                Some(id) => Some(HeaderValue::from_str(id).ok()?),
+                None => None,
+            },
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -170,20 +188,19 @@ impl Dispatcher for ApnsClient {
                 None,
             );
         };
+        let Some(fixed) = Fixed::of(&req) else {
+            return Outcome::Rejected {
+                reason: RejectReason::Provider {
+                    status: 0,
+                    provider_reason: "topic or collapse_id is not a valid header value".into(),
+                },
+            };
+        };
         let mut replaced = false;
         loop {
-            let answer = match self.attempt(&uri, &req, &generation).await {
+            let answer = match self.attempt(&uri, &req, &fixed, &generation).await {
                 Ok(a) => a,
-                Err(Attempt::BadHeader) => {
-                    return Outcome::Rejected {
-                        reason: RejectReason::Provider {
-                            status: 0,
-                            provider_reason: "topic or collapse_id is not a valid header value"
-                                .into(),
-                        },
-                    };
-                }
-                Err(Attempt::Send(e)) => {
+                Err(e) => {
                     tracing::debug!(error = %e, "APNs request got no answer");
                     return Outcome::Retryable {
                         after: None,

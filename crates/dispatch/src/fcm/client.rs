@@ -116,15 +116,18 @@ impl Dispatcher for FcmClient {
                     };
                 }
             };
-            let mut headers = http::HeaderMap::with_capacity(4);
-            headers.insert(http::header::AUTHORIZATION, bearer.authorization().clone());
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            let headers = || {
+                let mut headers = http::HeaderMap::with_capacity(4);
+                headers.insert(http::header::AUTHORIZATION, bearer.authorization().clone());
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                headers
+            };
             let result = self
                 .pool
-                .post(self.uri.clone(), headers, body.clone(), |a| a.status != 401)
+                .post(&self.uri, headers, &body, |a| a.status != 401)
                 .await;
             let RawAnswer {
                 status,
