@@ -186,11 +186,25 @@ async fn apns_delivers_and_classifies_every_scripted_answer() {
         first.headers.get("apns-push-type").map(String::as_str),
         Some("alert")
     );
-    assert_eq!(
-        first.headers.get("apns-priority").map(String::as_str),
-        Some("10")
-    );
+    // Priority 10 is APNs' default: the header is left out.
+    assert_eq!(first.headers.get("apns-priority"), None);
     assert_eq!(first.payload["aps"]["alert"]["title"], "Hello");
+
+    let mut normal = req.clone();
+    normal.priority = push_dispatch_proto::v1::Priority::Normal as i32;
+    assert_eq!(
+        send(&apns, &normal, &apns_token("a1b3")).await,
+        Outcome::Delivered
+    );
+    let deliveries = w.sandbox.deliveries();
+    let sent = deliveries
+        .iter()
+        .find(|d| d.token == apns_token("a1b3"))
+        .expect("delivery recorded");
+    assert_eq!(
+        sent.headers.get("apns-priority").map(String::as_str),
+        Some("5")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

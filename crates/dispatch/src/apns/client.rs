@@ -68,17 +68,17 @@ impl ApnsClient {
         self.token.refreshes()
     }
 
-    /// The request headers of one attempt.
+    /// The request headers of one attempt. Apple needs no `content-type`,
+    /// and an absent `apns-priority` means 10: each header left out is HPACK
+    /// work saved on every request.
     fn headers(fixed: &Fixed, authorization: &HeaderValue) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(http::header::AUTHORIZATION, authorization.clone());
         headers.insert(APNS_TOPIC, fixed.topic.clone());
         headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(fixed.push_type));
-        headers.insert(APNS_PRIORITY, HeaderValue::from_static(fixed.priority));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if let Some(priority) = fixed.priority {
+            headers.insert(APNS_PRIORITY, HeaderValue::from_static(priority));
+        }
         if let Some(exp) = fixed.expiration {
             headers.insert(APNS_EXPIRATION, HeaderValue::from(exp));
         }
@@ -122,7 +122,8 @@ impl ApnsClient {
 struct Fixed {
     topic: HeaderValue,
     push_type: &'static str,
-    priority: &'static str,
+    /// `None` for 10, APNs' default.
+    priority: Option<&'static str>,
     expiration: Option<u64>,
     collapse_id: Option<HeaderValue>,
 }
@@ -133,7 +134,7 @@ impl Fixed {
         Some(Fixed {
             topic: HeaderValue::from_str(&req.topic).ok()?,
             push_type: req.push_type,
-            priority: if req.priority == 5 { "5" } else { "10" },
+            priority: (req.priority == 5).then_some("5"),
             expiration: req.expiration,
             collapse_id: match &req.collapse_id {
                 Some(id) => Some(HeaderValue::from_str(id).ok()?),
