@@ -104,28 +104,34 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     .map_err(|e| Failure::Config(e.into()))?;
     tracing::info!(%addr, "serving /healthz /readyz /metrics");
 
-    let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
-        .await
-        .map_err(runtime)?;
-    if config.pubsub.provision {
-        let report = prov::provision(&clients, &config, false)
-            .await
-            .map_err(runtime)?;
-        for r in &report.resources {
-            tracing::info!(resource = %r.name, change = ?r.change, "provisioned");
-        }
-    }
-
+    // The health server answers from here on: `/healthz` during the Pub/Sub
+    // connection and provisioning below (which retry for a while), `/readyz`
+    // false until the streams are up.
     let shutdown = CancellationToken::new();
     let worker = async {
-        let result = push_dispatch_worker::run(
-            &config,
-            &clients,
-            apps,
-            metrics,
-            readiness,
-            shutdown.clone(),
-        )
+        let result = async {
+            let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+                .await
+                .map_err(runtime)?;
+            if config.pubsub.provision {
+                let report = prov::provision(&clients, &config, false)
+                    .await
+                    .map_err(runtime)?;
+                for r in &report.resources {
+                    tracing::info!(resource = %r.name, change = ?r.change, "provisioned");
+                }
+            }
+            push_dispatch_worker::run(
+                &config,
+                &clients,
+                apps,
+                metrics,
+                readiness,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(runtime)
+        }
         .await;
         shutdown.cancel();
         server_stop.cancel();
@@ -142,7 +148,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         tracing::error!(error = %e, "health server failed");
     }
     telemetry.shutdown();
-    result.map_err(runtime)
+    result
 }
 
 async fn wait_for_signal() {

@@ -3,6 +3,13 @@
 //! protox parses the .proto in pure Rust (no system `protoc`), prost writes the
 //! structs, and pbjson writes serde impls that follow the proto3 JSON mapping
 //! (camelCase names, enum value names, `"3.5s"` durations, RFC 3339 timestamps).
+//!
+//! JSON decoding is forward compatible, as binary protobuf is by design: a
+//! producer built from a newer `push.proto` may send fields and enum values
+//! this build does not know. Unknown fields are skipped, and unknown enum
+//! names read as the `_UNSPECIFIED` value (a target of an unknown platform
+//! is then dead-lettered alone, as in binary), instead of turning every such
+//! message into poison.
 
 use std::path::PathBuf;
 
@@ -25,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .ignore_unknown_fields()
+        .ignore_unknown_enum_variants()
         .build(&[".push.v1"])?;
     Ok(())
 }

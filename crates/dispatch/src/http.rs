@@ -352,12 +352,18 @@ impl Pool {
         let result = if live.state.warm.load(Ordering::Acquire) {
             exchange(live.send.clone(), request, body, timeout).await
         } else {
-            let _alone = live.state.warming.lock().await;
-            let result = exchange(live.send.clone(), request, body, timeout).await;
-            if result.as_ref().is_ok_and(warms) {
-                live.state.warm.store(true, Ordering::Release);
+            let alone = live.state.warming.lock().await;
+            if live.state.warm.load(Ordering::Acquire) {
+                // Warmed while we waited: go at once, side by side with the others.
+                drop(alone);
+                exchange(live.send.clone(), request, body, timeout).await
+            } else {
+                let result = exchange(live.send.clone(), request, body, timeout).await;
+                if result.as_ref().is_ok_and(warms) {
+                    live.state.warm.store(true, Ordering::Release);
+                }
+                result
             }
-            result
         };
         if let Err(SendError::Unsent(_) | SendError::Lost(_)) = &result
             && live.send.clone().ready().await.is_err()

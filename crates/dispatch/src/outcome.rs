@@ -30,6 +30,9 @@ pub enum Outcome {
         /// Why.
         reason: RejectReason,
     },
+    /// The request's `ttl` ran out before it could be sent (SPEC §5.6): not
+    /// sent, counted, final.
+    Expired,
 }
 
 /// Why a send may succeed later.
@@ -55,6 +58,10 @@ pub enum RetryCause {
     CircuitOpen,
     /// The worker is shutting down and did not send.
     ShuttingDown,
+    /// This pod's rate limit for the provider and app (`rate_limit`) would
+    /// make the push wait longer than `dispatch.max_in_process_wait`: not
+    /// sent, handed back.
+    RateLimited,
 }
 
 impl RetryCause {
@@ -66,7 +73,7 @@ impl RetryCause {
                 provider_reason,
             } => *status >= 500 || provider_reason == "QUOTA_EXCEEDED",
             RetryCause::Timeout | RetryCause::Connection | RetryCause::Unsent => true,
-            RetryCause::CircuitOpen | RetryCause::ShuttingDown => false,
+            RetryCause::CircuitOpen | RetryCause::ShuttingDown | RetryCause::RateLimited => false,
         }
     }
 }
@@ -127,6 +134,7 @@ impl Outcome {
             Outcome::TokenInvalid { .. } => "token_invalid",
             Outcome::Retryable { .. } => "retryable",
             Outcome::Rejected { .. } => "rejected",
+            Outcome::Expired => "expired",
         }
     }
 }

@@ -242,8 +242,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_enum_names_are_rejected() {
-        let body = br#"{"targets": [{"platform": "PLATFORM_PIGEON", "token": "x"}]}"#;
-        assert!(decode_request(body, &attrs(&[])).is_err());
+    fn a_newer_producers_fields_and_enum_names_do_not_make_poison() {
+        let body = br#"{"requestId": "r-9", "futureField": {"a": [1, 2]},
+            "targets": [{"platform": "PLATFORM_PIGEON", "token": "x"},
+                        {"platform": "PLATFORM_FCM", "token": "y", "weight": 3}]}"#;
+        let req = decode_request(body, &attrs(&[])).expect("forward compatible");
+        assert_eq!(req.request_id, "r-9");
+        assert_eq!(req.targets.len(), 2);
+        assert_eq!(
+            req.targets[0].platform(),
+            Platform::Unspecified,
+            "an unknown platform reads as unspecified: that target alone is refused"
+        );
+        assert_eq!(req.targets[1].platform(), Platform::Fcm);
+        // Still strict where it matters: a known field of the wrong type is poison.
+        let body = br#"{"targets": "not a list"}"#;
+        assert_eq!(
+            decode_request(body, &attrs(&[]))
+                .expect_err("wrong type")
+                .code(),
+            "decode_json"
+        );
     }
 }

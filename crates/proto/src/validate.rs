@@ -25,6 +25,9 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// Largest `data` map, keys and values together, in bytes (both providers cap
 /// the whole payload at 4 KiB).
 pub const MAX_DATA_BYTES: usize = 4096;
+/// Longest `ttl`, in seconds: protobuf's own bound for a `Duration` (10,000
+/// years). A longer one is malformed, and cannot be added to any clock.
+pub const MAX_TTL_SECONDS: i64 = 315_576_000_000;
 /// Shortest APNs device token, in hex digits (32 bytes today).
 pub const APNS_TOKEN_MIN_HEX: usize = 64;
 /// Longest APNs device token accepted, in hex digits (Apple reserves up to 100 bytes).
@@ -82,7 +85,7 @@ pub enum RequestError {
     },
     /// `ttl` is negative or not a valid duration.
     #[error(
-        "field `ttl` is negative or malformed; give a duration of 0s or more, or leave it unset"
+        "field `ttl` is negative, malformed or over protobuf's 315576000000s; give a duration of 0s or more (FCM keeps at most 28 days), or leave it unset"
     )]
     InvalidTtl,
 }
@@ -191,6 +194,10 @@ pub struct Checked {
     pub sendable: Vec<usize>,
     /// Targets that alone are invalid.
     pub rejected: Vec<TargetError>,
+    /// Targets that repeat an earlier target's platform and token: not sent
+    /// again (the device would get the push twice); they share the fate of
+    /// the first.
+    pub duplicates: Vec<usize>,
 }
 
 /// Checks a decoded request: request-level rules first, then each target.
@@ -210,7 +217,13 @@ pub fn check(req: &PushRequest, apps: &[AppPlatforms]) -> Result<Checked, Reques
 
     let mut sendable = Vec::with_capacity(req.targets.len());
     let mut rejected = Vec::new();
+    let mut duplicates = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(req.targets.len());
     for (index, target) in req.targets.iter().enumerate() {
+        if !seen.insert((target.platform, target.token.as_str())) {
+            duplicates.push(index);
+            continue;
+        }
         match check_target(index, target.platform, &target.token, app) {
             Ok(()) => sendable.push(index),
             Err(e) => rejected.push(e),
@@ -220,6 +233,7 @@ pub fn check(req: &PushRequest, apps: &[AppPlatforms]) -> Result<Checked, Reques
         app_index,
         sendable,
         rejected,
+        duplicates,
     })
 }
 
@@ -296,7 +310,10 @@ fn check_lengths(req: &PushRequest) -> Result<(), RequestError> {
         });
     }
     if let Some(ttl) = &req.ttl
-        && (ttl.seconds < 0 || ttl.nanos < 0 || ttl.nanos >= 1_000_000_000)
+        && (ttl.seconds < 0
+            || ttl.seconds > MAX_TTL_SECONDS
+            || ttl.nanos < 0
+            || ttl.nanos >= 1_000_000_000)
     {
         return Err(RequestError::InvalidTtl);
     }
@@ -589,5 +606,35 @@ mod tests {
             nanos: 0,
         });
         assert_eq!(check(&req, &apps()), Err(RequestError::InvalidTtl));
+        req.ttl = Some(pbjson_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        assert_eq!(
+            check(&req, &apps()),
+            Err(RequestError::InvalidTtl),
+            "a ttl no clock can hold"
+        );
+        req.ttl = Some(pbjson_types::Duration {
+            seconds: MAX_TTL_SECONDS,
+            nanos: 0,
+        });
+        assert!(check(&req, &apps()).is_ok());
+    }
+
+    #[test]
+    fn a_token_listed_twice_is_sent_once() {
+        let token = "a".repeat(64);
+        let req = request(vec![
+            target(Platform::Apns, &token),
+            target(Platform::Fcm, "t"),
+            target(Platform::Apns, &token),
+            target(Platform::Fcm, "t"),
+            target(Platform::Fcm, "u"),
+        ]);
+        let checked = check(&req, &apps()).expect("valid");
+        assert_eq!(checked.sendable, vec![0, 1, 4]);
+        assert_eq!(checked.duplicates, vec![2, 3]);
+        assert!(checked.rejected.is_empty());
     }
 }

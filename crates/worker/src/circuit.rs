@@ -110,10 +110,13 @@ impl Circuit {
         if matches!(
             outcome,
             Outcome::Retryable {
-                cause: RetryCause::CircuitOpen | RetryCause::ShuttingDown,
+                cause: RetryCause::CircuitOpen | RetryCause::ShuttingDown | RetryCause::RateLimited,
                 ..
-            }
+            } | Outcome::Expired
         ) {
+            // Nothing was learnt about the provider; a probe that did not
+            // probe lets the next request probe.
+            self.abandon(admission);
             return;
         }
         let failed = is_provider_failure(outcome);
@@ -157,9 +160,61 @@ impl Circuit {
         }
     }
 
+    /// Admits a request, like [`Circuit::admit`], as a guard that gives a
+    /// half-open probe back when it is dropped without an outcome (the send
+    /// was cancelled, or never made): otherwise the circuit would wait
+    /// forever for a probe result and refuse every request.
+    pub fn enter(&self) -> Admitted<'_> {
+        Admitted {
+            circuit: self,
+            admission: self.admit(),
+            recorded: false,
+        }
+    }
+
+    /// A probe admitted but not sent: the next request may probe.
+    fn abandon(&self, admission: Admission) {
+        if admission != Admission::Probe {
+            return;
+        }
+        let mut inner = self.lock();
+        if matches!(inner.state, State::HalfOpen { probing: true }) {
+            inner.state = State::HalfOpen { probing: false };
+        }
+    }
+
     /// Whether the circuit is open or probing (for the gauge).
     pub fn is_open(&self) -> bool {
         !matches!(self.lock().state, State::Closed)
+    }
+}
+
+/// One admitted (or refused) request of a [`Circuit`]; see [`Circuit::enter`].
+#[derive(Debug)]
+pub struct Admitted<'a> {
+    circuit: &'a Circuit,
+    admission: Admission,
+    recorded: bool,
+}
+
+impl Admitted<'_> {
+    /// What the circuit allowed.
+    pub fn admission(&self) -> Admission {
+        self.admission
+    }
+
+    /// Records the outcome of the request that was sent.
+    pub fn record(mut self, outcome: &Outcome) {
+        self.recorded = true;
+        self.circuit.record(self.admission, outcome);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.circuit.abandon(self.admission);
+        }
     }
 }
 
@@ -283,5 +338,36 @@ mod tests {
         c.record_at(much_later, Admission::Probe, &Outcome::Delivered);
         assert!(!c.is_open());
         assert_eq!(c.admit_at(much_later), Admission::Allowed);
+    }
+
+    #[test]
+    fn a_probe_dropped_unsent_lets_the_next_request_probe() {
+        let c = Circuit::new(CircuitConfig {
+            open_for: Duration::ZERO,
+            ..config()
+        });
+        let t = Instant::now();
+        for _ in 0..10 {
+            c.record_at(t, Admission::Allowed, &server_error());
+        }
+        assert!(c.is_open());
+        {
+            let probe = c.enter();
+            assert_eq!(probe.admission(), Admission::Probe);
+            assert_eq!(c.admit(), Admission::Rejected, "one probe at a time");
+            // Dropped here without an outcome: e.g. the send was cancelled.
+        }
+        let probe = c.enter();
+        assert_eq!(probe.admission(), Admission::Probe, "not wedged");
+        // A probe that learnt nothing (shutting down) also gives it back.
+        probe.record(&Outcome::Retryable {
+            after: None,
+            cause: RetryCause::ShuttingDown,
+        });
+        let probe = c.enter();
+        assert_eq!(probe.admission(), Admission::Probe);
+        probe.record(&Outcome::Delivered);
+        assert!(!c.is_open());
+        assert_eq!(c.enter().admission(), Admission::Allowed);
     }
 }

@@ -6,19 +6,20 @@
 //! guard counts, in a sliding `window`, the final answers of an app's sends
 //! for a platform and how many carry one of those *suspicious* reasons.
 //!
-//! * While suspicious answers are more than `ratio` of the sends, they are
-//!   **held**: no `TokenInvalidated` is emitted for them; the worker
-//!   dead-letters their requests with `push_error=invalidation_guard`, to be
-//!   replayed once the configuration is fixed.
-//! * The guard is **tripped** (metric `push_dispatch_invalidation_guard_tripped`
-//!   = 1, an error in the log) when that holds with at least `min_samples`
-//!   sends in the window.
+//! * The guard **trips** when suspicious answers are more than `ratio` of
+//!   the sends, with at least `min_samples` sends in the window. While
+//!   tripped, suspicious reasons are **held**: no `TokenInvalidated` is
+//!   emitted for them; the worker dead-letters their requests with
+//!   `push_error=invalidation_guard`, to be replayed once the configuration
+//!   is fixed. The metric `push_dispatch_invalidation_guard_tripped` is 1 and
+//!   an error is logged once.
+//! * Below `min_samples` it does not judge: a quiet app's few genuinely bad
+//!   tokens are reported, not held forever (a replay in a quiet hour would be
+//!   held again). `min_samples` is thus the most suspicious reports a wrong
+//!   configuration can emit per pod and window before the guard trips.
 //!
-//! Below `min_samples` the guard already holds suspicious reasons whose share
-//! is above the ratio, without raising the alarm: holding costs a replay,
-//! emitting costs deleted tokens, so the guard errs on the side of holding.
-//! `Unregistered` (and FCM `UNREGISTERED`) always flows: it is the provider's
-//! word that the app was removed.
+//! `Unregistered` (and FCM `UNREGISTERED`) always flows: it is the
+//! provider's word that the app was removed.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -43,11 +44,8 @@ pub fn is_suspicious(reason: Reason) -> bool {
 pub enum Verdict {
     /// Report dead tokens as usual.
     Report,
-    /// Hold them (dead-letter with `invalidation_guard`).
-    Hold {
-        /// True when the guard is tripped (enough samples to be sure).
-        tripped: bool,
-    },
+    /// The guard is tripped: hold them (dead-letter with `invalidation_guard`).
+    Hold,
 }
 
 #[derive(Debug)]
@@ -112,8 +110,8 @@ impl Guard {
         let tripped = over && sends >= u64::from(self.config.min_samples);
         let changed = tripped != inner.tripped;
         inner.tripped = tripped;
-        let verdict = if over {
-            Verdict::Hold { tripped }
+        let verdict = if tripped {
+            Verdict::Hold
         } else {
             Verdict::Report
         };
@@ -172,23 +170,25 @@ mod tests {
     }
 
     #[test]
-    fn holds_from_the_first_suspicious_answers_and_trips_at_min_samples() {
+    fn reports_below_min_samples_and_holds_once_tripped() {
         let g = guard();
         let t = Instant::now();
         g.record_at(t, 1, 1);
         assert_eq!(
             g.verdict_at(t),
-            (Verdict::Hold { tripped: false }, false),
-            "held before min_samples, without the alarm"
+            (Verdict::Report, false),
+            "a quiet app's one bad token is reported"
         );
-        g.record_at(t, 99, 99);
-        assert_eq!(g.verdict_at(t), (Verdict::Hold { tripped: true }, true));
-        assert!(g.is_tripped());
+        g.record_at(t, 98, 98);
         assert_eq!(
             g.verdict_at(t),
-            (Verdict::Hold { tripped: true }, false),
-            "changed once"
+            (Verdict::Report, false),
+            "99 < min_samples"
         );
+        g.record_at(t, 1, 1);
+        assert_eq!(g.verdict_at(t), (Verdict::Hold, true));
+        assert!(g.is_tripped());
+        assert_eq!(g.verdict_at(t), (Verdict::Hold, false), "changed once");
     }
 
     #[test]
@@ -196,7 +196,7 @@ mod tests {
         let g = guard();
         let t = Instant::now();
         g.record_at(t, 200, 200);
-        assert!(matches!(g.verdict_at(t).0, Verdict::Hold { tripped: true }));
+        assert_eq!(g.verdict_at(t).0, Verdict::Hold);
         let later = t + Duration::from_secs(61);
         g.record_at(later, 200, 2);
         assert_eq!(g.verdict_at(later), (Verdict::Report, true));

@@ -72,6 +72,11 @@ pub enum RunError {
         #[source]
         source: push_dispatch_subscriber::pubsub::Error,
     },
+    /// A stream ended, or its task panicked, without a shutdown request.
+    #[error(
+        "a streaming pull ended without a shutdown request; the worker drained and stops so that it is restarted (see the log above for why)"
+    )]
+    StreamEnded,
     /// A stream failed permanently (e.g. the subscription was deleted).
     #[error("streaming pull {stream} failed: {source}")]
     StreamFailed {
@@ -316,7 +321,11 @@ pub async fn run(
             tracing::info!("shutdown requested; draining");
         }
         Some(ended) = streams.join_next() => {
-            failure = stream_failure(&metrics, ended);
+            // Nobody asked it to stop: whatever ended it, the worker is
+            // degraded, drains, and exits non-zero so that it is restarted.
+            failure = Some(stream_failure(&metrics, ended).unwrap_or_else(|| {
+                RunError::StreamEnded
+            }));
             metrics.streams_running.dec();
         }
     }

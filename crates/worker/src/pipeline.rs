@@ -287,6 +287,11 @@ impl Worker {
     pub async fn process(&self, message: &Message, delivery_attempt: Option<i32>) -> Settle {
         let ctx = Context::of(message, delivery_attempt);
 
+        // §5.7 not started yet when draining: hand it back at once.
+        if self.draining.is_cancelled() {
+            return self.hand_back(&ctx, "the worker was shutting down").await;
+        }
+
         // §5.2 poison fast path: undecodable or invalid as a whole.
         let request = match decode_request(&message.data, &message.attributes) {
             Ok(r) => r,
@@ -305,20 +310,16 @@ impl Worker {
             }
         };
         let app = &self.apps[checked.app_index];
-        tracing::debug!(message_id = %message.message_id, request_id = %request.request_id, "decoded");
+        tracing::debug!(message_id = %message.message_id, request_id = %request.request_id, duplicates = checked.duplicates.len(), "decoded");
 
         // §5.6 expired requests are not sent.
-        if is_expired(&request, ctx.first_publish_time) {
+        let deadline = Deadline::of(&request, ctx.first_publish_time);
+        if deadline.has_passed() {
             for t in &request.targets {
                 self.count_send(t.platform(), &app.dispatchers.name, "expired");
             }
             tracing::info!(message_id = %message.message_id, request_id = %request.request_id, "request expired before sending");
             return Settle::Ack(MessageResult::Expired);
-        }
-
-        // §5.7 not started yet when draining: hand it back at once.
-        if self.draining.is_cancelled() {
-            return Settle::Nack;
         }
 
         // Targets that alone are invalid are dead-lettered; siblings go on.
@@ -332,7 +333,6 @@ impl Worker {
             part.details.push(e.to_string());
         }
 
-        let deadline = expires_at(&request, ctx.first_publish_time);
         // Dispatch every sendable target concurrently (bounded by `dispatch.concurrency`).
         let outcomes = futures::future::join_all(checked.sendable.iter().map(|&i| {
             let target = &request.targets[i];
@@ -362,7 +362,7 @@ impl Worker {
                 match o {
                     Outcome::Delivered | Outcome::Rejected { .. } => Some((p, None)),
                     Outcome::TokenInvalid { reason, .. } => Some((p, Some(*reason))),
-                    Outcome::Retryable { .. } => None,
+                    Outcome::Retryable { .. } | Outcome::Expired => None,
                 }
             })
             .collect();
@@ -375,7 +375,8 @@ impl Worker {
         for (&index, outcome) in checked.sendable.iter().zip(outcomes) {
             let target = &request.targets[index];
             match outcome {
-                Outcome::Delivered => finals += 1,
+                // Expired while waiting or retrying: not sent, counted, final (§5.6).
+                Outcome::Delivered | Outcome::Expired => finals += 1,
                 Outcome::TokenInvalid {
                     reason,
                     provider_reason,
@@ -383,7 +384,7 @@ impl Worker {
                 } if is_suspicious(reason)
                     && matches!(
                         verdicts[usize::from(target.platform() == Platform::Fcm)],
-                        Verdict::Hold { .. }
+                        Verdict::Hold
                     ) =>
                 {
                     // Held by the guard: dead-letter instead of reporting.
@@ -510,19 +511,9 @@ impl Worker {
         // message, except on the last delivery attempt, where we dead-letter
         // it ourselves so that it carries a reason.
         if finals == 0 {
-            let last = ctx
-                .delivery_attempt
-                .is_some_and(|a| a >= self.settings.max_delivery_attempts);
-            if last {
-                let detail = format!(
-                    "no target succeeded in {} delivery attempts",
-                    self.settings.max_delivery_attempts
-                );
-                return self
-                    .dead_letter_message(&ctx, RETRIES_EXHAUSTED, &detail)
-                    .await;
-            }
-            return Settle::Nack;
+            return self
+                .hand_back(&ctx, "no target reached a final outcome")
+                .await;
         }
 
         // §5.4 some targets are final: carry the rest forward in a new
@@ -561,9 +552,26 @@ impl Worker {
                 Settle::Ack(MessageResult::Republished)
             }
             Err(e) => {
+                self.count_publish_failure("republish");
+                if self.is_last_attempt(&ctx) {
+                    // Nacking now would let Pub/Sub dead-letter the whole message
+                    // without a reason; dead-letter only what is left instead.
+                    let detail = format!(
+                        "targets still failing on delivery attempt {} and their republish was not confirmed ({e})",
+                        self.settings.max_delivery_attempts
+                    );
+                    if self
+                        .dead_letter_targets(&ctx, &request, &carry, RETRIES_EXHAUSTED, &detail)
+                        .await
+                        .is_ok()
+                    {
+                        self.observe_end_to_end(&ctx);
+                        return Settle::Ack(MessageResult::Acked);
+                    }
+                    self.count_publish_failure("dead_letter");
+                }
                 // The delivered targets will be sent again on redelivery: one
                 // of the duplicate windows of SPEC §5.4.
-                self.count_publish_failure("republish");
                 self.metrics.duplicate_risk("republish_failed");
                 tracing::warn!(message_id = %message.message_id, error = %e, "republish not confirmed; nacking (delivered targets may be resent)");
                 Settle::Nack
@@ -571,14 +579,41 @@ impl Worker {
         }
     }
 
+    /// Whether this is the message's last delivery attempt: a nack now makes
+    /// Pub/Sub's DeadLetterPolicy forward it without a `push_error`.
+    fn is_last_attempt(&self, ctx: &Context<'_>) -> bool {
+        ctx.delivery_attempt
+            .is_some_and(|a| a >= self.settings.max_delivery_attempts)
+    }
+
+    /// Hands the message back to Pub/Sub (nack; the RetryPolicy backs off),
+    /// except on its last delivery attempt: then it is dead-lettered here
+    /// with `push_error=retries_exhausted`, so that every dead letter carries
+    /// a reason (SPEC §5.3). If that publish fails, nack anyway: the
+    /// DeadLetterPolicy still catches it.
+    async fn hand_back(&self, ctx: &Context<'_>, why: &str) -> Settle {
+        if !self.is_last_attempt(ctx) {
+            return Settle::Nack;
+        }
+        let detail = format!(
+            "{why} on the last delivery attempt ({} of {})",
+            ctx.delivery_attempt.unwrap_or_default(),
+            self.settings.max_delivery_attempts
+        );
+        self.dead_letter_message(ctx, RETRIES_EXHAUSTED, &detail)
+            .await
+    }
+
     /// Sends to one target, retrying in process while the total wait stays
-    /// within `dispatch.max_in_process_wait` (SPEC §5.3).
+    /// within `dispatch.max_in_process_wait` (SPEC §5.3). Before every
+    /// attempt the request's deadline is checked again (SPEC §5.6): a retry
+    /// or a wait never sends a push whose `ttl` ran out.
     async fn send_with_retries(
         &self,
         app_index: usize,
         request: &PushRequest,
         index: usize,
-        expires_at: Option<SystemTime>,
+        deadline: Deadline,
     ) -> Outcome {
         let app = &self.apps[app_index];
         let target = &request.targets[index];
@@ -597,9 +632,15 @@ impl Worker {
         let started = Instant::now();
         let mut retries = 0u32;
         loop {
-            // §5.8: while the circuit is open, nothing is sent; the target is carried forward.
-            let admission = controls.circuit.admit();
-            if admission == Admission::Rejected {
+            if deadline.has_passed() {
+                self.count_send(platform, &app.dispatchers.name, Outcome::Expired.label());
+                return Outcome::Expired;
+            }
+            // §5.8: while the circuit is open, nothing is sent; the target is
+            // carried forward. A probe given up before its answer (cancelled,
+            // draining) is handed back when `admitted` is dropped.
+            let admitted = controls.circuit.enter();
+            if admitted.admission() == Admission::Rejected {
                 self.count_send(platform, &app.dispatchers.name, "circuit_open");
                 return Outcome::Retryable {
                     after: None,
@@ -607,11 +648,24 @@ impl Worker {
                 };
             }
             if let Some(limit) = &controls.limit {
-                let wait = limit.reserve();
-                if !wait.is_zero() {
-                    tokio::select! {
+                // Wait for the rate limit only within the in-process budget;
+                // a longer wait goes back to Pub/Sub rather than holding the lease.
+                let budget = self
+                    .settings
+                    .max_in_process_wait
+                    .saturating_sub(started.elapsed());
+                match limit.reserve_within(budget) {
+                    Ok(wait) if wait.is_zero() => {}
+                    Ok(wait) => tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.draining.cancelled() => return shutting_down,
+                    },
+                    Err(wait) => {
+                        self.count_send(platform, &app.dispatchers.name, "rate_limited");
+                        return Outcome::Retryable {
+                            after: Some(wait),
+                            cause: RetryCause::RateLimited,
+                        };
                     }
                 }
             }
@@ -622,16 +676,21 @@ impl Worker {
             let Ok(permit) = permit else {
                 return shutting_down;
             };
+            if deadline.has_passed() {
+                // The rate limit or the concurrency limit made it wait past its ttl.
+                self.count_send(platform, &app.dispatchers.name, Outcome::Expired.label());
+                return Outcome::Expired;
+            }
             let t0 = Instant::now();
             let outcome = dispatcher
                 .send(Push {
                     request,
                     token: &target.token,
-                    expires_at,
+                    expires_at: deadline.expires_at,
                 })
                 .await;
             drop(permit);
-            controls.circuit.record(admission, &outcome);
+            admitted.record(&outcome);
             self.count_refreshes(
                 controls,
                 dispatcher.token_refreshes(),
@@ -835,11 +894,8 @@ impl Worker {
         let mut attrs = carried_attributes(&ctx.message.attributes);
         attrs.insert(ATTR_PUSH_ATTEMPT.into(), push_attempt.to_string());
         attrs.insert(ATTR_SOURCE_MESSAGE_ID.into(), ctx.source_message_id.clone());
-        if let Some(t) = ctx
-            .first_publish_time
-            .and_then(|t| push_dispatch_subscriber::wkt::Timestamp::try_from(t).ok())
-        {
-            attrs.insert(ATTR_FIRST_PUBLISH_TIME.into(), String::from(t));
+        if let Some(t) = ctx.first_publish_attribute() {
+            attrs.insert(ATTR_FIRST_PUBLISH_TIME.into(), t);
         }
         attrs.insert("content-type".into(), encoding.content_type().into());
         propagation::inject_current(&mut attrs);
@@ -882,6 +938,13 @@ impl Worker {
 }
 
 impl<'a> Context<'a> {
+    /// `push_first_publish_time` as written on what we publish (RFC 3339).
+    fn first_publish_attribute(&self) -> Option<String> {
+        self.first_publish_time
+            .and_then(|t| push_dispatch_subscriber::wkt::Timestamp::try_from(t).ok())
+            .map(String::from)
+    }
+
     fn of(message: &'a Message, delivery_attempt: Option<i32>) -> Context<'a> {
         let attrs = &message.attributes;
         let publish_time = message.publish_time.and_then(to_system_time);
@@ -927,32 +990,53 @@ fn provider_status(outcome: &Outcome) -> Option<u16> {
     }
 }
 
-/// When the request stops being deliverable: first publish + `ttl`.
-fn expires_at(request: &PushRequest, first_publish: Option<SystemTime>) -> Option<SystemTime> {
-    let ttl = request.ttl.as_ref()?;
-    let ttl = Duration::new(
-        u64::try_from(ttl.seconds).unwrap_or(0),
-        u32::try_from(ttl.nanos).unwrap_or(0),
-    );
-    Some(first_publish.unwrap_or_else(SystemTime::now) + ttl)
+/// When a request stops being deliverable (SPEC §5.6): first publish + `ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadline {
+    /// First publish + `ttl`, for the providers' own expiry (`apns-expiration`,
+    /// FCM `ttl`); `None` without a ttl.
+    expires_at: Option<SystemTime>,
+    /// Whether a passed `expires_at` makes the request expired: not for a
+    /// zero ttl, which means "now or never" to APNs, nor without a known
+    /// first publish time.
+    enforced: bool,
 }
 
-/// Expired when a positive `ttl` has elapsed since the first publish (SPEC §5.6).
-/// A zero ttl means "now or never" to APNs, not "already expired": it is not checked here.
-fn is_expired(request: &PushRequest, first_publish: Option<SystemTime>) -> bool {
-    let (Some(ttl), Some(first)) = (&request.ttl, first_publish) else {
-        return false;
-    };
-    if ttl.seconds <= 0 && ttl.nanos <= 0 {
-        return false;
+impl Deadline {
+    fn of(request: &PushRequest, first_publish: Option<SystemTime>) -> Deadline {
+        let none = Deadline {
+            expires_at: None,
+            enforced: false,
+        };
+        let Some(ttl) = &request.ttl else {
+            return none;
+        };
+        let ttl = Duration::new(
+            u64::try_from(ttl.seconds).unwrap_or(0),
+            u32::try_from(ttl.nanos).unwrap_or(0).min(999_999_999),
+        );
+        // Validation caps the ttl; an unrepresentable deadline still means "no deadline", not a panic.
+        let Some(expires_at) = first_publish
+            .unwrap_or_else(SystemTime::now)
+            .checked_add(ttl)
+        else {
+            return none;
+        };
+        Deadline {
+            expires_at: Some(expires_at),
+            enforced: !ttl.is_zero() && first_publish.is_some(),
+        }
     }
-    let ttl = Duration::new(
-        u64::try_from(ttl.seconds).unwrap_or(0),
-        u32::try_from(ttl.nanos).unwrap_or(0),
-    );
-    SystemTime::now()
-        .duration_since(first)
-        .is_ok_and(|age| age > ttl)
+
+    /// Whether the ttl has run out now.
+    fn has_passed(&self) -> bool {
+        self.enforced
+            && self.expires_at.is_some_and(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .is_ok_and(|d| !d.is_zero())
+            })
+    }
 }
 
 /// Jittered exponential backoff: 100 ms, 200 ms, 400 ms, … capped at 2 s,
@@ -965,10 +1049,18 @@ fn backoff(retries: u32) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
+/// Most producer attributes carried onto what we publish: Pub/Sub allows 100
+/// per message, and ours (error, attempt, first publish, content type, trace
+/// context) take up to 11. Without this cap a producer's message with many
+/// attributes could never be dead-lettered or republished, and would be
+/// redelivered (and its delivered targets resent) until Pub/Sub gave up.
+const MAX_CARRIED_ATTRIBUTES: usize = 100 - 16;
+
 /// Attributes copied from the source message onto what we publish: all but
-/// Pub/Sub's reserved `googclient_` keys and our own error attributes.
+/// Pub/Sub's reserved `googclient_` keys and our own error attributes, at
+/// most [`MAX_CARRIED_ATTRIBUTES`] of them (the first by key).
 fn carried_attributes(attrs: &HashMap<String, String>) -> HashMap<String, String> {
-    attrs
+    let mut carried: Vec<(&String, &String)> = attrs
         .iter()
         .filter(|(k, _)| {
             !k.starts_with("googclient_")
@@ -977,6 +1069,18 @@ fn carried_attributes(attrs: &HashMap<String, String>) -> HashMap<String, String
                 && k.as_str() != ATTR_PUSH_ERROR_DETAIL
                 && k.as_str() != ATTR_DELIVERY_ATTEMPT
         })
+        .collect();
+    if carried.len() > MAX_CARRIED_ATTRIBUTES {
+        carried.sort_unstable_by_key(|(k, _)| *k);
+        tracing::warn!(
+            attributes = carried.len(),
+            kept = MAX_CARRIED_ATTRIBUTES,
+            "source message has more attributes than fit beside ours; dropping the last by key"
+        );
+        carried.truncate(MAX_CARRIED_ATTRIBUTES);
+    }
+    carried
+        .into_iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -995,6 +1099,10 @@ fn error_attributes(ctx: &Context<'_>, code: &str, detail: &str) -> Vec<(String,
     ];
     if let Some(a) = ctx.delivery_attempt {
         attrs.push((ATTR_DELIVERY_ATTEMPT.to_string(), a.to_string()));
+    }
+    // A replay keeps the request's age: its ttl still counts from the first publish.
+    if let Some(t) = ctx.first_publish_attribute() {
+        attrs.push((ATTR_FIRST_PUBLISH_TIME.to_string(), t));
     }
     attrs
 }
@@ -1031,21 +1139,45 @@ mod tests {
     fn expiry_counts_from_the_first_publish() {
         let mut req = PushRequest::default();
         let long_ago = SystemTime::now() - Duration::from_secs(120);
-        assert!(!is_expired(&req, Some(long_ago)), "no ttl never expires");
+        let expired = |req: &PushRequest, first| Deadline::of(req, first).has_passed();
+        assert!(!expired(&req, Some(long_ago)), "no ttl never expires");
         req.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
             seconds: 60,
             nanos: 0,
         });
-        assert!(is_expired(&req, Some(long_ago)));
-        assert!(!is_expired(&req, Some(SystemTime::now())));
+        assert!(expired(&req, Some(long_ago)));
+        assert!(!expired(&req, Some(SystemTime::now())));
+        assert!(!expired(&req, None), "no first publish time: not enforced");
+        assert_eq!(
+            Deadline::of(&req, Some(long_ago)).expires_at,
+            Some(long_ago + Duration::from_secs(60))
+        );
         req.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
             seconds: 0,
             nanos: 0,
         });
         assert!(
-            !is_expired(&req, Some(long_ago)),
+            !expired(&req, Some(long_ago)),
             "ttl 0 is now-or-never, not expired"
         );
+        assert_eq!(
+            Deadline::of(&req, Some(long_ago)).expires_at,
+            Some(long_ago)
+        );
+    }
+
+    #[test]
+    fn a_ttl_beyond_any_clock_is_no_deadline_rather_than_a_panic() {
+        let req = PushRequest {
+            ttl: Some(push_dispatch_proto::pbjson_types::Duration {
+                seconds: i64::MAX,
+                nanos: 999_999_999,
+            }),
+            ..PushRequest::default()
+        };
+        let d = Deadline::of(&req, Some(SystemTime::now()));
+        assert_eq!(d.expires_at, None);
+        assert!(!d.has_passed());
     }
 
     #[test]
@@ -1062,5 +1194,35 @@ mod tests {
         let carried = carried_attributes(&attrs);
         assert_eq!(carried.len(), 1);
         assert_eq!(carried["trace"], "keep");
+    }
+
+    #[test]
+    fn a_crowd_of_producer_attributes_leaves_room_for_ours() {
+        let attrs: HashMap<String, String> = (0..100)
+            .map(|i| (format!("k{i:03}"), "v".to_string()))
+            .collect();
+        let carried = carried_attributes(&attrs);
+        assert_eq!(carried.len(), MAX_CARRIED_ATTRIBUTES);
+        assert!(carried.contains_key("k000") && !carried.contains_key("k099"));
+        let mut ours = carried;
+        for k in [
+            ATTR_PUSH_ERROR,
+            ATTR_PUSH_ERROR_DETAIL,
+            ATTR_SOURCE_MESSAGE_ID,
+            ATTR_DELIVERY_ATTEMPT,
+            ATTR_FIRST_PUBLISH_TIME,
+            ATTR_PUSH_ATTEMPT,
+            "content-type",
+            "traceparent",
+            "tracestate",
+            "googclient_traceparent",
+            "googclient_tracestate",
+        ] {
+            ours.insert(k.to_string(), "x".to_string());
+        }
+        assert!(
+            push_dispatch_subscriber::publish::build_message(Vec::new(), ours).is_ok(),
+            "fits Pub/Sub's 100 attributes"
+        );
     }
 }

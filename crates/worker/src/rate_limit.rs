@@ -28,15 +28,16 @@ impl RateLimit {
         }
     }
 
-    /// Takes one token; returns how long to wait before sending (zero if none).
-    ///
-    /// The token is reserved even when a wait is returned, so callers that
-    /// wait and then send keep the rate.
-    pub fn reserve(&self) -> Duration {
-        self.reserve_at(Instant::now())
+    /// Takes one token when the wait for it is at most `max_wait`:
+    /// `Ok(wait)` with the token reserved (zero: send now; callers that wait
+    /// and then send keep the rate), or `Err(wait)` with nothing taken, so
+    /// that a caller whose budget is shorter hands the push back instead of
+    /// holding its lease through a long wait.
+    pub fn reserve_within(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        self.reserve_within_at(Instant::now(), max_wait)
     }
 
-    fn reserve_at(&self, now: Instant) -> Duration {
+    fn reserve_within_at(&self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
         let mut s = self
             .state
             .lock()
@@ -44,11 +45,24 @@ impl RateLimit {
         let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
         s.0 = (s.0 + elapsed * self.rate).min(self.burst);
         s.1 = now;
-        s.0 -= 1.0;
-        if s.0 >= 0.0 {
+        let after = s.0 - 1.0;
+        let wait = if after >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-s.0 / self.rate)
+            // A tiny rate can make this huge: saturate rather than panic.
+            Duration::try_from_secs_f64(-after / self.rate).unwrap_or(Duration::MAX)
+        };
+        if wait > max_wait {
+            return Err(wait);
+        }
+        s.0 = after;
+        Ok(wait)
+    }
+
+    #[cfg(test)]
+    fn reserve_at(&self, now: Instant) -> Duration {
+        match self.reserve_within_at(now, Duration::MAX) {
+            Ok(wait) | Err(wait) => wait,
         }
     }
 }
@@ -81,5 +95,33 @@ mod tests {
         let t = Instant::now();
         assert_eq!(r.reserve_at(t), Duration::ZERO);
         assert!((r.reserve_at(t).as_secs_f64() - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_wait_longer_than_the_budget_takes_nothing() {
+        let r = RateLimit::new(2.0);
+        let t = Instant::now();
+        assert_eq!(r.reserve_within_at(t, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(r.reserve_within_at(t, Duration::ZERO), Ok(Duration::ZERO));
+        // The third push would wait 0.5 s: refused with a budget of 0.1 s ...
+        let refused = r.reserve_within_at(t, Duration::from_millis(100));
+        assert!(
+            matches!(refused, Err(w) if (w.as_secs_f64() - 0.5).abs() < 1e-6),
+            "{refused:?}"
+        );
+        // ... and nothing was taken: the same wait is offered again.
+        let again = r.reserve_within_at(t, Duration::from_secs(1));
+        assert!(
+            matches!(again, Ok(w) if (w.as_secs_f64() - 0.5).abs() < 1e-6),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn a_tiny_rate_saturates_instead_of_panicking() {
+        let r = RateLimit::new(1e-300);
+        let t = Instant::now();
+        assert_eq!(r.reserve_at(t), Duration::ZERO);
+        assert_eq!(r.reserve_at(t), Duration::MAX);
     }
 }

@@ -212,11 +212,14 @@ impl Dispatcher for ApnsClient {
             if answer.status == 403 && answer.body.reason == "ExpiredProviderToken" && !replaced {
                 // Replace the generation it rejected (once) and try again now.
                 match self.token.rejected(generation.id) {
-                    Ok(g) => {
+                    Ok(Some(g)) => {
                         generation = g;
                         replaced = true;
                         continue;
                     }
+                    Ok(None) => tracing::debug!(
+                        "APNs rejects a provider token younger than 20 minutes; not signing another (check the clock, key_id and team_id)"
+                    ),
                     Err(e) => tracing::error!(error = %e, "cannot sign the APNs provider token"),
                 }
             }

@@ -7,7 +7,11 @@
 //! caller signs, the others wait on the lock and reuse its result), and never
 //! replaced sooner than [`MIN_AGE`] — except that an `ExpiredProviderToken`
 //! answer replaces the generation it rejected, once: later answers that
-//! name the same (already replaced) generation change nothing.
+//! name the same (already replaced) generation change nothing. A generation
+//! that was itself such an early replacement is not replaced early again
+//! before [`MIN_AGE`]: if Apple keeps rejecting fresh tokens (a skewed
+//! clock, a revoked key), pushes fail as retryable instead of minting a new
+//! token per push.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,7 +57,7 @@ struct Claims<'a> {
 }
 
 /// One signed token and when it was made.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Generation {
     /// `bearer` value.
     pub jwt: Arc<str>,
@@ -62,6 +66,19 @@ pub struct Generation {
     /// Increases by one per new token.
     pub id: u64,
     issued: Instant,
+    /// Signed early, because APNs rejected the generation before it.
+    early: bool,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token: it is a bearer credential.
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("age", &self.issued.elapsed())
+            .field("early", &self.early)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The provider token of one key.
@@ -159,6 +176,7 @@ impl ProviderToken {
             jwt: jwt.into(),
             id,
             issued: Instant::now(),
+            early: false,
         })
     }
 
@@ -189,20 +207,25 @@ impl ProviderToken {
     }
 
     /// APNs answered `ExpiredProviderToken` to generation `id`: replace it,
-    /// unless it was already replaced. Returns the generation to use now.
-    pub fn rejected(&self, id: u64) -> Result<Generation, TokenError> {
+    /// unless it was already replaced. Returns the generation to use now, or
+    /// `None` when the rejected generation was itself an early replacement
+    /// younger than [`MIN_AGE`]: replacing it again so soon would trip
+    /// `TooManyProviderTokenUpdates`, so the push fails as it is.
+    pub fn rejected(&self, id: u64) -> Result<Option<Generation>, TokenError> {
         let mut slot = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match slot.as_ref() {
-            Some(g) if g.id != id => Ok(g.clone()),
+            Some(g) if g.id != id => Ok(Some(g.clone())),
+            Some(g) if g.early && g.issued.elapsed() < MIN_AGE => Ok(None),
             _ => {
-                let generation = self.sign(id + 1)?;
+                let mut generation = self.sign(id + 1)?;
+                generation.early = true;
                 *slot = Some(generation.clone());
                 self.refreshes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(generation)
+                Ok(Some(generation))
             }
         }
     }
@@ -289,14 +312,41 @@ mod tests {
     fn expired_provider_token_replaces_the_rejected_generation_once() {
         let t = token();
         let g1 = t.current().expect("sign");
-        let g2 = t.rejected(g1.id).expect("replace");
+        let g2 = t.rejected(g1.id).expect("sign").expect("replaced");
         assert_eq!(g2.id, g1.id + 1);
         // Many in-flight requests of g1 are rejected too: no further change.
         for _ in 0..10 {
-            assert_eq!(t.rejected(g1.id).expect("same").id, g2.id);
+            let same = t.rejected(g1.id).expect("sign").expect("the newer one");
+            assert_eq!(same.id, g2.id);
         }
         assert_eq!(t.current().expect("current").id, g2.id);
         assert_eq!(t.refreshes(), 2);
+    }
+
+    #[test]
+    fn an_early_replacement_is_not_replaced_again_before_min_age() {
+        let t = token();
+        let g1 = t.current().expect("sign");
+        let g2 = t.rejected(g1.id).expect("sign").expect("replaced");
+        // Apple rejects the fresh token too (e.g. our clock is off): no new
+        // token per push, which would trip TooManyProviderTokenUpdates.
+        for _ in 0..10 {
+            assert!(t.rejected(g2.id).expect("sign").is_none());
+        }
+        assert_eq!(t.refreshes(), 2);
+        assert_eq!(t.current().expect("current").id, g2.id);
+        // Once MIN_AGE old, a rejection may replace it again.
+        t.age_current_by(MIN_AGE);
+        let g3 = t.rejected(g2.id).expect("sign").expect("replaced");
+        assert_eq!(g3.id, g2.id + 1);
+    }
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let g = token().current().expect("sign");
+        let shown = format!("{g:?}");
+        assert!(!shown.contains(&*g.jwt), "{shown}");
+        assert!(shown.contains("id"), "{shown}");
     }
 
     #[test]

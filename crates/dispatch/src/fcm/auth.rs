@@ -13,6 +13,10 @@ use gcp_auth::{Token, TokenProvider};
 /// The scope FCM HTTP v1 needs.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
+/// Longest wait for the token endpoint. Every FCM send waits on one fetch
+/// (single flight), so a hung endpoint must not hold them all.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A bearer token could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -28,6 +32,9 @@ pub enum AuthError {
     /// The token endpoint refused or failed.
     #[error("cannot get an FCM access token: {0}")]
     Fetch(#[source] gcp_auth::Error),
+    /// The token endpoint did not answer within [`FETCH_TIMEOUT`].
+    #[error("the OAuth token endpoint did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The token endpoint gave a token that cannot be sent in a header.
     #[error("the FCM access token holds characters not allowed in an HTTP header")]
     Unusable,
@@ -131,11 +138,10 @@ impl BearerCache {
         {
             return Ok(t.clone());
         }
-        let token = match self
-            .provider
-            .token(&[FCM_SCOPE])
-            .await
-            .map_err(AuthError::Fetch)
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.provider.token(&[FCM_SCOPE])).await;
+        let token = match fetched
+            .map_err(|_| AuthError::Timeout(FETCH_TIMEOUT))
+            .and_then(|t| t.map_err(AuthError::Fetch))
             .and_then(Bearer::new)
         {
             Ok(t) => t,
@@ -170,5 +176,41 @@ impl BearerCache {
     /// Tokens fetched since start (for metrics).
     pub fn fetches(&self) -> u64 {
         self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token endpoint that never answers.
+    struct Hangs;
+
+    #[async_trait::async_trait]
+    impl TokenProvider for Hangs {
+        async fn token(&self, _scopes: &[&str]) -> Result<Arc<Token>, gcp_auth::Error> {
+            std::future::pending().await
+        }
+
+        async fn project_id(&self) -> Result<Arc<str>, gcp_auth::Error> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_token_endpoint_fails_after_the_fetch_timeout() {
+        let cache = BearerCache::with_provider(Arc::new(Hangs));
+        let started = tokio::time::Instant::now();
+        let err = cache
+            .token()
+            .await
+            .expect_err("no token from a hung endpoint");
+        assert!(
+            matches!(err, AuthError::Timeout(t) if t == FETCH_TIMEOUT),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), FETCH_TIMEOUT);
+        assert_eq!(cache.failures(), 1);
+        assert_eq!(cache.fetches(), 0);
     }
 }

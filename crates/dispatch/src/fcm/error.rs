@@ -176,8 +176,10 @@ pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) ->
         InvalidArgument if body.is_about_the_token() => dead(Reason::InvalidRegistration),
         InvalidArgument | ThirdPartyAuthError | PermissionDenied | NotFound => reject(),
         QuotaExceeded | Unavailable | Internal | Unauthenticated | UnspecifiedError => retry(),
+        // Only FCM's own `UNREGISTERED` condemns a token. A bare 404 (a wrong
+        // endpoint path, a proxy's error page) would make every token look
+        // Unregistered, which the mass-invalidation guard lets through.
         Other(_) => match status {
-            404 => dead(Reason::Unregistered),
             429 | 500..=599 => retry(),
             _ => reject(),
         },
@@ -335,13 +337,10 @@ mod tests {
 
     #[test]
     fn unknown_codes_fall_back_on_the_status() {
-        assert!(matches!(
-            answer(404, "", None, ""),
-            Outcome::TokenInvalid {
-                reason: Reason::Unregistered,
-                ..
-            }
-        ));
+        assert!(
+            matches!(answer(404, "", None, ""), Outcome::Rejected { .. }),
+            "a bare 404 (wrong path, a proxy's page) does not condemn the token"
+        );
         assert!(
             matches!(answer(404, "NOT_FOUND", None, ""), Outcome::Rejected { .. }),
             "a 404 without an FCM code (e.g. a wrong project) does not condemn the token"
