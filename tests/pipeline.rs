@@ -112,6 +112,11 @@ async fn poison_messages_are_dead_lettered_at_once_with_a_reason() {
     assert!(g.attributes["push_error_detail"].contains("proto3 JSON"));
     assert_eq!(g.attributes["trace"], "t1", "producer attributes are kept");
     assert_eq!(&g.data[..], b"{not json", "the body is kept as published");
+    assert!(
+        g.attributes["push_first_publish_time"].ends_with('Z'),
+        "a replay keeps the request's age: {:?}",
+        g.attributes
+    );
     assert_eq!(by_source(&empty).attributes["push_error"], "no_targets");
     let u = by_source(&unknown);
     assert_eq!(u.attributes["push_error"], "unknown_app");
@@ -380,6 +385,130 @@ async fn expired_requests_are_not_sent() {
     assert_eq!(
         common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
         0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ttl_that_runs_out_during_in_process_retries_stops_them() {
+    let env = TestEnv::new(
+        "expire-retrying",
+        Settings {
+            max_in_process_wait: "5s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    // The APNs target fails (503) on every try; its backoff passes the 1 s
+    // ttl long before the 5 s in-process budget is spent.
+    let body = format!(
+        r#"{{"ttl":"1s","targets":[{{"platform":"PLATFORM_APNS","token":"{}"}},{{"platform":"PLATFORM_FCM","token":"ok-1"}}]}}"#,
+        apns_token("0503")
+    );
+    env.publish_json(&body).await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    let m = env.metrics().await;
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "expired")]),
+        1.0,
+        "the failing target expired in process:\n{m}"
+    );
+    assert!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "retryable")]) >= 1.0
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        1.0
+    );
+    for result in ["republished", "nacked", "dead_lettered"] {
+        assert_eq!(
+            common::metric_value(&m, "push_dispatch_messages_total", &[("result", result)]),
+            0.0,
+            "{result}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_listed_twice_in_a_request_is_sent_once() {
+    let env = TestEnv::new("duplicate-target", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let good = apns_token("a1b2");
+    env.publish_json(&json_request(&[
+        ("PLATFORM_APNS", &good),
+        ("PLATFORM_FCM", "twice-1"),
+        ("PLATFORM_APNS", &good),
+        ("PLATFORM_FCM", "twice-1"),
+    ]))
+    .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    assert_eq!(
+        env.metric("push_dispatch_sends_total", &[]).await,
+        2.0,
+        "one send per distinct device"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_wait_beyond_the_in_process_budget_hands_targets_back() {
+    let env = TestEnv::new(
+        "rate-limited",
+        Settings {
+            max_in_process_wait: "2s",
+            apps_yaml: Some(
+                r#"  - name: default
+    fcm:
+      endpoint: "stub:"
+      project_id: example-firebase
+      rate_limit: 10
+"#
+                .to_string(),
+            ),
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    // 10 go at once (a second's burst), the next ones wait 0.1 s, 0.2 s, …
+    // within the 2 s budget; the last ten would wait 2.1 s to 3 s: they are
+    // handed back (republished) instead of holding the message, and sent later.
+    let targets: Vec<(&str, String)> = (0..40)
+        .map(|i| ("PLATFORM_FCM", format!("rl-{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = targets.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    env.publish_json(&json_request(&refs)).await;
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "delivered")],
+        40.0,
+    )
+    .await;
+    let m = env.metrics().await;
+    assert!(
+        common::metric_value(
+            &m,
+            "push_dispatch_sends_total",
+            &[("outcome", "rate_limited")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        common::metric_value(
+            &m,
+            "push_dispatch_messages_total",
+            &[("result", "republished")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "delivered")]),
+        40.0,
+        "every device once, none twice"
     );
 }
 
