@@ -352,6 +352,7 @@ async fn metrics_equal_what_happened_and_labels_stay_bounded() {
                 "rejected",
                 "expired",
                 "circuit_open",
+                "rate_limited",
             ]),
         ),
         (

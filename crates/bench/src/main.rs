@@ -25,7 +25,7 @@ use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push};
 use push_dispatch_proto::v1::{Notification, PushRequest};
-use push_dispatch_worker::metrics::{Metrics, PlatformLabels, SendLabels};
+use push_dispatch_worker::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Platform {
@@ -337,6 +337,8 @@ async fn measure(
             next.clone(),
         );
         let (n, platform) = (args.requests, args.platform);
+        // As the worker does: metric handles resolved once per app and platform.
+        let handles = metrics.send_handles(label, "bench");
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(n / 64 + 1);
             let mut errors = 0usize;
@@ -355,18 +357,8 @@ async fn measure(
                     })
                     .await;
                 let elapsed = t0.elapsed();
-                metrics
-                    .send_duration
-                    .get_or_create(&PlatformLabels { platform: label })
-                    .observe(elapsed.as_secs_f64());
-                metrics
-                    .sends
-                    .get_or_create(&SendLabels {
-                        platform: label,
-                        app: "bench".into(),
-                        outcome: outcome.label(),
-                    })
-                    .inc();
+                handles.send_duration.observe(elapsed.as_secs_f64());
+                handles.count(outcome.label());
                 if outcome != Outcome::Delivered {
                     errors += 1;
                 }

@@ -305,6 +305,81 @@ impl Metrics {
     }
 }
 
+/// Every `outcome` label of `push_dispatch_sends_total`: the labels of
+/// [`push_dispatch_dispatch::Outcome`] and the pipeline's own (`circuit_open`,
+/// `rate_limited`).
+pub const SEND_OUTCOMES: [&str; 7] = [
+    "delivered",
+    "token_invalid",
+    "retryable",
+    "rejected",
+    "expired",
+    "circuit_open",
+    "rate_limited",
+];
+
+/// The send metrics of one app and platform, resolved once. Counting a send
+/// through them takes no label building, allocation or map lookup, which a
+/// `Family::get_or_create` with an owned `app` label costs on every push.
+/// Every series exists from the start, at zero, so `rate()` sees them before
+/// the first event.
+#[derive(Clone, Debug)]
+pub struct SendHandles {
+    outcomes: [Counter; SEND_OUTCOMES.len()],
+    /// `push_dispatch_circuit_open{platform,app}`.
+    pub circuit_open: Gauge,
+    /// `push_dispatch_send_duration_seconds{platform}`.
+    pub send_duration: Histogram,
+    /// For a label outside [`SEND_OUTCOMES`] (none today).
+    fallback: (Family<SendLabels, Counter>, SendLabels),
+}
+
+impl SendHandles {
+    /// Counts one send with this `outcome` label.
+    pub fn count(&self, outcome: &'static str) {
+        match SEND_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => {
+                self.outcomes[i].inc();
+            }
+            None => {
+                let (family, labels) = &self.fallback;
+                family
+                    .get_or_create(&SendLabels {
+                        outcome,
+                        ..labels.clone()
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// Resolves the send metrics of one app and platform (see [`SendHandles`]).
+    pub fn send_handles(&self, platform: &'static str, app: &str) -> SendHandles {
+        let labels = |outcome| SendLabels {
+            platform,
+            app: app.to_string(),
+            outcome,
+        };
+        SendHandles {
+            outcomes: SEND_OUTCOMES.map(|o| self.sends.get_or_create(&labels(o)).clone()),
+            circuit_open: self
+                .circuit_open
+                .get_or_create(&AppPlatformLabels {
+                    platform,
+                    app: app.to_string(),
+                })
+                .clone(),
+            send_duration: self
+                .send_duration
+                .get_or_create(&PlatformLabels { platform })
+                .clone(),
+            fallback: (self.sends.clone(), labels("")),
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // Provider answers are typically 5–300 ms; 1 s is the latency SLO's
     // threshold (deploy/alerts), so it must be a bucket bound.
@@ -320,4 +395,61 @@ pub fn render(registry: &Registry) -> String {
         tracing::error!(error = %e, "cannot encode metrics");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use push_dispatch_dispatch::{Outcome, RejectReason, RetryCause};
+
+    #[test]
+    fn every_outcome_label_has_a_handle() {
+        let outcomes = [
+            Outcome::Delivered,
+            Outcome::TokenInvalid {
+                reason: push_dispatch_proto::v1::Reason::Unregistered,
+                provider_reason: String::new(),
+                invalidated_at: None,
+            },
+            Outcome::Retryable {
+                after: None,
+                cause: RetryCause::Timeout,
+            },
+            Outcome::Rejected {
+                reason: RejectReason::PayloadTooLarge { bytes: 1, max: 0 },
+            },
+            Outcome::Expired,
+        ];
+        for o in &outcomes {
+            assert!(SEND_OUTCOMES.contains(&o.label()), "{}", o.label());
+        }
+    }
+
+    #[test]
+    fn handles_count_into_the_labelled_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let h = m.send_handles("apns", "main");
+        h.count("delivered");
+        h.count("delivered");
+        h.count("rate_limited");
+        h.circuit_open.set(1);
+        let text = render(&registry);
+        assert!(
+            text.contains(
+                r#"push_dispatch_sends_total{platform="apns",app="main",outcome="delivered"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"push_dispatch_sends_total{platform="apns",app="main",outcome="token_invalid"} 0"#
+            ),
+            "series exist from the start: {text}"
+        );
+        assert!(
+            text.contains(r#"push_dispatch_circuit_open{platform="apns",app="main"} 1"#),
+            "{text}"
+        );
+    }
 }

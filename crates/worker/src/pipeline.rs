@@ -31,8 +31,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::circuit::{Admission, Circuit};
 use crate::guard::{Guard, Verdict, is_suspicious};
 use crate::metrics::{
-    AckLabels, AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, PlatformLabels,
-    ReasonLabels, RefreshLabels, SendLabels,
+    AckLabels, AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, ReasonLabels,
+    RefreshLabels, SendHandles, SendLabels,
 };
 use crate::rate_limit::RateLimit;
 use push_dispatch_config::{CircuitConfig, GuardConfig};
@@ -95,9 +95,11 @@ pub struct AppRuntime {
     pub fcm_rate_limit: Option<f64>,
 }
 
-/// Circuit, guard and rate limit of one app and platform.
+/// Circuit, guard, rate limit and metric handles of one app and platform.
 #[derive(Debug)]
 struct Controls {
+    /// Its send metrics, resolved once (no labels built per push).
+    handles: SendHandles,
     circuit: Circuit,
     guard: Guard,
     limit: Option<RateLimit>,
@@ -191,13 +193,17 @@ impl Worker {
         let controls = apps
             .iter()
             .map(|a| {
-                let make = |limit: Option<f64>| Controls {
+                let make = |platform: Platform, limit: Option<f64>| Controls {
+                    handles: metrics.send_handles(platform.label(), &a.dispatchers.name),
                     circuit: Circuit::new(settings.circuit.clone()),
                     guard: Guard::new(settings.guard.clone()),
                     limit: limit.map(RateLimit::new),
                     refreshes_seen: Default::default(),
                 };
-                [make(a.apns_rate_limit), make(a.fcm_rate_limit)]
+                [
+                    make(Platform::Apns, a.apns_rate_limit),
+                    make(Platform::Fcm, a.fcm_rate_limit),
+                ]
             })
             .collect();
         Worker {
@@ -316,7 +322,10 @@ impl Worker {
         let deadline = Deadline::of(&request, ctx.first_publish_time);
         if deadline.has_passed() {
             for t in &request.targets {
-                self.count_send(t.platform(), &app.dispatchers.name, "expired");
+                match self.controls_of(checked.app_index, t.platform()) {
+                    Some(controls) => controls.handles.count("expired"),
+                    None => self.count_send(t.platform(), &app.dispatchers.name, "expired"),
+                }
             }
             tracing::info!(message_id = %message.message_id, request_id = %request.request_id, "request expired before sending");
             return Settle::Ack(MessageResult::Expired);
@@ -633,7 +642,7 @@ impl Worker {
         let mut retries = 0u32;
         loop {
             if deadline.has_passed() {
-                self.count_send(platform, &app.dispatchers.name, Outcome::Expired.label());
+                controls.handles.count(Outcome::Expired.label());
                 return Outcome::Expired;
             }
             // §5.8: while the circuit is open, nothing is sent; the target is
@@ -641,7 +650,7 @@ impl Worker {
             // draining) is handed back when `admitted` is dropped.
             let admitted = controls.circuit.enter();
             if admitted.admission() == Admission::Rejected {
-                self.count_send(platform, &app.dispatchers.name, "circuit_open");
+                controls.handles.count("circuit_open");
                 return Outcome::Retryable {
                     after: None,
                     cause: RetryCause::CircuitOpen,
@@ -661,7 +670,7 @@ impl Worker {
                         () = self.draining.cancelled() => return shutting_down,
                     },
                     Err(wait) => {
-                        self.count_send(platform, &app.dispatchers.name, "rate_limited");
+                        controls.handles.count("rate_limited");
                         return Outcome::Retryable {
                             after: Some(wait),
                             cause: RetryCause::RateLimited,
@@ -678,7 +687,7 @@ impl Worker {
             };
             if deadline.has_passed() {
                 // The rate limit or the concurrency limit made it wait past its ttl.
-                self.count_send(platform, &app.dispatchers.name, Outcome::Expired.label());
+                controls.handles.count(Outcome::Expired.label());
                 return Outcome::Expired;
             }
             let t0 = Instant::now();
@@ -697,20 +706,15 @@ impl Worker {
                 platform,
                 &app.dispatchers.name,
             );
-            self.metrics
+            controls
+                .handles
                 .circuit_open
-                .get_or_create(&AppPlatformLabels {
-                    platform: platform.label(),
-                    app: app.dispatchers.name.clone(),
-                })
                 .set(i64::from(controls.circuit.is_open()));
-            self.metrics
+            controls
+                .handles
                 .send_duration
-                .get_or_create(&PlatformLabels {
-                    platform: platform.label(),
-                })
                 .observe(t0.elapsed().as_secs_f64());
-            self.count_send(platform, &app.dispatchers.name, outcome.label());
+            controls.handles.count(outcome.label());
             let current = tracing::Span::current();
             current.record("push.outcome", outcome.label());
             current.record("push.attempts", retries + 1);
