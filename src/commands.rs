@@ -48,12 +48,24 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
     let config = Config::load_unvalidated(path, std::env::vars())?;
     let mut issues = config.validate();
     issues.extend(config.check_files());
-    print!("{}", config.to_redacted_yaml());
-    if issues.is_empty() {
-        println!("# config OK: {}", path.display());
-        Ok(())
-    } else {
-        Err(Failure::Config(ConfigError::Invalid(issues).into()))
+    let yaml = config.to_redacted_yaml();
+    print!("{yaml}");
+    if !yaml.ends_with('\n') {
+        println!();
+    }
+    if !issues.is_empty() {
+        return Err(Failure::Config(ConfigError::Invalid(issues).into()));
+    }
+    // The files are there and look right: load them as `run` would.
+    match push_dispatch_worker::check_credentials(&config) {
+        Ok(checks) => {
+            for check in checks {
+                println!("# {check}");
+            }
+            println!("# config OK: {}", path.display());
+            Ok(())
+        }
+        Err(issues) => Err(Failure::Config(ConfigError::Invalid(issues).into())),
     }
 }
 

@@ -155,6 +155,73 @@ async fn check_config_prints_the_effective_config_and_names_bad_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_config_loads_the_credentials_as_run_would() {
+    // Real endpoints (check-config makes no network call); the key of the
+    // test env, and a service-account file with a private key that is not one.
+    let probe = TestEnv::new("check-creds-probe", Settings::default()).await;
+    let key = probe.dir.path().join("AuthKey_TESTKEY001.p8");
+    let sa = probe.dir.path().join("sa.json");
+    std::fs::write(
+        &sa,
+        r#"{"type":"service_account","project_id":"fb","private_key_id":"k1","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","client_email":"x@fb.iam.gserviceaccount.com","client_id":"1","token_uri":"https://oauth2.googleapis.com/token"}"#,
+    )
+    .expect("write sa");
+    let apps = |fcm_credentials: &str| {
+        format!(
+            r#"  - name: default
+    apns:
+      endpoint: https://api.sandbox.push.apple.com
+      key_file: {key}
+      key_id: TESTKEY001
+      team_id: TESTTEAM01
+      topic: com.example.app
+    fcm:
+      endpoint: https://fcm.googleapis.com
+      project_id: fb
+      credentials_file: {fcm_credentials}
+"#,
+            key = key.display()
+        )
+    };
+    let env = TestEnv::new(
+        "check-creds",
+        Settings {
+            apps_yaml: Some(apps("null")),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let ok = env.run(&["check-config"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let text = stdout(&ok);
+    assert!(
+        text.contains("apps[0].apns: the key signs an ES256 provider token (kid TESTKEY001)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apps[0].fcm: Application Default Credentials"),
+        "{text}"
+    );
+
+    let env = TestEnv::new(
+        "check-creds-bad",
+        Settings {
+            apps_yaml: Some(apps(&sa.display().to_string())),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let bad = env.run(&["check-config"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stdout(&bad));
+    let err = stderr(&bad);
+    assert!(
+        err.contains("config key `apps[0].fcm.credentials_file`"),
+        "{err}"
+    );
+    assert!(!err.contains("AAAA"), "key material never printed: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_refuses_a_missing_apns_key_file_naming_the_key() {
     let env = TestEnv::new("missing-key", Settings::default()).await;
     std::fs::remove_file(env.dir.path().join("AuthKey_TESTKEY001.p8")).expect("remove key");

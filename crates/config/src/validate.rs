@@ -397,6 +397,19 @@ pub(crate) fn check_files(config: &Config) -> Vec<ConfigIssue> {
                 ),
                 Ok(_) => {}
             }
+            if let Some(named) = key_id_in_file_name(&a.key_file)
+                && named != a.key_id
+            {
+                v.add(
+                    format!("apps[{i}].apns.key_id"),
+                    format!(
+                        "is `{}`, but the key file {} is Apple's download for key `{named}`; set key_id: {named}, or point key_file at AuthKey_{}.p8 (APNs answers InvalidProviderToken otherwise)",
+                        a.key_id,
+                        a.key_file.display(),
+                        a.key_id
+                    ),
+                );
+            }
             if let Some(ca) = &a.ca_file {
                 check_pem_cert(&mut v, &format!("apps[{i}].apns.ca_file"), ca);
             }
@@ -426,6 +439,16 @@ pub(crate) fn check_files(config: &Config) -> Vec<ConfigIssue> {
         }
     }
     v.0
+}
+
+/// The key id in the name Apple gives a downloaded key, `AuthKey_<KEY ID>.p8`.
+fn key_id_in_file_name(path: &Path) -> Option<&str> {
+    let id = path
+        .file_name()?
+        .to_str()?
+        .strip_prefix("AuthKey_")?
+        .strip_suffix(".p8")?;
+    (id.len() == 10 && id.chars().all(|c| c.is_ascii_alphanumeric())).then_some(id)
 }
 
 fn check_pem_cert(v: &mut Issues, key: &str, path: &Path) {

@@ -236,3 +236,31 @@ fn a_missing_file_says_how_to_fix_it() {
         Config::load(std::path::Path::new("/no/such/config.yaml"), env(&[])).expect_err("missing");
     assert!(err.to_string().contains("--config"), "{err}");
 }
+
+#[test]
+fn a_key_file_named_for_another_key_id_names_key_id_and_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("AuthKey_ZZZ999YYY8.p8");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let app = |key_id: &str| {
+        format!(
+            "project_id: p-1\napps:\n  - name: main\n    apns:\n      endpoint: https://api.push.apple.com\n      key_file: {}\n      key_id: {key_id}\n      team_id: DEF123GHIJ\n      topic: com.example.app\n",
+            key.display()
+        )
+    };
+    let config = Config::load(&write(&dir, &app("ABC123DEFG")), env(&[])).expect("valid");
+    let issues = config.check_files();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "apps[0].apns.key_id");
+    assert!(
+        issues[0].problem.contains("key_id: ZZZ999YYY8"),
+        "{}",
+        issues[0].problem
+    );
+    let config = Config::load(&write(&dir, &app("ZZZ999YYY8")), env(&[])).expect("valid");
+    assert!(config.check_files().is_empty(), "the names agree");
+}

@@ -137,6 +137,111 @@ fn stub_for(
     Some(Ok(Arc::new(stub)))
 }
 
+/// What [`check_credentials`] verified of one app's platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The APNs key loaded and signed an ES256 provider token.
+    ApnsKeySigns {
+        /// `apps[i].apns`.
+        key: String,
+        /// The key id the token carries.
+        key_id: String,
+    },
+    /// The FCM service-account file loaded (JSON and private key).
+    ServiceAccountLoads {
+        /// `apps[i].fcm`.
+        key: String,
+    },
+    /// FCM uses Application Default Credentials, resolved only at run time
+    /// (they need the metadata server or a gcloud login).
+    ApplicationDefault {
+        /// `apps[i].fcm`.
+        key: String,
+    },
+    /// An in-process `stub:` endpoint: no credentials are used.
+    Stub {
+        /// `apps[i].apns` or `apps[i].fcm`.
+        key: String,
+    },
+}
+
+impl std::fmt::Display for CredentialCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialCheck::ApnsKeySigns { key, key_id } => {
+                write!(
+                    f,
+                    "{key}: the key signs an ES256 provider token (kid {key_id})"
+                )
+            }
+            CredentialCheck::ServiceAccountLoads { key } => {
+                write!(f, "{key}: the service-account key loads")
+            }
+            CredentialCheck::ApplicationDefault { key } => write!(
+                f,
+                "{key}: Application Default Credentials, resolved at run time (not checked here)"
+            ),
+            CredentialCheck::Stub { key } => write!(f, "{key}: stub endpoint, no credentials"),
+        }
+    }
+}
+
+/// Loads every app's credentials as `run` would, without a network call:
+/// each APNs key signs a provider token, each FCM service-account file is
+/// parsed with its private key. Returns what was verified, or the problems,
+/// each naming its config key. Key material never appears in either.
+pub fn check_credentials(
+    config: &Config,
+) -> Result<Vec<CredentialCheck>, Vec<push_dispatch_config::ConfigIssue>> {
+    use push_dispatch_config::ConfigIssue;
+    use push_dispatch_dispatch::apns::token::ProviderToken;
+    use push_dispatch_dispatch::fcm::auth::BearerCache;
+    let mut checks = Vec::new();
+    let mut issues = Vec::new();
+    for (i, app) in config.apps.iter().enumerate() {
+        if let Some(a) = &app.apns {
+            let key = format!("apps[{i}].apns");
+            if a.endpoint.starts_with("stub:") {
+                checks.push(CredentialCheck::Stub { key });
+            } else {
+                match ProviderToken::from_file(&a.key_file, &a.key_id, &a.team_id) {
+                    Ok(_) => checks.push(CredentialCheck::ApnsKeySigns {
+                        key,
+                        key_id: a.key_id.clone(),
+                    }),
+                    Err(e) => issues.push(ConfigIssue {
+                        key: format!("{key}.key_file"),
+                        problem: format!(
+                            "{e}; use the AuthKey_XXXXXXXXXX.p8 file downloaded from Apple"
+                        ),
+                    }),
+                }
+            }
+        }
+        if let Some(f) = &app.fcm {
+            let key = format!("apps[{i}].fcm");
+            if f.endpoint.starts_with("stub:") {
+                checks.push(CredentialCheck::Stub { key });
+            } else if let Some(path) = &f.credentials_file {
+                match BearerCache::check_file(path) {
+                    Ok(()) => checks.push(CredentialCheck::ServiceAccountLoads { key }),
+                    Err(e) => issues.push(ConfigIssue {
+                        key: format!("{key}.credentials_file"),
+                        problem: format!("{e}; download a service-account key from the Firebase console, or set null for Application Default Credentials"),
+                    }),
+                }
+            } else {
+                checks.push(CredentialCheck::ApplicationDefault { key });
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(checks)
+    } else {
+        Err(issues)
+    }
+}
+
 /// Builds each app's dispatchers from the config, in config order: the HTTP/2
 /// APNs and FCM clients, or the in-process stub for `stub:` endpoints.
 pub async fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {

@@ -109,6 +109,17 @@ impl BearerCache {
         Ok(BearerCache::with_provider(provider))
     }
 
+    /// Loads a service-account file as [`BearerCache::new`] does (its JSON
+    /// and private key), without fetching a token: for `check-config`.
+    pub fn check_file(path: &std::path::Path) -> Result<(), AuthError> {
+        gcp_auth::CustomServiceAccount::from_file(path)
+            .map(drop)
+            .map_err(|source| AuthError::Load {
+                source_name: path.display().to_string(),
+                source,
+            })
+    }
+
     /// Around any token provider (tests).
     pub fn with_provider(provider: Arc<dyn TokenProvider>) -> BearerCache {
         BearerCache {
