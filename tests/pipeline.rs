@@ -257,6 +257,11 @@ async fn transient_failures_are_nacked_then_dead_lettered_on_the_last_attempt() 
             .await,
         5.0
     );
+    assert_eq!(
+        env.metric("push_dispatch_redeliveries_total", &[]).await,
+        4.0,
+        "attempts 2 to 5 are redeliveries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,11 +69,13 @@ METRICS = {
     "push_dispatch_duplicate_risk_total": ("counter", {"window"}),
     "push_dispatch_token_refreshes_total": ("counter", {"platform", "app", "result"}),
     "push_dispatch_stream_up": ("gauge", {"stream"}),
+    "push_dispatch_redeliveries_total": ("counter", set()),
 }
 # Closed label value sets (SPEC §8, README).
 LABEL_VALUES = {
     ("push_dispatch_sends_total", "outcome"): {
-        "delivered", "token_invalid", "retryable", "rejected", "expired", "circuit_open"},
+        "delivered", "token_invalid", "retryable", "rejected", "expired", "circuit_open",
+        "rate_limited"},
     ("push_dispatch_sends_total", "platform"): {"apns", "fcm"},
     ("push_dispatch_messages_total", "result"): {
         "acked", "nacked", "dead_lettered", "expired", "republished"},

@@ -162,6 +162,11 @@ pub struct Metrics {
     pub max_outstanding: Gauge,
     /// `push_dispatch_stream_up{stream}`: 1 while that streaming pull runs.
     pub stream_up: Family<StreamLabels, Gauge>,
+    /// `push_dispatch_redeliveries_total`: messages received with a
+    /// delivery attempt above 1. Minus our own nacks
+    /// (`messages_total{result="nacked"}`), it measures the duplicate
+    /// windows the worker cannot see: lost acks, expired leases, killed pods.
+    pub redeliveries: Counter,
 }
 
 impl Metrics {
@@ -187,6 +192,7 @@ impl Metrics {
             token_refreshes: Family::default(),
             max_outstanding: Gauge::default(),
             stream_up: Family::default(),
+            redeliveries: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
@@ -279,6 +285,11 @@ impl Metrics {
             "stream_up",
             "1 while a streaming pull runs, per stream",
             m.stream_up.clone(),
+        );
+        r.register(
+            "redeliveries",
+            "Messages received again (delivery attempt above 1), whatever the cause",
+            m.redeliveries.clone(),
         );
         r.register(
             "acks",

@@ -232,6 +232,9 @@ impl Worker {
             self.metrics.pull_lag.observe(d.as_secs_f64());
         }
         let attempt = lease.delivery_attempt();
+        if attempt.is_some_and(|a| a > 1) {
+            self.metrics.redeliveries.inc();
+        }
         // Every received message id is logged (debug), so that a run can be
         // reconciled against what Pub/Sub handed out.
         tracing::debug!(message_id = %message.message_id, delivery_attempt = attempt.unwrap_or(0), "received");
