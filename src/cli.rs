@@ -137,4 +137,26 @@ pub struct SendArgs {
     /// Publish binary protobuf instead of JSON.
     #[arg(long)]
     pub binary: bool,
+    /// How long the push stays deliverable, e.g. `30s`, `1h` (ttl).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Delivery priority.
+    #[arg(long, value_enum)]
+    pub priority: Option<PriorityArg>,
+    /// Collapse key: the device shows only the newest push with the same key.
+    #[arg(long)]
+    pub collapse_key: Option<String>,
+    /// Publish even if the worker would dead-letter the request (unknown
+    /// app, malformed token, …): for testing the dead-letter path.
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+/// `--priority`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PriorityArg {
+    /// Delivered at once, waking the device (APNs 10, FCM HIGH).
+    High,
+    /// May be batched to save power (APNs 5, FCM NORMAL).
+    Normal,
 }

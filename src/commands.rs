@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use prometheus_client::registry::Registry;
 use push_dispatch_config::{Config, ConfigError};
-use push_dispatch_proto::v1::{Notification, Platform, PushRequest, Target};
+use push_dispatch_proto::v1::{Notification, Platform, Priority, PushRequest, Target};
 use push_dispatch_proto::{Encoding, encode_message};
 use push_dispatch_subscriber::publish::publish_confirmed;
 use push_dispatch_subscriber::{Clients, Names, provision as prov};
@@ -18,7 +18,7 @@ use push_dispatch_worker::metrics::Metrics;
 use push_dispatch_worker::{RunError, build_apps};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DlqCommand, PlatformArg, SandboxArgs, SendArgs};
+use crate::cli::{DlqCommand, PlatformArg, PriorityArg, SandboxArgs, SendArgs};
 
 /// Why a command failed, which decides the exit code.
 #[derive(Debug)]
@@ -190,6 +190,9 @@ async fn wait_for_signal() {
 pub async fn send(path: &Path, args: SendArgs) -> Result<(), Failure> {
     let config = load(path)?;
     let request = build_request(&args).map_err(Failure::Config)?;
+    if !args.no_check {
+        refuse_what_would_be_dead_lettered(&request, &config).map_err(Failure::Config)?;
+    }
     let encoding = if args.binary {
         Encoding::Binary
     } else {
@@ -219,6 +222,39 @@ pub async fn send(path: &Path, args: SendArgs) -> Result<(), Failure> {
         })
         .map_err(runtime)?;
     println!("{id}");
+    Ok(())
+}
+
+/// Checks the request as the worker will, against this config's apps, so
+/// that a typo is an error here rather than a dead letter later.
+fn refuse_what_would_be_dead_lettered(
+    request: &PushRequest,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let apps: Vec<push_dispatch_proto::AppPlatforms> = config
+        .apps
+        .iter()
+        .map(|a| push_dispatch_proto::AppPlatforms {
+            name: a.name.clone(),
+            apns: a.apns.is_some(),
+            fcm: a.fcm.is_some(),
+        })
+        .collect();
+    let hint = "fix it, or pass --no-check to publish it anyway";
+    let checked = push_dispatch_proto::check(request, &apps).map_err(|e| {
+        anyhow!(
+            "the worker would dead-letter this request (push_error={}): {e}; {hint}",
+            e.code()
+        )
+    })?;
+    if let Some(first) = checked.rejected.first() {
+        return Err(anyhow!(
+            "the worker would dead-letter {} of {} targets, first (push_error={}): {first}; {hint}",
+            checked.rejected.len(),
+            request.targets.len(),
+            first.code()
+        ));
+    }
     Ok(())
 }
 
@@ -285,6 +321,21 @@ fn build_request(args: &SendArgs) -> anyhow::Result<PushRequest> {
     }
     if let Some(id) = &args.request_id {
         request.request_id.clone_from(id);
+    }
+    if let Some(ttl) = args.ttl {
+        request.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
+            seconds: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(ttl.subsec_nanos()).unwrap_or(0),
+        });
+    }
+    if let Some(p) = args.priority {
+        request.priority = match p {
+            PriorityArg::High => Priority::High,
+            PriorityArg::Normal => Priority::Normal,
+        } as i32;
+    }
+    if let Some(key) = &args.collapse_key {
+        request.collapse_key.clone_from(key);
     }
     if request.request_id.is_empty() {
         request.request_id = format!("cli-{:016x}", rand::random::<u64>());
@@ -518,5 +569,42 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn send_args(args: &[&str]) -> SendArgs {
+        let cli =
+            Cli::try_parse_from([&["push-dispatch", "send"], args].concat()).expect("valid flags");
+        match cli.command {
+            Some(Command::Send(a)) => a,
+            other => panic!("not send: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_flags_fill_the_delivery_options() {
+        let args = send_args(&[
+            "--platform",
+            "fcm",
+            "--token",
+            "t1",
+            "--ttl",
+            "90m",
+            "--priority",
+            "high",
+            "--collapse-key",
+            "score",
+        ]);
+        let r = build_request(&args).expect("request");
+        assert_eq!(r.ttl.map(|d| d.seconds), Some(5400));
+        assert_eq!(r.priority(), Priority::High);
+        assert_eq!(r.collapse_key, "score");
+        assert_eq!(r.targets.len(), 1);
     }
 }

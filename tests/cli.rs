@@ -299,6 +299,67 @@ async fn send_publishes_from_flags_and_from_json() {
     let usage = env.run(&["send", "--token", "x"], &[]);
     assert_eq!(usage.status.code(), Some(2));
     assert!(stderr(&usage).contains("--platform"), "{}", stderr(&usage));
+
+    // What the worker would dead-letter is refused here, naming why.
+    let typo = env.run(&["send", "--platform", "apns", "--token", "not-hex"], &[]);
+    assert_eq!(typo.status.code(), Some(2), "{}", stdout(&typo));
+    let err = stderr(&typo);
+    assert!(
+        err.contains("push_error=malformed_token") && err.contains("--no-check"),
+        "{err}"
+    );
+    let unknown = env.run(
+        &["send", "--platform", "fcm", "--token", "t", "--app", "nope"],
+        &[],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("push_error=unknown_app"),
+        "{}",
+        stderr(&unknown)
+    );
+    // ... unless asked to publish it anyway, e.g. to test the dead-letter path.
+    let mut dlq = env.collect("push-requests-dlq-inspect");
+    let forced = env.run(
+        &[
+            "send",
+            "--platform",
+            "apns",
+            "--token",
+            "not-hex",
+            "--no-check",
+        ],
+        &[],
+    );
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let dead = dlq.take(1).await;
+    assert_eq!(dead[0].attributes["push_error"], "malformed_token");
+
+    // Delivery options go onto the request.
+    let out = env.run(
+        &[
+            "send",
+            "--platform",
+            "fcm",
+            "--token",
+            "with-options",
+            "--ttl",
+            "1h",
+            "--priority",
+            "high",
+            "--collapse-key",
+            "score",
+            "--binary",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "delivered")],
+        3.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
