@@ -61,6 +61,23 @@ pub enum DlqCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Delete dead-lettered messages for good (after inspecting them with
+    /// `peek`): those of one `push_error`, or `--all`.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["push_error", "all"])))]
+    Purge {
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+        /// Only messages whose `push_error` is this code (e.g. decode_json).
+        #[arg(long, value_name = "CODE")]
+        push_error: Option<String>,
+        /// Every message, whatever its push_error.
+        #[arg(long)]
+        all: bool,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Arguments of `sandbox`.

@@ -484,23 +484,36 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
             rest.release(sub, &ids).await.map_err(runtime)?;
             Ok(())
         }
+        DlqCommand::Purge {
+            max,
+            push_error,
+            all: _,
+            dry_run,
+        } => {
+            let chosen = pull_chosen(&rest, sub, max, push_error.as_deref()).await?;
+            let verb = if dry_run { "would delete" } else { "deleting" };
+            for m in &chosen {
+                print!("{verb} {}", describe_dead_letter(m));
+            }
+            let ids: Vec<String> = chosen.into_iter().map(|m| m.ack_id).collect();
+            if dry_run {
+                rest.release(sub, &ids).await.map_err(runtime)?;
+                println!(
+                    "{} message(s) would be deleted (dry run); none removed",
+                    ids.len()
+                );
+            } else {
+                rest.acknowledge(sub, &ids).await.map_err(runtime)?;
+                println!("{} message(s) deleted from {sub}", ids.len());
+            }
+            Ok(())
+        }
         DlqCommand::Replay {
             max,
             push_error,
             dry_run,
         } => {
-            let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
-            let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
-                push_error.as_deref().is_none_or(|code| {
-                    m.attributes.get("push_error").map(String::as_str) == Some(code)
-                })
-            });
-            rest.release(
-                sub,
-                &others.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
-            )
-            .await
-            .map_err(runtime)?;
+            let chosen = pull_chosen(&rest, sub, max, push_error.as_deref()).await?;
             if dry_run {
                 for m in &chosen {
                     print!("would replay {}", describe_dead_letter(m));
@@ -570,6 +583,28 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// Pulls up to `max` dead letters and keeps those with this `push_error`
+/// (all without a code); the others are released at once for other readers.
+async fn pull_chosen(
+    rest: &push_dispatch_subscriber::dlq::RestSubscriber,
+    sub: &str,
+    max: usize,
+    push_error: Option<&str>,
+) -> Result<Vec<push_dispatch_subscriber::dlq::Pulled>, Failure> {
+    let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
+    let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
+        push_error
+            .is_none_or(|code| m.attributes.get("push_error").map(String::as_str) == Some(code))
+    });
+    rest.release(
+        sub,
+        &others.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
+    )
+    .await
+    .map_err(runtime)?;
+    Ok(chosen)
 }
 
 #[cfg(test)]

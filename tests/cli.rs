@@ -385,7 +385,7 @@ async fn the_health_server_stops_with_the_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dlq_peek_shows_reasons_and_replay_moves_only_the_chosen_messages_back() {
+async fn dlq_peek_shows_reasons_replay_moves_only_the_chosen_messages_back_and_purge_deletes() {
     let env = TestEnv::new("dlq", Settings::default()).await;
     env.provision();
     env.create_subscription("push-requests", "requests-watch")
@@ -478,4 +478,21 @@ async fn dlq_peek_shows_reasons_and_replay_moves_only_the_chosen_messages_back()
         left.contains("1 message(s) shown") && left.contains("decode_json"),
         "{left}"
     );
+
+    // Purge needs a code or --all, so that nothing is deleted by accident.
+    let unbounded = env.run(&["dlq", "purge"], &[]);
+    assert_eq!(unbounded.status.code(), Some(2));
+    let other_code = stdout(&env.run(&["dlq", "purge", "--push-error", "no_targets"], &[]));
+    assert!(other_code.contains("0 message(s) deleted"), "{other_code}");
+    let dry = stdout(&env.run(&["dlq", "purge", "--all", "--dry-run"], &[]));
+    assert!(dry.contains("1 message(s) would be deleted"), "{dry}");
+    let purge = env.run(&["dlq", "purge", "--push-error", "decode_json"], &[]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(
+        stdout(&purge).contains("1 message(s) deleted"),
+        "{}",
+        stdout(&purge)
+    );
+    let empty = stdout(&env.run(&["dlq", "peek"], &[]));
+    assert!(empty.contains("0 message(s) shown"), "{empty}");
 }
