@@ -65,12 +65,14 @@ impl Encoding {
 pub enum DecodeError {
     /// The body is not valid proto3 JSON for `push.v1.PushRequest`.
     #[error(
-        "body is not a proto3 JSON push.v1.PushRequest: {source}; publish JSON, or set the attribute content-type=application/x-protobuf for binary protobuf"
+        "body is not a proto3 JSON push.v1.PushRequest: {detail}; publish JSON, or set the attribute content-type=application/x-protobuf for binary protobuf"
     )]
     Json {
-        /// The parser's complaint, with line and column.
-        #[source]
-        source: serde_json::Error,
+        /// The parser's complaint, with line and column, and every quoted
+        /// value in it cut to 8 characters: it goes into logs and
+        /// `push_error_detail`, and a device token in a wrong-typed field
+        /// must not (the parser quotes the values it could not take).
+        detail: String,
     },
     /// The body is not a valid binary protobuf `push.v1.PushRequest`.
     #[error(
@@ -118,10 +120,34 @@ pub fn decode_request(
         Encoding::Binary => {
             PushRequest::decode(data).map_err(|source| DecodeError::Binary { source })
         }
-        Encoding::Json => {
-            serde_json::from_slice(data).map_err(|source| DecodeError::Json { source })
+        Encoding::Json => serde_json::from_slice(data).map_err(|e| DecodeError::Json {
+            detail: redact_quoted(&e.to_string()),
+        }),
+    }
+}
+
+/// Cuts every `"quoted"` value in `text` to its first 8 characters
+/// ([`crate::redact_token`]).
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        match rest.find('"') {
+            Some(close) => {
+                out.push_str(&crate::redact_token(&rest[..close]));
+                out.push('"');
+                rest = &rest[close + 1..];
+            }
+            None => {
+                out.push_str(&crate::redact_token(rest));
+                rest = "";
+            }
         }
     }
+    out.push_str(rest);
+    out
 }
 
 /// A message could not be encoded as JSON (in practice: never for generated types).
@@ -226,6 +252,28 @@ mod tests {
         let text = String::from_utf8(body.clone()).expect("utf-8");
         assert!(text.contains("PLATFORM_FCM"), "{text}");
         assert_eq!(decode_request(&body, &attrs(&[])).expect("decodes"), req);
+    }
+
+    #[test]
+    fn a_value_quoted_by_the_parser_is_cut_to_eight_characters() {
+        // A device token where a number belongs: serde quotes the value.
+        let token = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+        let body = format!(r#"{{"notification": {{"badge": "{token}"}}, "targets": []}}"#);
+        let err = decode_request(body.as_bytes(), &attrs(&[])).expect_err("wrong type");
+        let text = err.to_string();
+        assert!(!text.contains(token), "{text}");
+        assert!(
+            text.contains("a1b2c3d4…") || !text.contains("a1b2c3d4e"),
+            "{text}"
+        );
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "0123456789abcdef", expected i32"#),
+            r#"invalid type: string "01234567…", expected i32"#
+        );
+        assert_eq!(
+            redact_quoted(r#"a "short" b "unclosed-value"#),
+            r#"a "short" b "unclosed…"#
+        );
     }
 
     #[test]
