@@ -293,7 +293,10 @@ async fn a_wrong_apns_topic_trips_the_guard_at_min_samples_and_every_later_repor
     let mut feedback = env.collect("feedback-watch");
     let mut dlq = env.collect("push-requests-dlq-inspect");
     let _worker = env
-        .start_worker_with(&[("PUSH_DISPATCH_FEEDBACK__GUARD__MIN_SAMPLES", "10")])
+        .start_worker_with(&[
+            ("PUSH_DISPATCH_FEEDBACK__GUARD__MIN_SAMPLES", "10"),
+            ("PUSH_DISPATCH_FEEDBACK__GUARD__WINDOW", "6s"),
+        ])
         .await;
     let n = 30u64;
     for i in 0..n {
@@ -367,6 +370,25 @@ async fn a_wrong_apns_topic_trips_the_guard_at_min_samples_and_every_later_repor
         ),
         0.0
     );
+    // With no more traffic, the window slides past the bad period and the
+    // guard is released: its alert resolves without waiting for a push.
+    let start = std::time::Instant::now();
+    loop {
+        let tripped = env
+            .metric(
+                "push_dispatch_invalidation_guard_tripped",
+                &[("platform", "apns"), ("app", "default")],
+            )
+            .await;
+        if tripped == 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "the guard stayed tripped without traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -183,9 +183,16 @@ impl Circuit {
         }
     }
 
-    /// Whether the circuit is open or probing (for the gauge).
+    /// Whether the circuit refuses requests now: open and within `open_for`,
+    /// or half-open with its probe out (for the gauge). Once `open_for` has
+    /// passed it is ready to probe and no longer counts as open, even if no
+    /// request came to probe it.
     pub fn is_open(&self) -> bool {
-        !matches!(self.lock().state, State::Closed)
+        match self.lock().state {
+            State::Closed | State::HalfOpen { probing: false } => false,
+            State::Open { until } => Instant::now() < until,
+            State::HalfOpen { probing: true } => true,
+        }
     }
 }
 
@@ -350,9 +357,10 @@ mod tests {
         for _ in 0..10 {
             c.record_at(t, Admission::Allowed, &server_error());
         }
-        assert!(c.is_open());
+        assert!(!c.is_open(), "open_for 0: ready to probe at once");
         {
             let probe = c.enter();
+            assert!(c.is_open(), "probing");
             assert_eq!(probe.admission(), Admission::Probe);
             assert_eq!(c.admit(), Admission::Rejected, "one probe at a time");
             // Dropped here without an outcome: e.g. the send was cancelled.

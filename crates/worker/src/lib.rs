@@ -88,6 +88,9 @@ pub enum RunError {
     },
 }
 
+/// How often gauges that only traffic updates are brought up to date.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
 /// `production` for Apple's production endpoint, `sandbox` otherwise.
 pub fn apns_environment(endpoint: &str) -> &'static str {
     let host = endpoint
@@ -412,6 +415,22 @@ pub async fn run(
             })
             .set(1);
     }
+    // Gauges that only traffic would update otherwise (guard release,
+    // circuit past open_for), refreshed until the drain ends.
+    let refresher_stop = CancellationToken::new();
+    let refresher = {
+        let (worker, stop) = (worker.clone(), refresher_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(GAUGE_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => worker.refresh_gauges(),
+                    () = stop.cancelled() => break,
+                }
+            }
+        })
+    };
     readiness.set_streams_up(true);
     tracing::info!(
         subscription = %names.subscription,
@@ -466,6 +485,10 @@ pub async fn run(
         }
     }
     readiness.set_streams_up(false);
+    refresher_stop.cancel();
+    if let Err(e) = refresher.await {
+        tracing::error!(error = %e, "gauge refresher panicked");
+    }
     worker.close_dispatchers().await;
     tracing::info!(received = states.received(), "worker stopped");
     match failure {

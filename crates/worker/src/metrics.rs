@@ -341,6 +341,10 @@ pub struct SendHandles {
     pub circuit_open: Gauge,
     /// `push_dispatch_send_duration_seconds{platform}`.
     pub send_duration: Histogram,
+    /// `push_dispatch_invalidation_guard_tripped{platform,app}`.
+    pub guard_tripped: Gauge,
+    /// `push_dispatch_invalidation_guard_held_total{platform,app}`.
+    pub guard_held: Counter,
     /// For a label outside [`SEND_OUTCOMES`] (none today).
     fallback: (Family<SendLabels, Counter>, SendLabels),
 }
@@ -385,6 +389,20 @@ impl Metrics {
             send_duration: self
                 .send_duration
                 .get_or_create(&PlatformLabels { platform })
+                .clone(),
+            guard_tripped: self
+                .guard_tripped
+                .get_or_create(&AppPlatformLabels {
+                    platform,
+                    app: app.to_string(),
+                })
+                .clone(),
+            guard_held: self
+                .guard_held
+                .get_or_create(&AppPlatformLabels {
+                    platform,
+                    app: app.to_string(),
+                })
                 .clone(),
             fallback: (self.sends.clone(), labels("")),
         }

@@ -31,8 +31,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::circuit::{Admission, Circuit};
 use crate::guard::{Guard, Verdict, is_suspicious};
 use crate::metrics::{
-    AckLabels, AppPlatformLabels, FeedbackLabels, MessageResult, Metrics, ReasonLabels,
-    RefreshLabels, SendHandles, SendLabels,
+    AckLabels, FeedbackLabels, MessageResult, Metrics, ReasonLabels, RefreshLabels, SendHandles,
+    SendLabels,
 };
 use crate::rate_limit::RateLimit;
 use push_dispatch_config::{CircuitConfig, GuardConfig};
@@ -225,7 +225,8 @@ impl Worker {
     /// nacked wherever it is (SPEC §5.7).
     pub async fn handle(&self, received: Received) {
         let Received { message, lease, .. } = received;
-        self.metrics.inflight.inc();
+        // Counted out when this returns, is cancelled or panics.
+        let _inflight = InflightGuard::enter(&self.metrics.inflight);
         if let Some(lag) = message.publish_time.and_then(to_system_time)
             && let Ok(d) = SystemTime::now().duration_since(lag)
         {
@@ -288,7 +289,6 @@ impl Worker {
                 self.metrics.message(MessageResult::Nacked);
             }
         }
-        self.metrics.inflight.dec();
     }
 
     /// Decides what to do with one message; publishes whatever must be
@@ -400,13 +400,9 @@ impl Worker {
                     ) =>
                 {
                     // Held by the guard: dead-letter instead of reporting.
-                    self.metrics
-                        .guard_held
-                        .get_or_create(&AppPlatformLabels {
-                            platform: target.platform().label(),
-                            app: app.dispatchers.name.clone(),
-                        })
-                        .inc();
+                    if let Some(controls) = self.controls_of(checked.app_index, target.platform()) {
+                        controls.handles.guard_held.inc();
+                    }
                     let part = dead.entry(INVALIDATION_GUARD).or_insert_with(|| DeadPart {
                         indices: Vec::new(),
                         details: Vec::new(),
@@ -806,31 +802,49 @@ impl Worker {
             }
             let (verdict, changed) = controls.guard.verdict();
             if changed {
-                let tripped = controls.guard.is_tripped();
-                self.metrics
-                    .guard_tripped
-                    .get_or_create(&AppPlatformLabels {
-                        platform: platform.label(),
-                        app: app.to_string(),
-                    })
-                    .set(i64::from(tripped));
-                if tripped {
-                    tracing::error!(
-                        app,
-                        platform = platform.label(),
-                        "invalidation guard tripped: most tokens look dead (BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix"
-                    );
-                } else {
-                    tracing::warn!(
-                        app,
-                        platform = platform.label(),
-                        "invalidation guard released"
-                    );
-                }
+                Self::guard_changed(controls, platform, app);
             }
             verdicts[slot] = verdict;
         }
         verdicts
+    }
+
+    /// Publishes and logs a change of a guard's tripped state.
+    fn guard_changed(controls: &Controls, platform: Platform, app: &str) {
+        let tripped = controls.guard.is_tripped();
+        controls.handles.guard_tripped.set(i64::from(tripped));
+        if tripped {
+            tracing::error!(
+                app,
+                platform = platform.label(),
+                "invalidation guard tripped: most tokens look dead (BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix"
+            );
+        } else {
+            tracing::warn!(
+                app,
+                platform = platform.label(),
+                "invalidation guard released"
+            );
+        }
+    }
+
+    /// Brings up to date the gauges that otherwise only traffic updates: a
+    /// guard whose window slid past the bad period is released, a circuit
+    /// whose `open_for` passed stops counting as open, so that alerts on
+    /// them resolve even when no more pushes come. `run` calls it every few
+    /// seconds.
+    pub fn refresh_gauges(&self) {
+        for (app, pair) in self.apps.iter().zip(&self.controls) {
+            for (controls, platform) in pair.iter().zip([Platform::Apns, Platform::Fcm]) {
+                if controls.guard.verdict().1 {
+                    Self::guard_changed(controls, platform, &app.dispatchers.name);
+                }
+                controls
+                    .handles
+                    .circuit_open
+                    .set(i64::from(controls.circuit.is_open()));
+            }
+        }
     }
 
     /// Publishes the whole original message to the dead-letter topic, then
@@ -941,6 +955,22 @@ impl Worker {
         {
             self.metrics.end_to_end.observe(d.as_secs_f64());
         }
+    }
+}
+
+/// One message in `push_dispatch_inflight_messages`, for as long as it lives.
+struct InflightGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl InflightGuard {
+    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> InflightGuard {
+        gauge.inc();
+        InflightGuard(gauge.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
