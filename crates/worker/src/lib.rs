@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use push_dispatch_config::{Config, FeedbackEncoding};
+use push_dispatch_dispatch::apns::token::ProviderTokens;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::StubDispatcher;
@@ -250,6 +251,8 @@ pub fn check_credentials(
 pub async fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
     let timeout = config.dispatch.request_timeout;
     let mut apps = Vec::with_capacity(config.apps.len());
+    // One provider token per key (SPEC §6), shared by the apps of one team.
+    let mut tokens = ProviderTokens::default();
     for (i, app) in config.apps.iter().enumerate() {
         let apns: Option<Arc<dyn Dispatcher>> = match &app.apns {
             None => None,
@@ -258,14 +261,22 @@ pub async fn build_apps(config: &Config) -> Result<Vec<AppRuntime>, RunError> {
                 Some(
                     match stub_for(&format!("{key}.endpoint"), &a.endpoint, Platform::Apns) {
                         Some(stub) => stub?,
-                        None => Arc::new(
-                            ApnsClient::new(ApnsSettings::from_config(a, timeout)).map_err(
-                                |e| RunError::Dispatcher {
-                                    key: key.clone(),
-                                    problem: e.to_string(),
-                                },
-                            )?,
-                        ),
+                        None => {
+                            let problem = |e: &dyn std::fmt::Display| RunError::Dispatcher {
+                                key: key.clone(),
+                                problem: e.to_string(),
+                            };
+                            let token = tokens
+                                .get(&a.key_file, &a.key_id, &a.team_id)
+                                .map_err(|e| problem(&e))?;
+                            Arc::new(
+                                ApnsClient::with_token(
+                                    ApnsSettings::from_config(a, timeout),
+                                    token,
+                                )
+                                .map_err(|e| problem(&e))?,
+                            )
+                        }
                     },
                 )
             }

@@ -1,5 +1,6 @@
 //! The APNs wire: `POST /3/device/{token}` over HTTP/2 with a provider token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use push_dispatch_proto::v1::Platform;
@@ -29,7 +30,8 @@ pub enum ApnsBuildError {
 pub struct ApnsClient {
     settings: ApnsSettings,
     pool: Pool,
-    token: ProviderToken,
+    /// Shared by every client of the same key (SPEC §6: one generation per key).
+    token: Arc<ProviderToken>,
 }
 
 const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
@@ -50,6 +52,16 @@ impl ApnsClient {
     pub fn new(settings: ApnsSettings) -> Result<ApnsClient, ApnsBuildError> {
         let token =
             ProviderToken::from_file(&settings.key_file, &settings.key_id, &settings.team_id)?;
+        Self::with_token(settings, Arc::new(token))
+    }
+
+    /// Builds the connections around a provider token that other clients of
+    /// the same key (apps of one Apple team) share: one generation, one
+    /// refresh and one `ExpiredProviderToken` replacement for all of them.
+    pub fn with_token(
+        settings: ApnsSettings,
+        token: Arc<ProviderToken>,
+    ) -> Result<ApnsClient, ApnsBuildError> {
         let pool = Pool::new(
             &settings.endpoint,
             settings.connections,

@@ -256,6 +256,32 @@ impl ProviderToken {
     }
 }
 
+/// The provider tokens of a process, one per key (file, key id, team id):
+/// apps of one Apple team that share a `.p8` key share its generation, its
+/// refreshes and its `ExpiredProviderToken` replacement (SPEC §6).
+#[derive(Debug, Default)]
+pub struct ProviderTokens {
+    by_key: std::collections::HashMap<(std::path::PathBuf, String, String), Arc<ProviderToken>>,
+}
+
+impl ProviderTokens {
+    /// The token of this key, loading it on first use.
+    pub fn get(
+        &mut self,
+        path: &std::path::Path,
+        key_id: &str,
+        team_id: &str,
+    ) -> Result<Arc<ProviderToken>, TokenError> {
+        let id = (path.to_path_buf(), key_id.to_string(), team_id.to_string());
+        if let Some(token) = self.by_key.get(&id) {
+            return Ok(token.clone());
+        }
+        let token = Arc::new(ProviderToken::from_file(path, key_id, team_id)?);
+        self.by_key.insert(id, token.clone());
+        Ok(token)
+    }
+}
+
 /// A throwaway P-256 key for tests (PKCS#8 PEM).
 #[cfg(test)]
 pub(crate) const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
@@ -347,6 +373,23 @@ mod tests {
         let shown = format!("{g:?}");
         assert!(!shown.contains(&*g.jwt), "{shown}");
         assert!(shown.contains("id"), "{shown}");
+    }
+
+    #[test]
+    fn apps_of_one_key_share_one_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("AuthKey_ABC123DEFG.p8");
+        std::fs::write(&path, TEST_KEY).expect("write key");
+        let mut tokens = ProviderTokens::default();
+        let a = tokens.get(&path, "ABC123DEFG", "DEF123GHIJ").expect("load");
+        let b = tokens.get(&path, "ABC123DEFG", "DEF123GHIJ").expect("load");
+        assert!(Arc::ptr_eq(&a, &b), "same key, same token");
+        assert_eq!(a.current().expect("sign").id, b.current().expect("sign").id);
+        let other_team = tokens.get(&path, "ABC123DEFG", "OTHERTEAM1").expect("load");
+        assert!(
+            !Arc::ptr_eq(&a, &other_team),
+            "another iss is another token"
+        );
     }
 
     #[test]
