@@ -56,6 +56,27 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
+/// Encodes an event. JSON timestamps are written `Z`-normalized, as the
+/// proto3 JSON mapping requires of generated output (pbjson writes
+/// `+00:00`, which strict parsers and string comparisons downstream trip on).
+pub fn encode_event(
+    event: &TokenInvalidated,
+    encoding: Encoding,
+) -> Result<Vec<u8>, push_dispatch_proto::EncodeError> {
+    if encoding == Encoding::Binary {
+        return encode_message(event, encoding);
+    }
+    let mut json = serde_json::to_value(event)?;
+    for field in ["invalidatedAt", "observedAt"] {
+        if let Some(serde_json::Value::String(t)) = json.get_mut(field)
+            && let Some(utc) = t.strip_suffix("+00:00")
+        {
+            *t = format!("{utc}Z");
+        }
+    }
+    Ok(serde_json::to_vec(&json)?)
+}
+
 /// Pub/Sub attributes of an event, for subscription filters.
 pub fn attributes(event: &TokenInvalidated, encoding: Encoding) -> HashMap<String, String> {
     HashMap::from([
@@ -96,7 +117,7 @@ impl FeedbackPublisher {
     pub async fn publish_all(&self, events: &[TokenInvalidated]) -> Result<(), FeedbackError> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let body = encode_message(event, self.encoding)?;
+            let body = encode_event(event, self.encoding)?;
             let mut attrs = attributes(event, self.encoding);
             push_dispatch_telemetry::propagation::inject_current(&mut attrs);
             pending.push(publish_confirmed(&self.publisher, &self.topic, body, attrs));
@@ -162,11 +183,13 @@ mod tests {
             ..Default::default()
         };
         let json: serde_json::Value =
-            serde_json::from_slice(&encode_message(&event, Encoding::Json).expect("encodes"))
+            serde_json::from_slice(&encode_event(&event, Encoding::Json).expect("encodes"))
                 .expect("json");
         assert_eq!(json["platform"], "PLATFORM_FCM");
         assert_eq!(json["reason"], "REASON_SENDER_ID_MISMATCH");
-        assert_eq!(json["observedAt"], "1970-01-01T00:00:01+00:00");
+        assert_eq!(json["observedAt"], "1970-01-01T00:00:01Z", "Z-normalized");
+        let back: TokenInvalidated = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back.observed_at, event.observed_at);
     }
 
     #[test]
