@@ -529,8 +529,10 @@ impl Worker {
         let next_attempt = ctx.push_attempt + 1;
         if next_attempt > self.settings.max_republish {
             let detail = format!(
-                "targets still failing after {} republishes",
-                self.settings.max_republish
+                "targets still failing at push_attempt {} (dispatch.max_republish {}: the original and {} republished remainders)",
+                ctx.push_attempt,
+                self.settings.max_republish,
+                ctx.push_attempt.saturating_sub(1)
             );
             return match self
                 .dead_letter_targets(&ctx, &request, &carry, RETRIES_EXHAUSTED, &detail)
