@@ -272,6 +272,42 @@ async fn fcm_delivers_and_classifies_every_scripted_answer_with_one_oauth_token(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_service_account_key_is_used_without_a_restart() {
+    use push_dispatch_dispatch::fcm::auth::BearerCache;
+    let w = world(false, Faults::default()).await;
+    // A service account of the same shape whose key the OAuth endpoint does
+    // not know: what a pod holds after the key was rotated and the old one
+    // deleted, until the new file arrives.
+    let other = tempfile::tempdir().expect("dir");
+    let token_uri = format!("{}/token", w.sandbox.base_url());
+    let stale = devkeys::ensure(other.path(), &token_uri, PROJECT).expect("other key");
+    let mounted = w._dir.path().join("mounted-sa.json");
+    std::fs::copy(&stale.service_account_file, &mounted).expect("copy stale key");
+    let cache = BearerCache::new(Some(&mounted)).await.expect("loads");
+    assert!(
+        cache.token().await.is_err(),
+        "the endpoint refuses the stale key"
+    );
+    assert_eq!(w.sandbox.stats().oauth_tokens_issued, 0);
+
+    // The rotated key lands in the same file (Secret Manager CSI, a Secret update).
+    std::fs::copy(&w.creds.service_account_file, &mounted).expect("rotate");
+    let bearer = cache.token().await.expect("the new key is used");
+    assert!(
+        bearer
+            .authorization()
+            .to_str()
+            .is_ok_and(|v| v.starts_with("Bearer "))
+    );
+    assert_eq!(w.sandbox.stats().oauth_tokens_issued, 1);
+
+    // A file that no longer loads keeps the key that works.
+    std::fs::write(&mounted, "{ not json").expect("break the file");
+    cache.invalidate(&bearer).await;
+    cache.token().await.expect("still the loaded key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn apns_replaces_an_expired_provider_token_once_and_loses_no_send() {
     let w = world(false, Faults::default()).await;
     let apns = Arc::new(w.apns(false));

@@ -5,6 +5,11 @@
 //! (Workload Identity on GKE). gcp_auth caches tokens but lets every caller
 //! that sees an expired one fetch anew; [`BearerCache`] adds single flight,
 //! so a burst of sends at expiry costs one fetch.
+//!
+//! A service-account file is read again before each fetch (about hourly, and
+//! after a 401): when its content changed — a rotated key, as Secret Manager
+//! CSI or a Kubernetes Secret update writes it — the new key is used from
+//! then on, without a restart. A file that does not load keeps the old key.
 
 use std::sync::Arc;
 
@@ -12,6 +17,19 @@ use gcp_auth::{Token, TokenProvider};
 
 /// The scope FCM HTTP v1 needs.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+
+/// A service-account file and the content its provider was loaded from.
+struct LoadedFile {
+    path: std::path::PathBuf,
+    content: Vec<u8>,
+}
+
+/// A token provider for a service-account key (JSON).
+fn service_account(content: &[u8]) -> Result<Arc<dyn TokenProvider>, gcp_auth::Error> {
+    let text = std::str::from_utf8(content)
+        .map_err(|_| gcp_auth::Error::Str("the service-account file is not UTF-8 JSON"))?;
+    Ok(Arc::new(gcp_auth::CustomServiceAccount::from_json(text)?))
+}
 
 /// Longest wait for the token endpoint. Every FCM send waits on one fetch
 /// (single flight), so a hung endpoint must not hold them all.
@@ -75,9 +93,11 @@ impl std::fmt::Debug for Bearer {
 
 /// Caches the bearer token of one set of credentials.
 pub struct BearerCache {
-    provider: Arc<dyn TokenProvider>,
+    provider: std::sync::RwLock<Arc<dyn TokenProvider>>,
     current: tokio::sync::RwLock<Option<Bearer>>,
-    refresh: tokio::sync::Mutex<()>,
+    /// Single flight; holds the service-account file and the content its
+    /// provider was loaded from (none for ADC or a given provider).
+    refresh: tokio::sync::Mutex<Option<LoadedFile>>,
     fetches: std::sync::atomic::AtomicU64,
     failures: std::sync::atomic::AtomicU64,
 }
@@ -92,21 +112,35 @@ impl std::fmt::Debug for BearerCache {
 impl BearerCache {
     /// From a service-account file, or ADC when `file` is `None`.
     pub async fn new(file: Option<&std::path::Path>) -> Result<BearerCache, AuthError> {
-        let provider: Arc<dyn TokenProvider> = match file {
-            Some(path) => Arc::new(gcp_auth::CustomServiceAccount::from_file(path).map_err(
-                |source| AuthError::Load {
+        match file {
+            Some(path) => {
+                let load = |source| AuthError::Load {
                     source_name: path.display().to_string(),
                     source,
-                },
-            )?),
-            None => gcp_auth::provider()
-                .await
-                .map_err(|source| AuthError::Load {
-                    source_name: "Application Default Credentials".into(),
-                    source,
-                })?,
-        };
-        Ok(BearerCache::with_provider(provider))
+                };
+                let content = std::fs::read(path).map_err(|e| {
+                    load(gcp_auth::Error::Io(
+                        "cannot read the service-account file",
+                        e,
+                    ))
+                })?;
+                let provider = service_account(&content).map_err(load)?;
+                let cache = BearerCache::with_provider(provider);
+                *cache.refresh.lock().await = Some(LoadedFile {
+                    path: path.to_path_buf(),
+                    content,
+                });
+                Ok(cache)
+            }
+            None => Ok(BearerCache::with_provider(
+                gcp_auth::provider()
+                    .await
+                    .map_err(|source| AuthError::Load {
+                        source_name: "Application Default Credentials".into(),
+                        source,
+                    })?,
+            )),
+        }
     }
 
     /// Loads a service-account file as [`BearerCache::new`] does (its JSON
@@ -123,9 +157,9 @@ impl BearerCache {
     /// Around any token provider (tests).
     pub fn with_provider(provider: Arc<dyn TokenProvider>) -> BearerCache {
         BearerCache {
-            provider,
+            provider: std::sync::RwLock::new(provider),
             current: tokio::sync::RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
             failures: std::sync::atomic::AtomicU64::new(0),
         }
@@ -143,13 +177,21 @@ impl BearerCache {
         {
             return Ok(t.clone());
         }
-        let _flight = self.refresh.lock().await;
+        let mut flight = self.refresh.lock().await;
         if let Some(t) = self.current.read().await.as_ref()
             && Self::fresh(t)
         {
             return Ok(t.clone());
         }
-        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.provider.token(&[FCM_SCOPE])).await;
+        if let Some(file) = flight.as_mut() {
+            self.reload_if_rotated(file).await;
+        }
+        let provider = self
+            .provider
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, provider.token(&[FCM_SCOPE])).await;
         let token = match fetched
             .map_err(|_| AuthError::Timeout(FETCH_TIMEOUT))
             .and_then(|t| t.map_err(AuthError::Fetch))
@@ -166,6 +208,40 @@ impl BearerCache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *self.current.write().await = Some(token.clone());
         Ok(token)
+    }
+
+    /// Reads the service-account file again (off the async threads); if its
+    /// content changed and loads, fetches go through the new key from now on.
+    async fn reload_if_rotated(&self, file: &mut LoadedFile) {
+        let path = file.path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+        let content = match read {
+            Ok(Ok(content)) => content,
+            Ok(Err(e)) => {
+                tracing::warn!(path = %file.path.display(), error = %e, "cannot read the FCM service-account file; keeping the loaded key");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the FCM service-account file failed");
+                return;
+            }
+        };
+        if content == file.content {
+            return;
+        }
+        match service_account(&content) {
+            Ok(provider) => {
+                *self
+                    .provider
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = provider;
+                tracing::info!(path = %file.path.display(), "FCM service-account file changed; using the new key");
+            }
+            Err(e) => {
+                tracing::warn!(path = %file.path.display(), error = %e, "FCM service-account file changed but does not load; keeping the loaded key")
+            }
+        }
+        file.content = content;
     }
 
     /// Forgets the cached token (FCM answered 401).
