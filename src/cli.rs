@@ -110,6 +110,13 @@ pub struct SandboxArgs {
     /// Fault: HTTP/2 GOAWAY after every N requests on a connection.
     #[arg(long)]
     pub goaway_every: Option<u32>,
+    /// Fault: `Retry-After` seconds on FCM 429s (random and `quota-`).
+    #[arg(long, default_value_t = 30)]
+    pub retry_after_secs: u32,
+    /// Fault: expire every APNs provider token seen so far, again every
+    /// DURATION (as Apple does to a token past 60 minutes, or one it revoked).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub expire_provider_tokens_every: Option<Duration>,
 }
 
 /// A target platform on the command line.

@@ -363,6 +363,7 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         retry_after_rate: args.retry_after_rate,
         latency: args.latency.unwrap_or_default(),
         goaway_every: args.goaway_every,
+        retry_after_secs: args.retry_after_secs,
         ..Faults::default()
     };
     config
@@ -393,7 +394,25 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         "  inspect   {0}/sandbox/deliveries  {0}/sandbox/stats",
         sandbox.base_url()
     );
-    wait_for_signal().await;
+    match args.expire_provider_tokens_every {
+        None => wait_for_signal().await,
+        Some(every) => {
+            let every = every.max(std::time::Duration::from_millis(100));
+            println!("  faults    APNs provider tokens expire every {every:?}");
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let signal = wait_for_signal();
+            tokio::pin!(signal);
+            loop {
+                tokio::select! {
+                    () = &mut signal => break,
+                    _ = tick.tick() => sandbox.set_faults(Faults {
+                        expire_provider_tokens: true,
+                        ..sandbox.faults()
+                    }),
+                }
+            }
+        }
+    }
     sandbox.shutdown().await;
     Ok(())
 }

@@ -496,3 +496,82 @@ async fn dlq_peek_shows_reasons_replay_moves_only_the_chosen_messages_back_and_p
     let empty = stdout(&env.run(&["dlq", "peek"], &[]));
     assert!(empty.contains("0 message(s) shown"), "{empty}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_expires_provider_tokens_on_the_schedule_it_is_given() {
+    use push_dispatch_sandbox::devkeys;
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let mut sandbox = tokio::process::Command::new(env!("CARGO_BIN_EXE_push-dispatch"))
+        .args(["sandbox", "--listen", &addr.to_string(), "--dir"])
+        .arg(dir.path())
+        .args(["--expire-provider-tokens-every", "300ms"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sandbox starts");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let base = format!("http://{addr}");
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while client
+        .get(format!("{base}/sandbox/stats"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sandbox made the development key in `dir`; sign one token with it.
+    let creds = devkeys::ensure(
+        dir.path(),
+        &format!("{base}/token"),
+        "example-firebase-project",
+    )
+    .expect("the sandbox's credentials");
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let jwt =
+        devkeys::apns_provider_token(&creds.apns_key_file, &creds.key_id, &creds.team_id, iat)
+            .expect("jwt");
+    let push = || {
+        client
+            .post(format!("{base}/3/device/{}", common::apns_token("a1b2")))
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", "com.example.app")
+            .header("apns-push-type", "alert")
+            .body(r#"{"aps":{"alert":"hi"}}"#)
+            .send()
+    };
+    assert_eq!(
+        push().await.expect("answer").status(),
+        200,
+        "a fresh token is accepted"
+    );
+    // Within a few periods the same token is expired, as Apple does.
+    loop {
+        let answer = push().await.expect("answer");
+        if answer.status() == 403 {
+            let body = answer.text().await.expect("body");
+            assert!(body.contains("ExpiredProviderToken"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sandbox.kill().await.expect("stop the sandbox");
+}
