@@ -419,72 +419,10 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
 
 /// Attributes a replay removes: our error attributes, Pub/Sub's dead-letter
 /// bookkeeping and reserved keys; `push_attempt` restarts at 1.
-fn is_cleared_on_replay(key: &str) -> bool {
-    matches!(
-        key,
-        "push_error" | "push_error_detail" | "push_delivery_attempt" | "push_attempt"
-    ) || key.starts_with("CloudPubSubDeadLetter")
-        || key.starts_with("googclient_")
-}
-
-fn describe_dead_letter(m: &push_dispatch_subscriber::dlq::Pulled) -> String {
-    let a = &m.attributes;
-    let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("-");
-    let deliveries = a
-        .get("CloudPubSubDeadLetterSourceDeliveryCount")
-        .or_else(|| a.get("push_delivery_attempt"))
-        .map(String::as_str)
-        .unwrap_or("-");
-    let mut out = format!(
-        "message {}  published {}  push_error={}  deliveries={}  source_message_id={}\n",
-        m.message_id,
-        m.publish_time,
-        get("push_error"),
-        deliveries,
-        get("source_message_id"),
-    );
-    if let Some(detail) = a.get("push_error_detail") {
-        out.push_str(&format!("  detail: {detail}\n"));
-    }
-    match push_dispatch_proto::decode_request(&m.data, a) {
-        Ok(r) => {
-            let apns = r
-                .targets
-                .iter()
-                .filter(|t| t.platform() == Platform::Apns)
-                .count();
-            let fcm = r
-                .targets
-                .iter()
-                .filter(|t| t.platform() == Platform::Fcm)
-                .count();
-            out.push_str(&format!(
-                "  request: request_id={} app={} targets={} (apns {apns}, fcm {fcm})\n",
-                if r.request_id.is_empty() {
-                    "-"
-                } else {
-                    &r.request_id
-                },
-                if r.app.is_empty() {
-                    "(default)"
-                } else {
-                    &r.app
-                },
-                r.targets.len(),
-            ));
-        }
-        Err(e) => out.push_str(&format!(
-            "  body: {} bytes, not a request ({})\n",
-            m.data.len(),
-            e.code()
-        )),
-    }
-    out
-}
-
-/// `dlq peek` and `dlq replay`.
+/// `dlq peek`, `dlq replay` and `dlq purge`: the work is in
+/// `push_dispatch_subscriber::dlq`; this prints what it did.
 pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
-    use push_dispatch_subscriber::dlq::RestSubscriber;
+    use push_dispatch_subscriber::dlq::{RestSubscriber, describe};
     let config = load(path)?;
     let names = Names::from_config(&config);
     let rest = RestSubscriber::new(config.pubsub.emulator_host.as_deref()).map_err(runtime)?;
@@ -493,7 +431,7 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
         DlqCommand::Peek { max } => {
             let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
             for m in &messages {
-                print!("{}", describe_dead_letter(m));
+                print!("{}", describe(m));
             }
             println!(
                 "{} message(s) shown from {sub}; none removed",
@@ -509,21 +447,24 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
             all: _,
             dry_run,
         } => {
-            let chosen = pull_chosen(&rest, sub, max, push_error.as_deref()).await?;
+            let chosen = rest
+                .pull_chosen(sub, max, push_error.as_deref())
+                .await
+                .map_err(runtime)?;
             let verb = if dry_run { "would delete" } else { "deleting" };
             for m in &chosen {
-                print!("{verb} {}", describe_dead_letter(m));
+                print!("{verb} {}", describe(m));
             }
-            let ids: Vec<String> = chosen.into_iter().map(|m| m.ack_id).collect();
             if dry_run {
+                let ids: Vec<String> = chosen.into_iter().map(|m| m.ack_id).collect();
                 rest.release(sub, &ids).await.map_err(runtime)?;
                 println!(
                     "{} message(s) would be deleted (dry run); none removed",
                     ids.len()
                 );
             } else {
-                rest.acknowledge(sub, &ids).await.map_err(runtime)?;
-                println!("{} message(s) deleted from {sub}", ids.len());
+                let n = rest.purge(sub, chosen).await.map_err(runtime)?;
+                println!("{n} message(s) deleted from {sub}");
             }
             Ok(())
         }
@@ -532,21 +473,20 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
             push_error,
             dry_run,
         } => {
-            let chosen = pull_chosen(&rest, sub, max, push_error.as_deref()).await?;
+            let chosen = rest
+                .pull_chosen(sub, max, push_error.as_deref())
+                .await
+                .map_err(runtime)?;
             if dry_run {
                 for m in &chosen {
-                    print!("would replay {}", describe_dead_letter(m));
+                    print!("would replay {}", describe(m));
                 }
                 println!(
                     "{} message(s) would be replayed (dry run); none removed",
                     chosen.len()
                 );
-                rest.release(
-                    sub,
-                    &chosen.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
-                )
-                .await
-                .map_err(runtime)?;
+                let ids: Vec<String> = chosen.into_iter().map(|m| m.ack_id).collect();
+                rest.release(sub, &ids).await.map_err(runtime)?;
                 return Ok(());
             }
             let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
@@ -560,70 +500,31 @@ pub async fn dlq(path: &Path, cmd: DlqCommand) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(runtime)?;
-            let mut replayed = 0usize;
-            let mut failed = Vec::new();
-            for m in chosen {
-                let mut attrs: HashMap<String, String> = m
-                    .attributes
-                    .iter()
-                    .filter(|(k, _)| !is_cleared_on_replay(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                attrs.insert("push_replayed_from".into(), m.message_id.clone());
-                match publish_confirmed(&publisher, &names.requests_topic, m.data.clone(), attrs)
-                    .await
-                {
-                    Ok(id) => {
-                        // Ack only after the republish is confirmed: nothing is lost.
-                        rest.acknowledge(sub, std::slice::from_ref(&m.ack_id))
-                            .await
-                            .map_err(runtime)?;
-                        println!("replayed {} as {id}", m.message_id);
-                        replayed += 1;
-                    }
-                    Err(e) => {
-                        eprintln!("could not replay {}: {e}", m.message_id);
-                        failed.push(m.ack_id);
-                    }
-                }
+            let report = rest
+                .replay(sub, chosen, &publisher, &names.requests_topic)
+                .await
+                .map_err(runtime)?;
+            for (from, to) in &report.replayed {
+                println!("replayed {from} as {to}");
             }
-            rest.release(sub, &failed).await.map_err(runtime)?;
+            for (from, e) in &report.failed {
+                eprintln!("could not replay {from}: {e}");
+            }
             println!(
-                "{replayed} message(s) replayed onto {}",
+                "{} message(s) replayed onto {}",
+                report.replayed.len(),
                 names.requests_topic
             );
-            if failed.is_empty() {
+            if report.failed.is_empty() {
                 Ok(())
             } else {
                 Err(runtime(anyhow!(
                     "{} message(s) could not be replayed and stay in {sub}",
-                    failed.len()
+                    report.failed.len()
                 )))
             }
         }
     }
-}
-
-/// Pulls up to `max` dead letters and keeps those with this `push_error`
-/// (all without a code); the others are released at once for other readers.
-async fn pull_chosen(
-    rest: &push_dispatch_subscriber::dlq::RestSubscriber,
-    sub: &str,
-    max: usize,
-    push_error: Option<&str>,
-) -> Result<Vec<push_dispatch_subscriber::dlq::Pulled>, Failure> {
-    let messages = rest.pull_up_to(sub, max).await.map_err(runtime)?;
-    let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
-        push_error
-            .is_none_or(|code| m.attributes.get("push_error").map(String::as_str) == Some(code))
-    });
-    rest.release(
-        sub,
-        &others.into_iter().map(|m| m.ack_id).collect::<Vec<_>>(),
-    )
-    .await
-    .map_err(runtime)?;
-    Ok(chosen)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Unary pull, acknowledge and release over Pub/Sub's REST API (`v1`), for
-//! `push-dispatch dlq peek` and `dlq replay`.
+//! The dead-letter queue's operations — `push-dispatch dlq peek`, `replay`
+//! and `purge` — over unary pull, acknowledge and release of Pub/Sub's REST
+//! API (`v1`). The binary only prints what these return.
 //!
 //! The official crate offers only streaming pull; a one-shot command wants
 //! "give me up to N messages now", and closing a streaming pull on the
@@ -271,5 +272,214 @@ impl RestSubscriber {
             self.release(subscription, &extra).await?;
         }
         Ok(out)
+    }
+}
+
+/// Attributes a replay drops: our error and attempt attributes, Pub/Sub's
+/// dead-letter bookkeeping and its reserved keys. `push_first_publish_time`
+/// stays, so that the request's ttl still counts from its first publish.
+pub fn is_cleared_on_replay(key: &str) -> bool {
+    matches!(
+        key,
+        "push_error" | "push_error_detail" | "push_delivery_attempt" | "push_attempt"
+    ) || key.starts_with("CloudPubSubDeadLetter")
+        || key.starts_with("googclient_")
+}
+
+/// Attribute a replayed request carries: the id of the dead letter it came from.
+pub const ATTR_REPLAYED_FROM: &str = "push_replayed_from";
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// (dead letter's message id, the new request's message id), in order.
+    pub replayed: Vec<(String, String)>,
+    /// (dead letter's message id, why its republish failed): they stay on
+    /// the subscription, released for the next try.
+    pub failed: Vec<(String, crate::publish::PublishError)>,
+}
+
+impl RestSubscriber {
+    /// Pulls up to `max` dead letters and keeps those whose `push_error` is
+    /// `push_error` (all without a code); the others are released at once.
+    pub async fn pull_chosen(
+        &self,
+        subscription: &str,
+        max: usize,
+        push_error: Option<&str>,
+    ) -> Result<Vec<Pulled>, DlqError> {
+        let messages = self.pull_up_to(subscription, max).await?;
+        let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
+            push_error
+                .is_none_or(|code| m.attributes.get("push_error").map(String::as_str) == Some(code))
+        });
+        let others: Vec<String> = others.into_iter().map(|m| m.ack_id).collect();
+        self.release(subscription, &others).await?;
+        Ok(chosen)
+    }
+
+    /// Publishes each message back onto `topic` without its error attributes
+    /// ([`is_cleared_on_replay`]) and acks it only after the publish was
+    /// confirmed, so that an interrupted replay loses nothing (a message can at
+    /// worst be replayed twice). Failed ones are released.
+    pub async fn replay(
+        &self,
+        subscription: &str,
+        messages: Vec<Pulled>,
+        publisher: &crate::pubsub::client::Publisher,
+        topic: &str,
+    ) -> Result<ReplayReport, DlqError> {
+        let mut report = ReplayReport::default();
+        let mut release = Vec::new();
+        for m in messages {
+            let mut attrs: HashMap<String, String> = m
+                .attributes
+                .iter()
+                .filter(|(k, _)| !is_cleared_on_replay(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            attrs.insert(ATTR_REPLAYED_FROM.into(), m.message_id.clone());
+            match crate::publish::publish_confirmed(publisher, topic, m.data, attrs).await {
+                Ok(id) => {
+                    self.acknowledge(subscription, std::slice::from_ref(&m.ack_id))
+                        .await?;
+                    report.replayed.push((m.message_id, id));
+                }
+                Err(e) => {
+                    release.push(m.ack_id);
+                    report.failed.push((m.message_id, e));
+                }
+            }
+        }
+        self.release(subscription, &release).await?;
+        Ok(report)
+    }
+
+    /// Acknowledges the messages: they are gone for good. Returns how many.
+    pub async fn purge(
+        &self,
+        subscription: &str,
+        messages: Vec<Pulled>,
+    ) -> Result<usize, DlqError> {
+        let ids: Vec<String> = messages.into_iter().map(|m| m.ack_id).collect();
+        self.acknowledge(subscription, &ids).await?;
+        Ok(ids.len())
+    }
+}
+
+/// One dead letter as `dlq peek` shows it: its reason, delivery count and
+/// the shape of the request it holds (never its tokens).
+pub fn describe(m: &Pulled) -> String {
+    let a = &m.attributes;
+    let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("-");
+    let deliveries = a
+        .get("CloudPubSubDeadLetterSourceDeliveryCount")
+        .or_else(|| a.get("push_delivery_attempt"))
+        .map(String::as_str)
+        .unwrap_or("-");
+    let mut out = format!(
+        "message {}  published {}  push_error={}  deliveries={}  source_message_id={}\n",
+        m.message_id,
+        m.publish_time,
+        get("push_error"),
+        deliveries,
+        get("source_message_id"),
+    );
+    if let Some(detail) = a.get("push_error_detail") {
+        out.push_str(&format!("  detail: {detail}\n"));
+    }
+    match push_dispatch_proto::decode_request(&m.data, a) {
+        Ok(r) => {
+            let count = |p: push_dispatch_proto::v1::Platform| {
+                r.targets.iter().filter(|t| t.platform() == p).count()
+            };
+            out.push_str(&format!(
+                "  request: request_id={} app={} targets={} (apns {}, fcm {})\n",
+                if r.request_id.is_empty() {
+                    "-"
+                } else {
+                    &r.request_id
+                },
+                if r.app.is_empty() {
+                    "(default)"
+                } else {
+                    &r.app
+                },
+                r.targets.len(),
+                count(push_dispatch_proto::v1::Platform::Apns),
+                count(push_dispatch_proto::v1::Platform::Fcm),
+            ));
+        }
+        Err(e) => out.push_str(&format!(
+            "  body: {} bytes, not a request ({})\n",
+            m.data.len(),
+            e.code()
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulled(data: &[u8], attrs: &[(&str, &str)]) -> Pulled {
+        Pulled {
+            ack_id: "a".into(),
+            message_id: "m-1".into(),
+            data: data.to_vec(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            publish_time: "2026-12-01T00:00:00Z".into(),
+            delivery_attempt: None,
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_the_requests_age_and_drops_its_errors() {
+        for cleared in [
+            "push_error",
+            "push_error_detail",
+            "push_attempt",
+            "push_delivery_attempt",
+            "CloudPubSubDeadLetterSourceDeliveryCount",
+            "googclient_schemaencoding",
+        ] {
+            assert!(is_cleared_on_replay(cleared), "{cleared}");
+        }
+        for kept in [
+            "push_first_publish_time",
+            "source_message_id",
+            "traceparent",
+            "trace",
+        ] {
+            assert!(!is_cleared_on_replay(kept), "{kept}");
+        }
+    }
+
+    #[test]
+    fn describe_shows_the_reason_and_the_shape_never_the_tokens() {
+        let token = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+        let body = format!(
+            r#"{{"requestId":"r-7","targets":[{{"platform":"PLATFORM_APNS","token":"{token}"}},{{"platform":"PLATFORM_FCM","token":"f"}}]}}"#
+        );
+        let text = describe(&pulled(
+            body.as_bytes(),
+            &[
+                ("push_error", "retries_exhausted"),
+                ("push_delivery_attempt", "20"),
+            ],
+        ));
+        assert!(text.contains("push_error=retries_exhausted"), "{text}");
+        assert!(text.contains("deliveries=20"), "{text}");
+        assert!(
+            text.contains("request_id=r-7") && text.contains("(apns 1, fcm 1)"),
+            "{text}"
+        );
+        assert!(!text.contains(token), "{text}");
+        let garbage = describe(&pulled(b"{nope", &[("push_error", "decode_json")]));
+        assert!(garbage.contains("not a request (decode_json)"), "{garbage}");
     }
 }
