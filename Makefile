@@ -20,7 +20,7 @@ chaos:
 bench:
 	@scripts/bench.sh
 
-## bench-scaling: the scaling tables of BENCHMARKS.md (in flight, payload size, targets per request)
+## bench-scaling: the scaling tables of BENCHMARKS.md (in flight, payload size, targets per request, streams)
 bench-scaling:
 	@scripts/bench-scaling.sh
 

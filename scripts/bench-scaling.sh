@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-scaling`: how the cost of a push grows with pushes in flight,
-# payload size and targets per request (the tables of BENCHMARKS.md).
+# payload size, targets per request and streaming pulls (the tables of
+# BENCHMARKS.md).
 # Same setup as `make bench`: release build, sandbox on core 0, the
 # dispatch benchmark on core 1; the end-to-end runs share both cores.
 #   SCALING_REQUESTS (default 100000) pushes per dispatch run,
@@ -91,4 +92,19 @@ for t in 1 5 20; do
       /emulator ceiling/ { for (i = 1; i <= NF; i++) if ($i == "msg/s") ceil = $(i-1) }
       /ratio/ { ratio = $2 }
       END { printf "| %s | %s | %s | %s | %s %% |\n", t, req, push, ceil, ratio }'
+done
+
+echo
+echo "End to end by streaming pulls, 1 target per request (worker + in-process sandbox + emulator on 2 cores)"
+echo
+echo "| streams | requests/s | emulator ceiling (msg/s) | share of ceiling |"
+echo "|---:|---:|---:|---:|"
+for n in 1 4 8 16; do
+  target/release/push-dispatch-bench-e2e --requests "${SCALING_E2E_REQUESTS:-10000}" \
+    --targets 1 --streams "$n" --worker-bin target/release/push-dispatch |
+    awk -v n="$n" '
+      /worker: first publish/ { for (i = 1; i <= NF; i++) if ($i == "requests/s,") req = $(i-1) }
+      /emulator ceiling/ { for (i = 1; i <= NF; i++) if ($i == "msg/s") ceil = $(i-1) }
+      /ratio/ { ratio = $2 }
+      END { printf "| %s | %s | %s | %s %% |\n", n, req, ceil, ratio }'
 done

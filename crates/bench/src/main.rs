@@ -93,24 +93,9 @@ struct Run {
     errors: usize,
 }
 
-/// CPU seconds (user + system) of this process, from /proc/self/stat.
+/// CPU seconds (user + system) of this process.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat, 11 and 12 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
+    push_dispatch_bench::cpu_seconds("/proc/self/stat")
 }
 
 /// Peak resident set size in MiB, from /proc/self/status.

@@ -280,6 +280,11 @@ apps:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let expected_pushes = warm_pushes + args.requests * targets;
+    let worker_stat = worker
+        .id()
+        .map(|pid| format!("/proc/{pid}/stat"))
+        .unwrap_or_default();
+    let cpu0 = push_dispatch_bench::cpu_seconds(&worker_stat);
     let t0 = Instant::now();
     publish_all(
         &clients,
@@ -300,6 +305,7 @@ apps:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let worker_time = t0.elapsed();
+    let worker_cpu = push_dispatch_bench::cpu_seconds(&worker_stat) - cpu0;
     let _ = worker.kill().await;
 
     // The emulator's ceiling: same messages, same streams, ack only.
@@ -330,6 +336,11 @@ apps:
         worker_rate,
         push_rate,
         worker_time.as_secs_f64()
+    );
+    println!(
+        "  worker CPU             {:>8.1} µs per request, {:.2} cores busy (pull, decode, send, ack; the emulator and sandbox use the rest)",
+        worker_cpu / args.requests as f64 * 1e6,
+        worker_cpu / worker_time.as_secs_f64()
     );
     println!(
         "  emulator ceiling (pull + ack only, first publish → last message) {:>8.0} msg/s ({:.2} s)",
