@@ -215,7 +215,10 @@ where
                     lease: Lease { handler },
                     stream: index,
                 };
-                tasks.spawn(handle(received));
+                // Boxed: a task stores its future inline and rewrites that
+                // whole slot when it finishes, so a large handler future
+                // would be copied several times per message.
+                tasks.spawn(Box::pin(handle(received)));
                 while let Some(done) = tasks.try_join_next() {
                     log_task_end(index, done);
                 }
