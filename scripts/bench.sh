@@ -18,11 +18,16 @@ cargo build --release --quiet -p push-dispatch -p push-dispatch-bench
 pin() {
   local core=$1
   shift
+  local run=()
   if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
-    taskset -c "$core" "$@"
-  else
-    "$@"
+    run=(taskset -c "$core")
   fi
+  # As a background job (`pin 0 cmd &`) this runs in a subshell: exec, so that
+  # `$!` is the command itself and the cleanup's kill stops it.
+  if [[ $BASHPID != "$$" ]]; then
+    exec "${run[@]}" "$@"
+  fi
+  "${run[@]}" "$@"
 }
 
 port_h2c=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
