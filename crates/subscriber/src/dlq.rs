@@ -231,6 +231,23 @@ impl RestSubscriber {
         .map(|_| ())
     }
 
+    /// Keeps the messages leased for [`HOLD_SECS`] more (the most Pub/Sub
+    /// grants), so that a long replay or purge does not lose its lease on the
+    /// ones it has not reached yet (the inspection subscription's own
+    /// deadline is 60 s).
+    pub async fn hold(&self, subscription: &str, ack_ids: &[String]) -> Result<(), DlqError> {
+        if ack_ids.is_empty() {
+            return Ok(());
+        }
+        self.call(
+            "modifyAckDeadline",
+            format!("{}/v1/{subscription}:modifyAckDeadline", self.base),
+            json!({ "ackIds": ack_ids, "ackDeadlineSeconds": HOLD_SECS }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Releases: the messages can be pulled again at once.
     pub async fn release(&self, subscription: &str, ack_ids: &[String]) -> Result<(), DlqError> {
         if ack_ids.is_empty() {
@@ -265,6 +282,8 @@ impl RestSubscriber {
                 continue;
             }
             empty = 0;
+            let ids: Vec<String> = batch.iter().map(|m| m.ack_id.clone()).collect();
+            self.hold(subscription, &ids).await?;
             out.extend(batch);
         }
         if out.len() > max {
@@ -285,6 +304,12 @@ pub fn is_cleared_on_replay(key: &str) -> bool {
     ) || key.starts_with("CloudPubSubDeadLetter")
         || key.starts_with("googclient_")
 }
+
+/// Seconds [`RestSubscriber::hold`] keeps a message leased: Pub/Sub's maximum.
+pub const HOLD_SECS: i32 = 600;
+
+/// How often a long replay renews the lease of the messages still waiting.
+const REHOLD_EVERY: Duration = Duration::from_secs(240);
 
 /// Attribute a replayed request carries: the id of the dead letter it came from.
 pub const ATTR_REPLAYED_FROM: &str = "push_replayed_from";
@@ -331,7 +356,17 @@ impl RestSubscriber {
     ) -> Result<ReplayReport, DlqError> {
         let mut report = ReplayReport::default();
         let mut release = Vec::new();
-        for m in messages {
+        let mut held_at = std::time::Instant::now();
+        let mut messages = messages.into_iter();
+        while let Some(m) = messages.next() {
+            if held_at.elapsed() >= REHOLD_EVERY {
+                // A long replay: keep the lease on those still waiting.
+                let waiting: Vec<String> = std::iter::once(m.ack_id.clone())
+                    .chain(messages.as_slice().iter().map(|w| w.ack_id.clone()))
+                    .collect();
+                self.hold(subscription, &waiting).await?;
+                held_at = std::time::Instant::now();
+            }
             let mut attrs: HashMap<String, String> = m
                 .attributes
                 .iter()
