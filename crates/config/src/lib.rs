@@ -444,10 +444,20 @@ impl Config {
             .filter(|v| !v.is_empty());
         // figment's Env provider reads the process environment; to keep loading
         // testable we feed it the given pairs through a Serialized provider.
-        let overrides = EnvPairs(env);
-        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Yaml::file_exact(path))
-            .merge(overrides)
+        let base =
+            Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file_exact(path));
+        // `PUSH_DISPATCH_APPS__0__FCM__RATE_LIMIT` changes one key of the first
+        // app: figment would read `apps.0` as a map replacing the whole list,
+        // so indexed keys are applied onto the file's list here.
+        let (indexed, plain): (Vec<_>, Vec<_>) =
+            env.into_iter().partition(|(k, _)| apps_index(k).is_some());
+        let mut figment = base.clone();
+        if !indexed.is_empty() {
+            let apps = patch_apps(&base, &indexed)?;
+            figment = figment.merge(Serialized::default("apps", apps));
+        }
+        let mut config: Config = figment
+            .merge(EnvPairs(plain))
             .extract()
             .map_err(|e| ConfigError::Parse(describe_figment_error(&e, path)))?;
         if config.pubsub.emulator_host.is_none() {
@@ -478,6 +488,52 @@ impl Config {
     pub fn default_app(&self) -> Option<&AppConfig> {
         self.apps.first()
     }
+}
+
+/// The app index and the rest of the key of `PUSH_DISPATCH_APPS__<N>__<KEY>`.
+fn apps_index(name: &str) -> Option<(usize, String)> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let mut parts = rest.split("__");
+    if !parts.next()?.eq_ignore_ascii_case("apps") {
+        return None;
+    }
+    let index = parts.next()?.parse().ok()?;
+    let key = parts
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".");
+    (!key.is_empty()).then_some((index, key))
+}
+
+/// The config file's `apps` list with the indexed environment overrides
+/// applied, each onto the app at its index.
+fn patch_apps(
+    base: &Figment,
+    indexed: &[(String, String)],
+) -> Result<figment::value::Value, ConfigError> {
+    let mut apps = match base.find_value("apps") {
+        Ok(figment::value::Value::Array(_, apps)) => apps,
+        _ => Vec::new(),
+    };
+    for (name, value) in indexed {
+        let Some((index, key)) = apps_index(name) else {
+            continue;
+        };
+        let Some(figment::value::Value::Dict(_, app)) = apps.get_mut(index) else {
+            return Err(ConfigError::Parse(format!(
+                "{name}: the config file has no apps[{index}] (it lists {} app(s)); environment variables can change an app of the file, not add one",
+                apps.len()
+            )));
+        };
+        let parsed: figment::value::Value = match value.parse() {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        if let Some(nested) = figment::util::nest(&key, parsed).into_dict() {
+            merge_dict(app, nested);
+        }
+    }
+    Ok(figment::value::Value::from(apps))
 }
 
 /// `PUSH_DISPATCH_A__B=v` pairs as a figment provider of nested keys (`a.b`),

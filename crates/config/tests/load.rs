@@ -264,3 +264,37 @@ fn a_key_file_named_for_another_key_id_names_key_id_and_the_fix() {
     let config = Config::load(&write(&dir, &app("ZZZ999YYY8")), env(&[])).expect("valid");
     assert!(config.check_files().is_empty(), "the names agree");
 }
+
+#[test]
+fn an_indexed_environment_variable_changes_one_key_of_one_app() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{MINIMAL}  - name: second\n    fcm:\n      project_id: fb-second\n");
+    let config = Config::load(
+        &write(&dir, &text),
+        env(&[
+            ("PUSH_DISPATCH_APPS__1__FCM__RATE_LIMIT", "250"),
+            ("PUSH_DISPATCH_APPS__0__FCM__PROJECT_ID", "fb-override"),
+            ("PUSH_DISPATCH_PUBSUB__STREAMS", "7"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(config.apps.len(), 2, "the list is kept, not replaced");
+    assert_eq!(config.apps[0].name, "main");
+    let fcm = |i: usize| config.apps[i].fcm.as_ref().expect("fcm");
+    assert_eq!(fcm(0).project_id, "fb-override");
+    assert_eq!(fcm(0).rate_limit, None);
+    assert_eq!(fcm(1).project_id, "fb-second");
+    assert_eq!(fcm(1).rate_limit, Some(250.0));
+    assert_eq!(config.pubsub.streams, 7, "plain overrides still apply");
+
+    let err = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[("PUSH_DISPATCH_APPS__3__FCM__RATE_LIMIT", "1")]),
+    )
+    .expect_err("no such app");
+    let text = err.to_string();
+    assert!(
+        text.contains("PUSH_DISPATCH_APPS__3__FCM__RATE_LIMIT") && text.contains("no apps[3]"),
+        "{text}"
+    );
+}
