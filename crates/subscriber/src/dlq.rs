@@ -236,27 +236,28 @@ impl RestSubscriber {
     /// ones it has not reached yet (the inspection subscription's own
     /// deadline is 60 s).
     pub async fn hold(&self, subscription: &str, ack_ids: &[String]) -> Result<(), DlqError> {
-        if ack_ids.is_empty() {
-            return Ok(());
-        }
-        self.call(
-            "modifyAckDeadline",
-            format!("{}/v1/{subscription}:modifyAckDeadline", self.base),
-            json!({ "ackIds": ack_ids, "ackDeadlineSeconds": HOLD_SECS }),
-        )
-        .await
-        .map(|_| ())
+        self.modify_ack_deadline(subscription, ack_ids, HOLD_SECS)
+            .await
     }
 
     /// Releases: the messages can be pulled again at once.
     pub async fn release(&self, subscription: &str, ack_ids: &[String]) -> Result<(), DlqError> {
+        self.modify_ack_deadline(subscription, ack_ids, 0).await
+    }
+
+    async fn modify_ack_deadline(
+        &self,
+        subscription: &str,
+        ack_ids: &[String],
+        seconds: i32,
+    ) -> Result<(), DlqError> {
         if ack_ids.is_empty() {
             return Ok(());
         }
         self.call(
             "modifyAckDeadline",
             format!("{}/v1/{subscription}:modifyAckDeadline", self.base),
-            json!({ "ackIds": ack_ids, "ackDeadlineSeconds": 0 }),
+            json!({ "ackIds": ack_ids, "ackDeadlineSeconds": seconds }),
         )
         .await
         .map(|_| ())
