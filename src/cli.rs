@@ -32,7 +32,13 @@ pub enum Command {
     /// Publish one PushRequest to the requests topic and print its message id.
     Send(SendArgs),
     /// Validate the config and the files it names; print the effective config.
-    CheckConfig,
+    CheckConfig {
+        /// Also ask each provider, with one push to a device token that
+        /// cannot exist: proves the endpoint, the credentials and the topic
+        /// or project (nothing is delivered).
+        #[arg(long)]
+        online: bool,
+    },
     /// Run the local APNs, FCM and OAuth stand-ins (for `make run`, tests, benchmarks).
     Sandbox(SandboxArgs),
     /// Inspect or replay the dead-letter queue.

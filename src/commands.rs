@@ -44,7 +44,7 @@ fn load(path: &Path) -> Result<Config, Failure> {
 }
 
 /// `check-config`: every problem at once, then the effective config.
-pub fn check_config(path: &Path) -> Result<(), Failure> {
+pub async fn check_config(path: &Path, online: bool) -> Result<(), Failure> {
     let config = Config::load_unvalidated(path, std::env::vars())?;
     let mut issues = config.validate();
     issues.extend(config.check_files());
@@ -62,10 +62,46 @@ pub fn check_config(path: &Path) -> Result<(), Failure> {
             for check in checks {
                 println!("# {check}");
             }
-            println!("# config OK: {}", path.display());
-            Ok(())
         }
-        Err(issues) => Err(Failure::Config(ConfigError::Invalid(issues).into())),
+        Err(issues) => return Err(Failure::Config(ConfigError::Invalid(issues).into())),
+    }
+    if online {
+        check_providers(&config).await?;
+    }
+    println!("# config OK: {}", path.display());
+    Ok(())
+}
+
+/// `check-config --online`: one probe push per app and platform.
+async fn check_providers(config: &Config) -> Result<(), Failure> {
+    let apps = build_apps(config).await.map_err(|e| match e {
+        RunError::Dispatcher { .. } => Failure::Config(e.into()),
+        other => runtime(other),
+    })?;
+    let probes = push_dispatch_worker::probe::probe_providers(&apps).await;
+    for app in &apps {
+        for d in [&app.dispatchers.apns, &app.dispatchers.fcm]
+            .into_iter()
+            .flatten()
+        {
+            d.close().await;
+        }
+    }
+    for p in &probes {
+        println!("# {p}");
+    }
+    let failed: Vec<push_dispatch_config::ConfigIssue> = probes
+        .iter()
+        .filter(|p| !p.verdict.is_ok())
+        .map(|p| push_dispatch_config::ConfigIssue {
+            key: p.key.clone(),
+            problem: p.detail(),
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Config(ConfigError::Invalid(failed).into()))
     }
 }
 

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             Command::Run => commands::run(&cli.config).await,
             Command::Provision { dry_run } => commands::provision(&cli.config, dry_run).await,
             Command::Send(args) => commands::send(&cli.config, args).await,
-            Command::CheckConfig => commands::check_config(&cli.config),
+            Command::CheckConfig { online } => commands::check_config(&cli.config, online).await,
             Command::Sandbox(args) => commands::sandbox(args).await,
             Command::Dlq(cmd) => commands::dlq(&cli.config, cmd).await,
         }

@@ -575,3 +575,51 @@ async fn the_sandbox_expires_provider_tokens_on_the_schedule_it_is_given() {
     }
     sandbox.kill().await.expect("stop the sandbox");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_online_asks_each_provider_with_a_token_of_no_device() {
+    use push_dispatch_sandbox::{Faults, devkeys};
+    let dir = tempfile::tempdir().expect("dir");
+    let (sandbox, creds) =
+        common::start_sandbox(dir.path(), "com.example.app", "probe-fb", Faults::default()).await;
+    let settings = |apps: String| Settings {
+        apps_yaml: Some(apps),
+        ..Settings::default()
+    };
+    let good = common::sandbox_app_yaml("default", &sandbox, &creds, "com.example.app", "probe-fb");
+    let env = TestEnv::new("online-ok", settings(good.clone())).await;
+    let ok = env.run(&["check-config", "--online"], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let text = stdout(&ok);
+    for key in ["apps[0].apns", "apps[0].fcm"] {
+        assert!(
+            text.contains(&format!("{key}: reachable, credentials accepted")),
+            "{text}"
+        );
+    }
+    assert!(
+        sandbox.deliveries().is_empty(),
+        "the probe delivers nothing"
+    );
+
+    // A key Apple does not know for this key id, and a project the
+    // credentials may not send for: both refused, each naming its app.
+    let other = tempfile::tempdir().expect("dir");
+    let stranger =
+        devkeys::ensure(other.path(), "http://127.0.0.1:9/token", "probe-fb").expect("another key");
+    let bad = good
+        .replace(
+            &creds.apns_key_file.display().to_string(),
+            &stranger.apns_key_file.display().to_string(),
+        )
+        .replace("project_id: probe-fb", "project_id: someone-elses-project");
+    let env = TestEnv::new("online-bad", settings(bad)).await;
+    let refused = env.run(&["check-config", "--online"], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("config key `apps[0].apns`") && err.contains("key_id"),
+        "{err}"
+    );
+    assert!(err.contains("config key `apps[0].fcm`"), "{err}");
+}

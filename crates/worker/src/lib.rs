@@ -12,6 +12,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;
+pub mod probe;
 pub mod rate_limit;
 
 use std::sync::Arc;
