@@ -195,7 +195,11 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     if let Err(e) = served {
         tracing::error!(error = %e, "health server failed");
     }
-    telemetry.shutdown();
+    // The exporter's flush blocks its thread until the last batch is sent:
+    // on a blocking thread, not one of the runtime's workers.
+    if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        eprintln!("telemetry: span exporter shutdown failed: {e}");
+    }
     result
 }
 
