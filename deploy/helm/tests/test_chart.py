@@ -605,6 +605,26 @@ def provisioning_job_is_a_pre_install_hook():
     assert not find(helm_template(), "Job", required=False), "the Job is optional (off by default)"
 
 
+@test
+def helm_test_checks_the_config_online_as_the_worker_would():
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    pod = one(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    assert c["args"][:2] == ["check-config", "--online"], c["args"]
+    worker = deployment(docs)["spec"]["template"]["spec"]
+    # The worker's identity, config and secrets: what it checks is what runs.
+    assert spec["serviceAccountName"] == worker["serviceAccountName"]
+    assert spec["volumes"] == worker["volumes"]
+    assert c["volumeMounts"] == worker["containers"][0]["volumeMounts"]
+    assert c["securityContext"] == worker["containers"][0]["securityContext"]
+    # Not a worker: no Deployment, PDB or HPA selects it.
+    assert not selects(deployment(docs)["spec"]["selector"], pod["metadata"]["labels"])
+    off = helm_template(sets=["helmTest.enabled=false"])
+    assert not find(off, "Pod", required=False)
+
+
 # ---------------------------------------------------------------- NOTES.txt
 
 

@@ -161,6 +161,54 @@ the project defaults to config.project_id, the version to latest.
     sizeLimit: 16Mi
 {{- end }}
 
+{{/* The worker's volume mounts: config, /tmp, the credential secrets (also used by the helm test pod). */}}
+{{- define "push-dispatch.volumeMounts" -}}
+- name: config
+  mountPath: /etc/push-dispatch
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.secrets.apns.enabled }}
+- name: apns
+  mountPath: {{ .Values.secrets.apns.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.secrets.fcm.enabled }}
+- name: fcm
+  mountPath: {{ .Values.secrets.fcm.mountPath }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The worker's volumes, matching push-dispatch.volumeMounts. */}}
+{{- define "push-dispatch.volumes" -}}
+{{- $fullname := include "push-dispatch.fullname" . }}
+{{- include "push-dispatch.configVolume" . }}
+{{- range $set := list "apns" "fcm" }}
+{{- $s := index $.Values.secrets $set }}
+{{- if $s.enabled }}
+- name: {{ $set }}
+  {{- if eq $.Values.secrets.source "secretManager" }}
+  csi:
+    driver: {{ include "push-dispatch.csiDriver" $ }}
+    readOnly: true
+    volumeAttributes:
+      secretProviderClass: {{ printf "%s-%s" $fullname $set }}
+  {{- else }}
+  secret:
+    secretName: {{ $s.existingSecret }}
+    defaultMode: 0440
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Refuse combinations that cannot work, with a message that says what to change. */}}
 {{- define "push-dispatch.validate" -}}
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
