@@ -90,6 +90,9 @@ pub enum RunError {
     },
 }
 
+/// Endpoints with this prefix select the in-process stub (e.g. `stub:latency=50ms`).
+const STUB_SCHEME: &str = "stub:";
+
 /// How often gauges that only traffic updates are brought up to date.
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
@@ -114,7 +117,7 @@ fn stub_for(
     endpoint: &str,
     platform: Platform,
 ) -> Option<Result<Arc<dyn Dispatcher>, RunError>> {
-    let options = endpoint.strip_prefix("stub:")?;
+    let options = endpoint.strip_prefix(STUB_SCHEME)?;
     let mut stub = StubDispatcher::new(platform);
     for option in options.split(',').filter(|o| !o.is_empty()) {
         match option.split_once('=') {
@@ -206,7 +209,7 @@ pub fn check_credentials(
     for (i, app) in config.apps.iter().enumerate() {
         if let Some(a) = &app.apns {
             let key = format!("apps[{i}].apns");
-            if a.endpoint.starts_with("stub:") {
+            if a.endpoint.starts_with(STUB_SCHEME) {
                 checks.push(CredentialCheck::Stub { key });
             } else {
                 match ProviderToken::from_file(&a.key_file, &a.key_id, &a.team_id) {
@@ -225,7 +228,7 @@ pub fn check_credentials(
         }
         if let Some(f) = &app.fcm {
             let key = format!("apps[{i}].fcm");
-            if f.endpoint.starts_with("stub:") {
+            if f.endpoint.starts_with(STUB_SCHEME) {
                 checks.push(CredentialCheck::Stub { key });
             } else if let Some(path) = &f.credentials_file {
                 match BearerCache::check_file(path) {

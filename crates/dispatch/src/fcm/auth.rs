@@ -24,6 +24,25 @@ struct LoadedFile {
     content: Vec<u8>,
 }
 
+/// Reads a service-account file and makes its token provider; returns the
+/// content too, to tell a rotation later.
+fn load_service_account(
+    path: &std::path::Path,
+) -> Result<(Vec<u8>, Arc<dyn TokenProvider>), AuthError> {
+    let load = |source| AuthError::Load {
+        source_name: path.display().to_string(),
+        source,
+    };
+    let content = std::fs::read(path).map_err(|e| {
+        load(gcp_auth::Error::Io(
+            "cannot read the service-account file",
+            e,
+        ))
+    })?;
+    let provider = service_account(&content).map_err(load)?;
+    Ok((content, provider))
+}
+
 /// A token provider for a service-account key (JSON).
 fn service_account(content: &[u8]) -> Result<Arc<dyn TokenProvider>, gcp_auth::Error> {
     let text = std::str::from_utf8(content)
@@ -114,17 +133,7 @@ impl BearerCache {
     pub async fn new(file: Option<&std::path::Path>) -> Result<BearerCache, AuthError> {
         match file {
             Some(path) => {
-                let load = |source| AuthError::Load {
-                    source_name: path.display().to_string(),
-                    source,
-                };
-                let content = std::fs::read(path).map_err(|e| {
-                    load(gcp_auth::Error::Io(
-                        "cannot read the service-account file",
-                        e,
-                    ))
-                })?;
-                let provider = service_account(&content).map_err(load)?;
+                let (content, provider) = load_service_account(path)?;
                 let cache = BearerCache::with_provider(provider);
                 *cache.refresh.lock().await = Some(LoadedFile {
                     path: path.to_path_buf(),
@@ -146,12 +155,7 @@ impl BearerCache {
     /// Loads a service-account file as [`BearerCache::new`] does (its JSON
     /// and private key), without fetching a token: for `check-config`.
     pub fn check_file(path: &std::path::Path) -> Result<(), AuthError> {
-        gcp_auth::CustomServiceAccount::from_file(path)
-            .map(drop)
-            .map_err(|source| AuthError::Load {
-                source_name: path.display().to_string(),
-                source,
-            })
+        load_service_account(path).map(drop)
     }
 
     /// Around any token provider (tests).
