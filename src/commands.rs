@@ -16,6 +16,17 @@ use push_dispatch_subscriber::{Clients, Names, provision as prov};
 use push_dispatch_worker::health::{self, Readiness};
 use push_dispatch_worker::metrics::Metrics;
 use push_dispatch_worker::{RunError, build_apps};
+
+/// Builds the apps' providers; a config problem is a config failure.
+async fn apps_of(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Vec<push_dispatch_worker::App>, Failure> {
+    build_apps(config, metrics).await.map_err(|e| match e {
+        RunError::Dispatcher { .. } => Failure::Config(e.into()),
+        other => runtime(other),
+    })
+}
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DlqCommand, PlatformArg, PriorityArg, SandboxArgs, SendArgs};
@@ -74,18 +85,12 @@ pub async fn check_config(path: &Path, online: bool) -> Result<(), Failure> {
 
 /// `check-config --online`: one probe push per app and platform.
 async fn check_providers(config: &Config) -> Result<(), Failure> {
-    let apps = build_apps(config).await.map_err(|e| match e {
-        RunError::Dispatcher { .. } => Failure::Config(e.into()),
-        other => runtime(other),
-    })?;
-    let probes = push_dispatch_worker::probe::probe_providers(&apps).await;
-    for app in &apps {
-        for d in [&app.dispatchers.apns, &app.dispatchers.fcm]
-            .into_iter()
-            .flatten()
-        {
-            d.close().await;
-        }
+    // The probes' metrics are not served: a registry of their own.
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let apps = apps_of(config, &metrics).await?;
+    let probes = push_dispatch_worker::preflight::probe_providers(&apps).await;
+    for provider in apps.iter().flat_map(push_dispatch_worker::App::providers) {
+        provider.dispatcher().close().await;
     }
     for p in &probes {
         println!("# {p}");
@@ -134,13 +139,9 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     }
     let telemetry = push_dispatch_telemetry::init(&config.telemetry, &config.project_id)
         .map_err(|e| Failure::Config(e.into()))?;
-    let apps = build_apps(&config).await.map_err(|e| match e {
-        RunError::Dispatcher { .. } => Failure::Config(e.into()),
-        other => runtime(other),
-    })?;
-
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let apps = apps_of(&config, &metrics).await?;
     let readiness = Arc::new(Readiness::default());
     let server_stop = CancellationToken::new();
     let (addr, server) = health::serve(
@@ -252,7 +253,7 @@ pub async fn send(path: &Path, args: SendArgs) -> Result<(), Failure> {
         .await
         .map_err(runtime)?;
     let attrs = HashMap::from([(
-        "content-type".to_string(),
+        push_dispatch_proto::attributes::CONTENT_TYPE.to_string(),
         encoding.content_type().to_string(),
     )]);
     let id = publish_confirmed(&publisher, &topic, body, attrs)

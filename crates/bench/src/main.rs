@@ -343,7 +343,7 @@ async fn measure(
                     .await;
                 let elapsed = t0.elapsed();
                 handles.send_duration.observe(elapsed.as_secs_f64());
-                handles.count(outcome.label());
+                handles.count(push_dispatch_worker::target::outcome_label(&outcome));
                 if outcome != Outcome::Delivered {
                     errors += 1;
                 }

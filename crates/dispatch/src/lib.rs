@@ -16,7 +16,6 @@ pub mod outcome;
 pub mod retry_after;
 pub mod stub;
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use push_dispatch_proto::v1::{Platform, PushRequest};
@@ -62,26 +61,4 @@ pub trait Dispatcher: Send + Sync + std::fmt::Debug {
     /// Closes the provider connections and waits for their tasks. Called
     /// once nothing is sent any more; a later send dials anew.
     async fn close(&self) {}
-}
-
-/// The dispatchers of one configured app, by platform.
-#[derive(Clone, Debug, Default)]
-pub struct AppDispatchers {
-    /// The app's name.
-    pub name: String,
-    /// APNs, when the app has an `apns` block.
-    pub apns: Option<Arc<dyn Dispatcher>>,
-    /// FCM, when the app has an `fcm` block.
-    pub fcm: Option<Arc<dyn Dispatcher>>,
-}
-
-impl AppDispatchers {
-    /// The dispatcher for `platform`, if the app has one.
-    pub fn for_platform(&self, platform: Platform) -> Option<&Arc<dyn Dispatcher>> {
-        match platform {
-            Platform::Apns => self.apns.as_ref(),
-            Platform::Fcm => self.fcm.as_ref(),
-            Platform::Unspecified => None,
-        }
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use push_dispatch_proto::PushError;
 use push_dispatch_proto::v1::Reason;
 
 /// The outcome of sending to one device.
@@ -30,9 +31,6 @@ pub enum Outcome {
         /// Why.
         reason: RejectReason,
     },
-    /// The request's `ttl` ran out before it could be sent (SPEC §5.6): not
-    /// sent, counted, final.
-    Expired,
 }
 
 /// Why a send may succeed later.
@@ -54,14 +52,12 @@ pub enum RetryCause {
     /// made, or HTTP/2 refused the stream (`REFUSED_STREAM`, or above the last
     /// stream id of a `GOAWAY`). A resend cannot duplicate the push.
     Unsent,
-    /// The circuit for this provider and app is open.
-    CircuitOpen,
-    /// The worker is shutting down and did not send.
-    ShuttingDown,
-    /// This pod's rate limit for the provider and app (`rate_limit`) would
-    /// make the push wait longer than `dispatch.max_in_process_wait`: not
-    /// sent, handed back.
-    RateLimited,
+    /// A credential could not be obtained locally (the APNs key cannot sign
+    /// a provider token, no FCM OAuth token): nothing was sent.
+    Credentials {
+        /// What failed, without key material.
+        problem: String,
+    },
 }
 
 impl RetryCause {
@@ -73,7 +69,8 @@ impl RetryCause {
                 provider_reason,
             } => *status >= 500 || provider_reason == "QUOTA_EXCEEDED",
             RetryCause::Timeout | RetryCause::Connection | RetryCause::Unsent => true,
-            RetryCause::CircuitOpen | RetryCause::ShuttingDown | RetryCause::RateLimited => false,
+            // Not (yet) provider-level: the issue on provider isolation makes it so.
+            RetryCause::Credentials { .. } => false,
         }
     }
 }
@@ -95,16 +92,25 @@ pub enum RejectReason {
         /// The provider's reason string, e.g. `BadTopic`.
         provider_reason: String,
     },
+    /// We cannot build a valid request for the provider from this push (a
+    /// payload that does not encode, a header value the config makes
+    /// invalid): it was not sent.
+    Unsendable {
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl RejectReason {
     /// Short machine-readable code for `push_error`.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> PushError {
         match self {
             RejectReason::PayloadTooLarge { .. } | RejectReason::Provider { status: 413, .. } => {
-                "payload_too_large"
+                PushError::PayloadTooLarge
             }
-            RejectReason::Provider { .. } => "provider_rejected",
+            RejectReason::Provider { .. } | RejectReason::Unsendable { .. } => {
+                PushError::ProviderRejected
+            }
         }
     }
 }
@@ -122,6 +128,9 @@ impl std::fmt::Display for RejectReason {
                 status,
                 provider_reason,
             } => write!(f, "provider refused the push: {status} {provider_reason}"),
+            RejectReason::Unsendable { problem } => {
+                write!(f, "cannot build a provider request: {problem}")
+            }
         }
     }
 }
@@ -134,7 +143,6 @@ impl Outcome {
             Outcome::TokenInvalid { .. } => "token_invalid",
             Outcome::Retryable { .. } => "retryable",
             Outcome::Rejected { .. } => "rejected",
-            Outcome::Expired => "expired",
         }
     }
 }

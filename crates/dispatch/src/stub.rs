@@ -24,6 +24,39 @@ use push_dispatch_proto::v1::{Platform, Reason};
 
 use crate::{Dispatcher, Outcome, Push, RetryCause};
 
+/// Endpoints with this prefix select the stub (e.g. `stub:latency=50ms`).
+pub const STUB_SCHEME: &str = "stub:";
+
+/// A `stub:` endpoint whose options cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StubEndpointError {
+    /// `latency=` is not a duration.
+    #[error(
+        "`{endpoint}`: latency `{value}` is not a duration ({problem}); write e.g. stub:latency=200ms"
+    )]
+    Latency {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// The value after `latency=`.
+        value: String,
+        /// humantime's complaint.
+        problem: String,
+    },
+    /// An option other than `latency=`.
+    #[error("`{endpoint}`: unknown stub option `{option}`; the only option is latency=DURATION")]
+    UnknownOption {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// The option.
+        option: String,
+    },
+}
+
+/// Whether `endpoint` selects the stub.
+pub fn is_stub(endpoint: &str) -> bool {
+    endpoint.starts_with(STUB_SCHEME)
+}
+
 /// `Retry-After` the stub gives with FCM `QUOTA_EXCEEDED`.
 pub const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -45,6 +78,37 @@ impl StubDispatcher {
             delivered: AtomicU64::new(0),
             latency: Duration::ZERO,
         }
+    }
+
+    /// The stub an endpoint selects: `None` unless it starts with `stub:`;
+    /// its options (`latency=DURATION`) follow the colon, comma separated.
+    pub fn from_endpoint(
+        endpoint: &str,
+        platform: Platform,
+    ) -> Option<Result<StubDispatcher, StubEndpointError>> {
+        let options = endpoint.strip_prefix(STUB_SCHEME)?;
+        let mut stub = StubDispatcher::new(platform);
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("latency", value)) => match humantime::parse_duration(value) {
+                    Ok(latency) => stub = stub.with_latency(latency),
+                    Err(e) => {
+                        return Some(Err(StubEndpointError::Latency {
+                            endpoint: endpoint.to_string(),
+                            value: value.to_string(),
+                            problem: e.to_string(),
+                        }));
+                    }
+                },
+                _ => {
+                    return Some(Err(StubEndpointError::UnknownOption {
+                        endpoint: endpoint.to_string(),
+                        option: option.to_string(),
+                    }));
+                }
+            }
+        }
+        Some(Ok(stub))
     }
 
     /// Delays every answer by `latency`.
@@ -260,5 +324,24 @@ mod tests {
         ));
         assert_eq!(stub.send(push(&req, "flaky-1")).await, Outcome::Delivered);
         assert_eq!(stub.delivered(), 1);
+    }
+
+    #[test]
+    fn stub_endpoints_are_parsed_here_and_their_mistakes_named() {
+        assert!(
+            StubDispatcher::from_endpoint("https://fcm.googleapis.com", Platform::Fcm).is_none()
+        );
+        let stub = StubDispatcher::from_endpoint("stub:latency=5ms", Platform::Apns)
+            .expect("a stub")
+            .expect("valid");
+        assert_eq!(stub.latency, Duration::from_millis(5));
+        let bad = StubDispatcher::from_endpoint("stub:latency=soon", Platform::Apns)
+            .expect("a stub")
+            .expect_err("not a duration");
+        assert!(bad.to_string().contains("stub:latency=200ms"), "{bad}");
+        let unknown = StubDispatcher::from_endpoint("stub:speed=1", Platform::Apns)
+            .expect("a stub")
+            .expect_err("unknown");
+        assert!(unknown.to_string().contains("`speed=1`"), "{unknown}");
     }
 }

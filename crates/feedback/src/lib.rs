@@ -1,6 +1,11 @@
 //! `TokenInvalidated` events: building them and publishing them to the
 //! `push-feedback` topic so that the routing service can delete dead tokens.
 //!
+//! [`token_invalidated`] builds one event from a dead-token answer and what
+//! the worker knows of the request and of the sender ([`Sender`]: APNs topic
+//! and environment, or Firebase project). It is pure, so the worker's plan
+//! (which decides *whether* an event is emitted) stays pure too.
+//!
 //! Events are delivered at least once; `event_id` is derived from the source
 //! message id, platform and token, so a redelivered source message produces
 //! the same ids and consumers can deduplicate. [`FeedbackPublisher::publish_all`]
@@ -13,8 +18,9 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use push_dispatch_proto::attributes as attr;
 use push_dispatch_proto::pbjson_types::Timestamp;
-use push_dispatch_proto::v1::{Platform, TokenInvalidated};
+use push_dispatch_proto::v1::{Platform, PushRequest, Reason, TokenInvalidated};
 use push_dispatch_proto::{Encoding, encode_message};
 use push_dispatch_subscriber::publish::{PublishError, publish_confirmed};
 use push_dispatch_subscriber::pubsub::client::Publisher;
@@ -32,6 +38,83 @@ pub enum FeedbackError {
     /// Pub/Sub did not confirm an event.
     #[error("feedback event not confirmed: {0}")]
     Publish(#[from] PublishError),
+}
+
+/// Who sent a push, as feedback events name it: what the routing service
+/// needs to know which registration a dead token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// Apple: the app's topic (bundle id) and the APNs environment.
+    Apns {
+        /// `apps[].apns.topic`.
+        topic: String,
+        /// `production` or `sandbox`.
+        environment: String,
+    },
+    /// Firebase: the project.
+    Fcm {
+        /// `apps[].fcm.project_id`.
+        project: String,
+    },
+}
+
+impl Sender {
+    /// The platform this sender pushes to.
+    pub fn platform(&self) -> Platform {
+        match self {
+            Sender::Apns { .. } => Platform::Apns,
+            Sender::Fcm { .. } => Platform::Fcm,
+        }
+    }
+}
+
+/// A provider's word that a token is dead.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadToken<'a> {
+    /// The device token.
+    pub token: &'a str,
+    /// Normalised reason.
+    pub reason: Reason,
+    /// The provider's own reason string, e.g. `Unregistered`.
+    pub provider_reason: &'a str,
+    /// When the provider says the token stopped being valid, if it says.
+    pub invalidated_at: Option<SystemTime>,
+}
+
+/// Builds the `TokenInvalidated` event for one dead token of `request`, sent
+/// by `app` through `sender`, found in the message `source_message_id` (the
+/// original request's id, which keeps `event_id` stable across republishes)
+/// and observed at `observed`.
+pub fn token_invalidated(
+    app: &str,
+    sender: &Sender,
+    dead: DeadToken<'_>,
+    request: &PushRequest,
+    source_message_id: &str,
+    observed: SystemTime,
+) -> TokenInvalidated {
+    let platform = sender.platform();
+    let (apns_topic, fcm_project, environment) = match sender {
+        Sender::Apns { topic, environment } => (topic.clone(), String::new(), environment.clone()),
+        // FCM has one environment.
+        Sender::Fcm { project } => (String::new(), project.clone(), "production".to_string()),
+    };
+    TokenInvalidated {
+        event_id: event_id(source_message_id, platform, dead.token),
+        platform: platform as i32,
+        token: dead.token.to_string(),
+        app: app.to_string(),
+        environment,
+        apns_topic,
+        fcm_project,
+        reason: dead.reason as i32,
+        provider_reason: dead.provider_reason.to_string(),
+        invalidated_at: Some(timestamp(dead.invalidated_at.unwrap_or(observed))),
+        observed_at: Some(timestamp(observed)),
+        recipient: request.recipient.clone(),
+        request_id: request.request_id.clone(),
+        source_message_id: source_message_id.to_string(),
+    }
 }
 
 /// Deterministic event id: the same source message and token give the same id.
@@ -80,15 +163,18 @@ pub fn encode_event(
 /// Pub/Sub attributes of an event, for subscription filters.
 pub fn attributes(event: &TokenInvalidated, encoding: Encoding) -> HashMap<String, String> {
     HashMap::from([
-        ("event_type".to_string(), EVENT_TYPE.to_string()),
-        ("platform".to_string(), event.platform().label().to_string()),
-        ("app".to_string(), event.app.clone()),
+        (attr::EVENT_TYPE.to_string(), EVENT_TYPE.to_string()),
         (
-            "reason".to_string(),
+            attr::PLATFORM.to_string(),
+            event.platform().label().to_string(),
+        ),
+        (attr::APP.to_string(), event.app.clone()),
+        (
+            attr::REASON.to_string(),
             event.reason().as_str_name().to_string(),
         ),
         (
-            "content-type".to_string(),
+            attr::CONTENT_TYPE.to_string(),
             encoding.content_type().to_string(),
         ),
     ])
@@ -145,7 +231,6 @@ pub fn dedup<T>(items: Vec<T>, event: impl Fn(&T) -> &TokenInvalidated) -> Vec<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use push_dispatch_proto::v1::Reason;
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
@@ -190,6 +275,75 @@ mod tests {
         assert_eq!(json["observedAt"], "1970-01-01T00:00:01Z", "Z-normalized");
         let back: TokenInvalidated = serde_json::from_value(json).expect("round trip");
         assert_eq!(back.observed_at, event.observed_at);
+    }
+
+    #[test]
+    fn an_event_names_the_sender_and_echoes_the_request() {
+        let request = PushRequest {
+            request_id: "order-42".into(),
+            recipient: "user-7".into(),
+            ..Default::default()
+        };
+        let observed = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let apns = Sender::Apns {
+            topic: "com.example.app".into(),
+            environment: "sandbox".into(),
+        };
+        let dead = DeadToken {
+            token: "dead0000",
+            reason: Reason::Unregistered,
+            provider_reason: "Unregistered",
+            invalidated_at: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(50)),
+        };
+        let e = token_invalidated("main", &apns, dead, &request, "m1", observed);
+        assert_eq!(e.event_id, event_id("m1", Platform::Apns, "dead0000"));
+        assert_eq!((e.platform(), e.app.as_str()), (Platform::Apns, "main"));
+        assert_eq!(
+            (e.apns_topic.as_str(), e.environment.as_str()),
+            ("com.example.app", "sandbox")
+        );
+        assert!(e.fcm_project.is_empty());
+        assert_eq!(
+            e.invalidated_at,
+            Some(Timestamp {
+                seconds: 50,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            e.observed_at,
+            Some(Timestamp {
+                seconds: 100,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            (e.request_id.as_str(), e.recipient.as_str()),
+            ("order-42", "user-7")
+        );
+        assert_eq!(e.source_message_id, "m1");
+        let fcm = Sender::Fcm {
+            project: "p".into(),
+        };
+        let e = token_invalidated(
+            "main",
+            &fcm,
+            DeadToken {
+                invalidated_at: None,
+                ..dead
+            },
+            &request,
+            "m1",
+            observed,
+        );
+        assert_eq!(
+            (e.fcm_project.as_str(), e.environment.as_str()),
+            ("p", "production")
+        );
+        assert_eq!(
+            e.invalidated_at, e.observed_at,
+            "observed time when the provider gives none"
+        );
     }
 
     #[test]

@@ -10,15 +10,12 @@ use std::collections::HashMap;
 use prost::Message;
 use serde::Serialize;
 
+use crate::attributes::{CONTENT_TYPE as ATTR_CONTENT_TYPE, PushError, SCHEMA_ENCODING};
 use crate::v1::PushRequest;
 
 /// Pub/Sub's own cap on a message body; larger bodies cannot have been published.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
-/// Attribute Pub/Sub sets on messages of topics with a schema.
-pub const ATTR_SCHEMA_ENCODING: &str = "googclient_schemaencoding";
-/// Attribute producers may set to say how the body is encoded.
-pub const ATTR_CONTENT_TYPE: &str = "content-type";
 /// Content type of binary protobuf bodies.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 /// Content type of proto3 JSON bodies.
@@ -37,7 +34,7 @@ impl Encoding {
     /// Picks the encoding from Pub/Sub message attributes (SPEC §2).
     pub fn from_attributes(attributes: &HashMap<String, String>) -> Encoding {
         let schema_binary = attributes
-            .get(ATTR_SCHEMA_ENCODING)
+            .get(SCHEMA_ENCODING)
             .is_some_and(|v| v.eq_ignore_ascii_case("BINARY"));
         let content_binary = attributes.get(ATTR_CONTENT_TYPE).is_some_and(|v| {
             v.split(';')
@@ -95,11 +92,11 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Short machine-readable code for the `push_error` attribute.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> PushError {
         match self {
-            DecodeError::Json { .. } => "decode_json",
-            DecodeError::Binary { .. } => "decode_binary",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Json { .. } => PushError::DecodeJson,
+            DecodeError::Binary { .. } => PushError::DecodeBinary,
+            DecodeError::TooLarge { .. } => PushError::TooLarge,
         }
     }
 }
@@ -276,14 +273,14 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error() {
         let err = decode_request(b"not json", &attrs(&[])).expect_err("garbage");
-        assert_eq!(err.code(), "decode_json");
+        assert_eq!(err.code().as_str(), "decode_json");
         assert!(err.to_string().contains("proto3 JSON"));
         let err = decode_request(
             &[0xff, 0xff, 0xff],
             &attrs(&[("content-type", CONTENT_TYPE_PROTOBUF)]),
         )
         .expect_err("garbage");
-        assert_eq!(err.code(), "decode_binary");
+        assert_eq!(err.code().as_str(), "decode_binary");
     }
 
     #[test]
@@ -305,7 +302,8 @@ mod tests {
         assert_eq!(
             decode_request(body, &attrs(&[]))
                 .expect_err("wrong type")
-                .code(),
+                .code()
+                .as_str(),
             "decode_json"
         );
     }

@@ -7,12 +7,15 @@
 //! * [`decode`] turns a Pub/Sub message body into a [`v1::PushRequest`], choosing
 //!   JSON or binary protobuf from the message attributes (SPEC §2), and encodes
 //!   requests and events the other way.
+//! * [`attributes`] names every Pub/Sub attribute we read or write, the
+//!   `push_error` codes, and which attributes travel onto what we publish.
 //! * [`validate`] checks a decoded request against the configured apps and
 //!   splits its targets into sendable ones and ones that alone are invalid.
 //!
 //! This crate does no I/O: it is pure functions over bytes and structs, so the
 //! property tests can throw arbitrary input at it.
 
+pub mod attributes;
 pub mod decode;
 pub mod validate;
 
@@ -23,8 +26,11 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/push.v1.serde.rs"));
 }
 
+pub use attributes::PushError;
 pub use decode::{DecodeError, EncodeError, Encoding, decode_request, encode_message};
-pub use validate::{AppPlatforms, Checked, RequestError, TargetError, TokenProblem, check};
+pub use validate::{
+    AppPlatforms, Checked, ConfiguredApp, RequestError, TargetError, TokenProblem, check,
+};
 
 /// Re-exported so that users can build `ttl` and timestamps without another dependency.
 pub use pbjson_types;

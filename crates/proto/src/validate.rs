@@ -11,6 +11,7 @@
 //!
 //! The limits are constants so that docs, tests and producers can refer to them.
 
+use crate::attributes::PushError;
 use crate::v1::{Platform, PushRequest};
 
 /// At most this many targets per request. Each target is one provider request
@@ -35,6 +36,16 @@ pub const APNS_TOKEN_MAX_HEX: usize = 200;
 /// Longest FCM registration token accepted (real ones are about 160–260 characters).
 pub const FCM_TOKEN_MAX_CHARS: usize = 4096;
 
+/// What validation needs to know of a configured app: its name and the
+/// platforms it serves. The worker's apps implement it, so validation reads
+/// them directly; [`AppPlatforms`] is the plain version (e.g. for `send`).
+pub trait ConfiguredApp {
+    /// The app's configured name.
+    fn name(&self) -> &str;
+    /// Whether the app has a block for `platform`.
+    fn serves(&self, platform: Platform) -> bool;
+}
+
 /// The platforms an app has configured; the first app of the list is the default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppPlatforms {
@@ -44,6 +55,20 @@ pub struct AppPlatforms {
     pub apns: bool,
     /// Whether the app has an `fcm` block.
     pub fcm: bool,
+}
+
+impl ConfiguredApp for AppPlatforms {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn serves(&self, platform: Platform) -> bool {
+        match platform {
+            Platform::Apns => self.apns,
+            Platform::Fcm => self.fcm,
+            Platform::Unspecified => false,
+        }
+    }
 }
 
 /// Why a whole request is rejected (it is then dead-lettered as poison).
@@ -92,13 +117,13 @@ pub enum RequestError {
 
 impl RequestError {
     /// Short machine-readable code for the `push_error` attribute.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> PushError {
         match self {
-            RequestError::NoTargets => "no_targets",
-            RequestError::TooManyTargets { .. } => "too_many_targets",
-            RequestError::UnknownApp { .. } | RequestError::NoApps => "unknown_app",
-            RequestError::FieldTooLong { .. } => "field_too_long",
-            RequestError::InvalidTtl => "invalid_ttl",
+            RequestError::NoTargets => PushError::NoTargets,
+            RequestError::TooManyTargets { .. } => PushError::TooManyTargets,
+            RequestError::UnknownApp { .. } | RequestError::NoApps => PushError::UnknownApp,
+            RequestError::FieldTooLong { .. } => PushError::FieldTooLong,
+            RequestError::InvalidTtl => PushError::InvalidTtl,
         }
     }
 }
@@ -167,11 +192,11 @@ pub enum TargetError {
 
 impl TargetError {
     /// Short machine-readable code for the `push_error` attribute.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> PushError {
         match self {
-            TargetError::UnspecifiedPlatform { .. } => "unspecified_platform",
-            TargetError::MalformedToken { .. } => "malformed_token",
-            TargetError::PlatformNotConfigured { .. } => "platform_not_configured",
+            TargetError::UnspecifiedPlatform { .. } => PushError::UnspecifiedPlatform,
+            TargetError::MalformedToken { .. } => PushError::MalformedToken,
+            TargetError::PlatformNotConfigured { .. } => PushError::PlatformNotConfigured,
         }
     }
 
@@ -201,7 +226,7 @@ pub struct Checked {
 }
 
 /// Checks a decoded request: request-level rules first, then each target.
-pub fn check(req: &PushRequest, apps: &[AppPlatforms]) -> Result<Checked, RequestError> {
+pub fn check<A: ConfiguredApp>(req: &PushRequest, apps: &[A]) -> Result<Checked, RequestError> {
     if req.targets.is_empty() {
         return Err(RequestError::NoTargets);
     }
@@ -237,7 +262,7 @@ pub fn check(req: &PushRequest, apps: &[AppPlatforms]) -> Result<Checked, Reques
     })
 }
 
-fn resolve_app(name: &str, apps: &[AppPlatforms]) -> Result<usize, RequestError> {
+fn resolve_app<A: ConfiguredApp>(name: &str, apps: &[A]) -> Result<usize, RequestError> {
     if apps.is_empty() {
         return Err(RequestError::NoApps);
     }
@@ -245,14 +270,10 @@ fn resolve_app(name: &str, apps: &[AppPlatforms]) -> Result<usize, RequestError>
         return Ok(0);
     }
     apps.iter()
-        .position(|a| a.name == name)
+        .position(|a| a.name() == name)
         .ok_or_else(|| RequestError::UnknownApp {
             app: name.chars().take(MAX_ID_BYTES).collect(),
-            known: apps
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: apps.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
         })
 }
 
@@ -324,13 +345,13 @@ fn check_target(
     index: usize,
     platform: i32,
     token: &str,
-    app: &AppPlatforms,
+    app: &impl ConfiguredApp,
 ) -> Result<(), TargetError> {
     let platform = Platform::try_from(platform).unwrap_or(Platform::Unspecified);
     let (configured, shape) = match platform {
         Platform::Unspecified => return Err(TargetError::UnspecifiedPlatform { index }),
-        Platform::Apns => (app.apns, apns_token_problem(token)),
-        Platform::Fcm => (app.fcm, fcm_token_problem(token)),
+        Platform::Apns => (app.serves(platform), apns_token_problem(token)),
+        Platform::Fcm => (app.serves(platform), fcm_token_problem(token)),
     };
     if let Some(problem) = shape {
         return Err(TargetError::MalformedToken {
@@ -344,7 +365,7 @@ fn check_target(
         return Err(TargetError::PlatformNotConfigured {
             index,
             platform: platform.label(),
-            app: app.name.clone(),
+            app: app.name().to_string(),
         });
     }
     Ok(())
@@ -436,7 +457,7 @@ mod tests {
             check(&request(vec![]), &apps()),
             Err(RequestError::NoTargets)
         );
-        assert_eq!(RequestError::NoTargets.code(), "no_targets");
+        assert_eq!(RequestError::NoTargets.code().as_str(), "no_targets");
     }
 
     #[test]
@@ -459,7 +480,7 @@ mod tests {
         let mut req = request(vec![target(Platform::Fcm, "t")]);
         req.app = "nope".into();
         let err = check(&req, &apps()).expect_err("unknown");
-        assert_eq!(err.code(), "unknown_app");
+        assert_eq!(err.code().as_str(), "unknown_app");
         let text = err.to_string();
         assert!(
             text.contains("nope") && text.contains("main, android-only"),
@@ -467,7 +488,7 @@ mod tests {
         );
         req.app = "android-only".into();
         assert_eq!(check(&req, &apps()).expect("known").app_index, 1);
-        assert_eq!(check(&req, &[]), Err(RequestError::NoApps));
+        assert_eq!(check::<AppPlatforms>(&req, &[]), Err(RequestError::NoApps));
     }
 
     #[test]
@@ -485,7 +506,9 @@ mod tests {
         let mut unknown = request(vec![target(Platform::Fcm, "ok")]);
         unknown.targets[0].platform = 42;
         assert_eq!(
-            check(&unknown, &apps()).expect("ok").rejected[0].code(),
+            check(&unknown, &apps()).expect("ok").rejected[0]
+                .code()
+                .as_str(),
             "unspecified_platform"
         );
     }
@@ -541,7 +564,7 @@ mod tests {
         let checked = check(&req, &apps()).expect("request ok");
         assert_eq!(checked.sendable, vec![1]);
         let err = &checked.rejected[0];
-        assert_eq!(err.code(), "malformed_token");
+        assert_eq!(err.code().as_str(), "malformed_token");
         assert_eq!(err.index(), 0);
         assert!(!err.to_string().contains("secret"), "{err}");
     }
@@ -555,7 +578,10 @@ mod tests {
         req.app = "android-only".into();
         let checked = check(&req, &apps()).expect("request ok");
         assert_eq!(checked.sendable, vec![1]);
-        assert_eq!(checked.rejected[0].code(), "platform_not_configured");
+        assert_eq!(
+            checked.rejected[0].code().as_str(),
+            "platform_not_configured"
+        );
         assert!(checked.rejected[0].to_string().contains("apps[].apns"));
     }
 
@@ -587,7 +613,7 @@ mod tests {
             ..Default::default()
         });
         let err = check(&req, &apps()).expect_err("too long");
-        assert_eq!(err.code(), "field_too_long");
+        assert_eq!(err.code().as_str(), "field_too_long");
         assert!(err.to_string().contains("notification.body"));
 
         let mut req = request(vec![target(Platform::Fcm, "t")]);

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
+use push_dispatch_proto::attributes;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -295,25 +296,11 @@ impl RestSubscriber {
     }
 }
 
-/// Attributes a replay drops: our error and attempt attributes, Pub/Sub's
-/// dead-letter bookkeeping and its reserved keys. `push_first_publish_time`
-/// stays, so that the request's ttl still counts from its first publish.
-pub fn is_cleared_on_replay(key: &str) -> bool {
-    matches!(
-        key,
-        "push_error" | "push_error_detail" | "push_delivery_attempt" | "push_attempt"
-    ) || key.starts_with("CloudPubSubDeadLetter")
-        || key.starts_with("googclient_")
-}
-
 /// Seconds [`RestSubscriber::hold`] keeps a message leased: Pub/Sub's maximum.
 pub const HOLD_SECS: i32 = 600;
 
 /// How often a long replay renews the lease of the messages still waiting.
 const REHOLD_EVERY: Duration = Duration::from_secs(240);
-
-/// Attribute a replayed request carries: the id of the dead letter it came from.
-pub const ATTR_REPLAYED_FROM: &str = "push_replayed_from";
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -336,8 +323,9 @@ impl RestSubscriber {
     ) -> Result<Vec<Pulled>, DlqError> {
         let messages = self.pull_up_to(subscription, max).await?;
         let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| {
-            push_error
-                .is_none_or(|code| m.attributes.get("push_error").map(String::as_str) == Some(code))
+            push_error.is_none_or(|code| {
+                m.attributes.get(attributes::PUSH_ERROR).map(String::as_str) == Some(code)
+            })
         });
         let others: Vec<String> = others.into_iter().map(|m| m.ack_id).collect();
         self.release(subscription, &others).await?;
@@ -345,7 +333,7 @@ impl RestSubscriber {
     }
 
     /// Publishes each message back onto `topic` without its error attributes
-    /// ([`is_cleared_on_replay`]) and acks it only after the publish was
+    /// ([`attributes::is_cleared_on_replay`]) and acks it only after the publish was
     /// confirmed, so that an interrupted replay loses nothing (a message can at
     /// worst be replayed twice). Failed ones are released.
     pub async fn replay(
@@ -371,10 +359,10 @@ impl RestSubscriber {
             let mut attrs: HashMap<String, String> = m
                 .attributes
                 .iter()
-                .filter(|(k, _)| !is_cleared_on_replay(k))
+                .filter(|(k, _)| !attributes::is_cleared_on_replay(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            attrs.insert(ATTR_REPLAYED_FROM.into(), m.message_id.clone());
+            attrs.insert(attributes::REPLAYED_FROM.into(), m.message_id.clone());
             match crate::publish::publish_confirmed(publisher, topic, m.data, attrs).await {
                 Ok(id) => {
                     self.acknowledge(subscription, std::slice::from_ref(&m.ack_id))
@@ -409,19 +397,19 @@ pub fn describe(m: &Pulled) -> String {
     let a = &m.attributes;
     let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("-");
     let deliveries = a
-        .get("CloudPubSubDeadLetterSourceDeliveryCount")
-        .or_else(|| a.get("push_delivery_attempt"))
+        .get(attributes::DEAD_LETTER_DELIVERY_COUNT)
+        .or_else(|| a.get(attributes::DELIVERY_ATTEMPT))
         .map(String::as_str)
         .unwrap_or("-");
     let mut out = format!(
         "message {}  published {}  push_error={}  deliveries={}  source_message_id={}\n",
         m.message_id,
         m.publish_time,
-        get("push_error"),
+        get(attributes::PUSH_ERROR),
         deliveries,
-        get("source_message_id"),
+        get(attributes::SOURCE_MESSAGE_ID),
     );
-    if let Some(detail) = a.get("push_error_detail") {
+    if let Some(detail) = a.get(attributes::PUSH_ERROR_DETAIL) {
         out.push_str(&format!("  detail: {detail}\n"));
     }
     match push_dispatch_proto::decode_request(&m.data, a) {
@@ -483,7 +471,7 @@ mod tests {
             "CloudPubSubDeadLetterSourceDeliveryCount",
             "googclient_schemaencoding",
         ] {
-            assert!(is_cleared_on_replay(cleared), "{cleared}");
+            assert!(attributes::is_cleared_on_replay(cleared), "{cleared}");
         }
         for kept in [
             "push_first_publish_time",
@@ -491,7 +479,7 @@ mod tests {
             "traceparent",
             "trace",
         ] {
-            assert!(!is_cleared_on_replay(kept), "{kept}");
+            assert!(!attributes::is_cleared_on_replay(kept), "{kept}");
         }
     }
 

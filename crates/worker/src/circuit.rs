@@ -8,12 +8,16 @@
 //! sent for `open_for`; targets are carried forward as retryable. Then one
 //! probe is let through (half-open): success closes the circuit, failure
 //! opens it again.
+//!
+//! Only the provider's answers are recorded ([`Outcome`]); a request the
+//! worker did not send (draining, rate limited) is never recorded, and a
+//! probe admitted but not sent is handed back when its [`Admitted`] drops.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use push_dispatch_config::CircuitConfig;
-use push_dispatch_dispatch::{Outcome, RetryCause};
+use push_dispatch_dispatch::Outcome;
 
 /// Buckets of the sliding window.
 const BUCKETS: usize = 10;
@@ -107,18 +111,6 @@ impl Circuit {
     }
 
     fn record_at(&self, now: Instant, admission: Admission, outcome: &Outcome) {
-        if matches!(
-            outcome,
-            Outcome::Retryable {
-                cause: RetryCause::CircuitOpen | RetryCause::ShuttingDown | RetryCause::RateLimited,
-                ..
-            } | Outcome::Expired
-        ) {
-            // Nothing was learnt about the provider; a probe that did not
-            // probe lets the next request probe.
-            self.abandon(admission);
-            return;
-        }
         let failed = is_provider_failure(outcome);
         let mut inner = self.lock();
         if admission == Admission::Probe {
@@ -243,6 +235,7 @@ fn bucket_start(now: Instant, bucket: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use push_dispatch_dispatch::RetryCause;
 
     fn config() -> CircuitConfig {
         CircuitConfig {
@@ -367,11 +360,9 @@ mod tests {
         }
         let probe = c.enter();
         assert_eq!(probe.admission(), Admission::Probe, "not wedged");
-        // A probe that learnt nothing (shutting down) also gives it back.
-        probe.record(&Outcome::Retryable {
-            after: None,
-            cause: RetryCause::ShuttingDown,
-        });
+        // A probe that learnt nothing (the worker did not send it: draining,
+        // rate limited) is dropped unrecorded, and also gives it back.
+        drop(probe);
         let probe = c.enter();
         assert_eq!(probe.admission(), Admission::Probe);
         probe.record(&Outcome::Delivered);

@@ -11,39 +11,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// How a message was settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MessageResult {
-    /// Every target reached a final outcome; acked.
-    Acked,
-    /// Nacked for Pub/Sub to redeliver.
-    Nacked,
-    /// The whole message went to the dead-letter topic; acked.
-    DeadLettered,
-    /// The request's ttl had elapsed; acked unsent.
-    Expired,
-    /// Retryable targets were republished as a new request; acked.
-    Republished,
-}
-
-impl MessageResult {
-    /// The `result` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            MessageResult::Acked => "acked",
-            MessageResult::Nacked => "nacked",
-            MessageResult::DeadLettered => "dead_lettered",
-            MessageResult::Expired => "expired",
-            MessageResult::Republished => "republished",
-        }
-    }
-}
+pub use crate::labels::MessageResult;
+use crate::labels::{
+    AckKind, DuplicateWindow, ErrorCode, PublishPurpose, RefreshResult, SendOutcome,
+};
 
 /// `result` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// See [`MessageResult::label`].
-    pub result: &'static str,
+    /// How the message was settled.
+    pub result: MessageResult,
 }
 
 /// `platform, app, outcome` labels.
@@ -53,8 +30,8 @@ pub struct SendLabels {
     pub platform: &'static str,
     /// Configured app name.
     pub app: String,
-    /// `delivered`, `token_invalid`, `retryable`, `rejected`, `expired`.
-    pub outcome: &'static str,
+    /// The provider's answer, or why the worker did not ask.
+    pub outcome: SendOutcome,
 }
 
 /// `platform` label.
@@ -85,8 +62,8 @@ pub struct AppPlatformLabels {
 /// `window` label: which duplicate window of SPEC §5.4 a risk falls in.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WindowLabels {
-    /// `answer_lost`, `republish_failed`, `grace_exceeded`, `ack_unconfirmed`.
-    pub window: &'static str,
+    /// The window.
+    pub window: DuplicateWindow,
 }
 
 /// `platform, app, result` labels of token refreshes.
@@ -96,8 +73,8 @@ pub struct RefreshLabels {
     pub platform: &'static str,
     /// Configured app name.
     pub app: String,
-    /// `ok` or `error`.
-    pub result: &'static str,
+    /// Signed or fetched, or failed.
+    pub result: RefreshResult,
 }
 
 /// `stream` label: the index of a streaming pull (bounded by `pubsub.streams`).
@@ -110,15 +87,22 @@ pub struct StreamLabels {
 /// `kind` label of acks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AckLabels {
-    /// `confirmed` (exactly-once) or `sent` (at-least-once, unconfirmed by design).
-    pub kind: &'static str,
+    /// Confirmed (exactly-once) or sent (at-least-once, unconfirmed by design).
+    pub kind: AckKind,
 }
 
-/// `reason` label (a `push_error` code).
+/// `reason` label of dead letters: a `push_error` code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// The `push_error` code.
-    pub reason: &'static str,
+    pub reason: ErrorCode,
+}
+
+/// `reason` label of publish failures: what the publish was for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabels {
+    /// What the publish was for.
+    pub reason: PublishPurpose,
 }
 
 /// Every metric of the worker.
@@ -139,7 +123,7 @@ pub struct Metrics {
     /// `push_dispatch_dead_letters_total{reason}`: messages we published to the dead-letter topic.
     pub dead_letters: Family<ReasonLabels, Counter>,
     /// `push_dispatch_publish_failures_total{reason}`: publishes that Pub/Sub did not confirm.
-    pub publish_failures: Family<ReasonLabels, Counter>,
+    pub publish_failures: Family<PurposeLabels, Counter>,
     /// `push_dispatch_inflight_messages`.
     pub inflight: Gauge,
     /// `push_dispatch_streams_running`.
@@ -300,7 +284,7 @@ impl Metrics {
     }
 
     /// Counts one event of a duplicate window.
-    pub fn duplicate_risk(&self, window: &'static str) {
+    pub fn duplicate_risk(&self, window: DuplicateWindow) {
         self.duplicate_risk
             .get_or_create(&WindowLabels { window })
             .inc();
@@ -308,26 +292,42 @@ impl Metrics {
 
     /// Counts one settled message.
     pub fn message(&self, result: MessageResult) {
-        self.messages
-            .get_or_create(&ResultLabels {
-                result: result.label(),
+        self.messages.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts one message published to the dead-letter topic.
+    pub fn dead_letter(&self, code: push_dispatch_proto::PushError) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: ErrorCode(code),
             })
             .inc();
     }
-}
 
-/// Every `outcome` label of `push_dispatch_sends_total`: the labels of
-/// [`push_dispatch_dispatch::Outcome`] and the pipeline's own (`circuit_open`,
-/// `rate_limited`).
-pub const SEND_OUTCOMES: [&str; 7] = [
-    "delivered",
-    "token_invalid",
-    "retryable",
-    "rejected",
-    "expired",
-    "circuit_open",
-    "rate_limited",
-];
+    /// Counts one publish that Pub/Sub did not confirm.
+    pub fn publish_failure(&self, reason: PublishPurpose) {
+        self.publish_failures
+            .get_or_create(&PurposeLabels { reason })
+            .inc();
+    }
+
+    /// Counts token refreshes of one app and platform.
+    pub fn token_refreshes(
+        &self,
+        platform: &'static str,
+        app: &str,
+        result: RefreshResult,
+        n: u64,
+    ) {
+        self.token_refreshes
+            .get_or_create(&RefreshLabels {
+                platform,
+                app: app.to_string(),
+                result,
+            })
+            .inc_by(n);
+    }
+}
 
 /// The send metrics of one app and platform, resolved once. Counting a send
 /// through them takes no label building, allocation or map lookup, which a
@@ -336,7 +336,8 @@ pub const SEND_OUTCOMES: [&str; 7] = [
 /// the first event.
 #[derive(Clone, Debug)]
 pub struct SendHandles {
-    outcomes: [Counter; SEND_OUTCOMES.len()],
+    /// By [`SendOutcome`], in `SendOutcome::ALL` order.
+    outcomes: Vec<Counter>,
     /// `push_dispatch_circuit_open{platform,app}`.
     pub circuit_open: Gauge,
     /// `push_dispatch_send_duration_seconds{platform}`.
@@ -345,27 +346,13 @@ pub struct SendHandles {
     pub guard_tripped: Gauge,
     /// `push_dispatch_invalidation_guard_held_total{platform,app}`.
     pub guard_held: Counter,
-    /// For a label outside [`SEND_OUTCOMES`] (none today).
-    fallback: (Family<SendLabels, Counter>, SendLabels),
 }
 
 impl SendHandles {
-    /// Counts one send with this `outcome` label.
-    pub fn count(&self, outcome: &'static str) {
-        match SEND_OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(i) => {
-                self.outcomes[i].inc();
-            }
-            None => {
-                let (family, labels) = &self.fallback;
-                family
-                    .get_or_create(&SendLabels {
-                        outcome,
-                        ..labels.clone()
-                    })
-                    .inc();
-            }
-        }
+    /// Counts one send with this `outcome`.
+    pub fn count(&self, outcome: SendOutcome) {
+        // `ALL` lists the variants in declaration order.
+        self.outcomes[outcome as usize].inc();
     }
 }
 
@@ -378,7 +365,10 @@ impl Metrics {
             outcome,
         };
         SendHandles {
-            outcomes: SEND_OUTCOMES.map(|o| self.sends.get_or_create(&labels(o)).clone()),
+            outcomes: SendOutcome::ALL
+                .iter()
+                .map(|&o| self.sends.get_or_create(&labels(o)).clone())
+                .collect(),
             circuit_open: self
                 .circuit_open
                 .get_or_create(&AppPlatformLabels {
@@ -404,7 +394,6 @@ impl Metrics {
                     app: app.to_string(),
                 })
                 .clone(),
-            fallback: (self.sends.clone(), labels("")),
         }
     }
 }
@@ -429,28 +418,11 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use push_dispatch_dispatch::{Outcome, RejectReason, RetryCause};
 
     #[test]
-    fn every_outcome_label_has_a_handle() {
-        let outcomes = [
-            Outcome::Delivered,
-            Outcome::TokenInvalid {
-                reason: push_dispatch_proto::v1::Reason::Unregistered,
-                provider_reason: String::new(),
-                invalidated_at: None,
-            },
-            Outcome::Retryable {
-                after: None,
-                cause: RetryCause::Timeout,
-            },
-            Outcome::Rejected {
-                reason: RejectReason::PayloadTooLarge { bytes: 1, max: 0 },
-            },
-            Outcome::Expired,
-        ];
-        for o in &outcomes {
-            assert!(SEND_OUTCOMES.contains(&o.label()), "{}", o.label());
+    fn every_send_outcome_has_its_own_handle() {
+        for (i, o) in SendOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "ALL is in declaration order");
         }
     }
 
@@ -459,14 +431,22 @@ mod tests {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
         let h = m.send_handles("apns", "main");
-        h.count("delivered");
-        h.count("delivered");
-        h.count("rate_limited");
+        h.count(SendOutcome::Delivered);
+        h.count(SendOutcome::Delivered);
+        h.count(SendOutcome::RateLimited);
         h.circuit_open.set(1);
+        m.dead_letter(push_dispatch_proto::PushError::RetriesExhausted);
+        m.message(MessageResult::DeadLettered);
         let text = render(&registry);
         assert!(
             text.contains(
                 r#"push_dispatch_sends_total{platform="apns",app="main",outcome="delivered"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"push_dispatch_sends_total{platform="apns",app="main",outcome="rate_limited"} 1"#
             ),
             "{text}"
         );
@@ -478,6 +458,14 @@ mod tests {
         );
         assert!(
             text.contains(r#"push_dispatch_circuit_open{platform="apns",app="main"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"push_dispatch_dead_letters_total{reason="retries_exhausted"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"push_dispatch_messages_total{result="dead_lettered"} 1"#),
             "{text}"
         );
     }

@@ -182,10 +182,10 @@ impl Dispatcher for ApnsClient {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign the APNs provider token");
-                return Outcome::Rejected {
-                    reason: RejectReason::Provider {
-                        status: 0,
-                        provider_reason: "ProviderTokenUnavailable".into(),
+                return Outcome::Retryable {
+                    after: None,
+                    cause: crate::RetryCause::Credentials {
+                        problem: format!("cannot sign the APNs provider token: {e}"),
                     },
                 };
             }
@@ -203,9 +203,8 @@ impl Dispatcher for ApnsClient {
         };
         let Some(fixed) = Fixed::of(&req) else {
             return Outcome::Rejected {
-                reason: RejectReason::Provider {
-                    status: 0,
-                    provider_reason: "topic or collapse_id is not a valid header value".into(),
+                reason: RejectReason::Unsendable {
+                    problem: "topic or collapse_id is not a valid header value".into(),
                 },
             };
         };

@@ -316,7 +316,7 @@ mod tests {
         let Outcome::Rejected { reason } = answer(413, "PayloadTooLarge") else {
             panic!("rejected");
         };
-        assert_eq!(reason.code(), "payload_too_large");
+        assert_eq!(reason.code().as_str(), "payload_too_large");
     }
 
     #[test]

@@ -257,9 +257,8 @@ pub fn build(
 ) -> Result<ApnsRequest, RejectReason> {
     let push_type = push_type_of(request);
     let (name, suffix) = type_and_suffix(push_type);
-    let body = serde_json::to_vec(&payload_of(request)).map_err(|e| RejectReason::Provider {
-        status: 0,
-        provider_reason: format!("payload not encodable: {e}"),
+    let body = serde_json::to_vec(&payload_of(request)).map_err(|e| RejectReason::Unsendable {
+        problem: format!("payload not encodable: {e}"),
     })?;
     let max = if push_type == ApnsPushType::Voip {
         MAX_VOIP_PAYLOAD

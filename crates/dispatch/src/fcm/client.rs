@@ -94,9 +94,8 @@ impl Dispatcher for FcmClient {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 return Outcome::Rejected {
-                    reason: crate::RejectReason::Provider {
-                        status: 0,
-                        provider_reason: format!("message not encodable: {e}"),
+                    reason: crate::RejectReason::Unsendable {
+                        problem: format!("message not encodable: {e}"),
                     },
                 };
             }
@@ -109,9 +108,8 @@ impl Dispatcher for FcmClient {
                     tracing::warn!(error = %e, "no FCM access token");
                     return Outcome::Retryable {
                         after: None,
-                        cause: RetryCause::Status {
-                            status: 401,
-                            provider_reason: "AccessTokenUnavailable".into(),
+                        cause: RetryCause::Credentials {
+                            problem: format!("no FCM access token: {e}"),
                         },
                     };
                 }

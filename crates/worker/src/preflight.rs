@@ -1,3 +1,9 @@
+//! Preflight: what `check-config` proves before a deploy.
+//!
+//! Offline, [`check_credentials`] loads every app's credentials as `run`
+//! would (each APNs key signs a provider token, each FCM service-account
+//! file parses), without a network call.
+//!
 //! `check-config --online`: one push per app and platform to a device token
 //! that cannot exist, through the real clients, to prove what only the
 //! provider can tell: that the endpoint is reachable over HTTP/2, that it
@@ -15,7 +21,10 @@ use std::time::Duration;
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
 use push_dispatch_proto::v1::{Notification, Platform, PushRequest, Reason};
 
-use crate::pipeline::AppRuntime;
+use push_dispatch_config::Config;
+use push_dispatch_dispatch::stub::is_stub;
+
+use crate::provider::App;
 
 /// The APNs device token of the probe: hex of the right length that no
 /// device has (the sandbox scripts `bad0` as `BadDeviceToken`, as Apple
@@ -88,8 +97,113 @@ impl std::fmt::Display for Probe {
     }
 }
 
+/// What [`check_credentials`] verified of one app's platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The APNs key loaded and signed an ES256 provider token.
+    ApnsKeySigns {
+        /// `apps[i].apns`.
+        key: String,
+        /// The key id the token carries.
+        key_id: String,
+    },
+    /// The FCM service-account file loaded (JSON and private key).
+    ServiceAccountLoads {
+        /// `apps[i].fcm`.
+        key: String,
+    },
+    /// FCM uses Application Default Credentials, resolved only at run time
+    /// (they need the metadata server or a gcloud login).
+    ApplicationDefault {
+        /// `apps[i].fcm`.
+        key: String,
+    },
+    /// An in-process `stub:` endpoint: no credentials are used.
+    Stub {
+        /// `apps[i].apns` or `apps[i].fcm`.
+        key: String,
+    },
+}
+
+impl std::fmt::Display for CredentialCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialCheck::ApnsKeySigns { key, key_id } => {
+                write!(
+                    f,
+                    "{key}: the key signs an ES256 provider token (kid {key_id})"
+                )
+            }
+            CredentialCheck::ServiceAccountLoads { key } => {
+                write!(f, "{key}: the service-account key loads")
+            }
+            CredentialCheck::ApplicationDefault { key } => write!(
+                f,
+                "{key}: Application Default Credentials, resolved at run time (not checked here)"
+            ),
+            CredentialCheck::Stub { key } => write!(f, "{key}: stub endpoint, no credentials"),
+        }
+    }
+}
+
+/// Loads every app's credentials as `run` would, without a network call:
+/// each APNs key signs a provider token, each FCM service-account file is
+/// parsed with its private key. Returns what was verified, or the problems,
+/// each naming its config key. Key material never appears in either.
+pub fn check_credentials(
+    config: &Config,
+) -> Result<Vec<CredentialCheck>, Vec<push_dispatch_config::ConfigIssue>> {
+    use push_dispatch_config::ConfigIssue;
+    use push_dispatch_dispatch::apns::token::ProviderToken;
+    use push_dispatch_dispatch::fcm::auth::BearerCache;
+    let mut checks = Vec::new();
+    let mut issues = Vec::new();
+    for (i, app) in config.apps.iter().enumerate() {
+        if let Some(a) = &app.apns {
+            let key = format!("apps[{i}].apns");
+            if is_stub(&a.endpoint) {
+                checks.push(CredentialCheck::Stub { key });
+            } else {
+                match ProviderToken::from_file(&a.key_file, &a.key_id, &a.team_id) {
+                    Ok(_) => checks.push(CredentialCheck::ApnsKeySigns {
+                        key,
+                        key_id: a.key_id.clone(),
+                    }),
+                    Err(e) => issues.push(ConfigIssue {
+                        key: format!("{key}.key_file"),
+                        problem: format!(
+                            "{e}; use the AuthKey_XXXXXXXXXX.p8 file downloaded from Apple"
+                        ),
+                    }),
+                }
+            }
+        }
+        if let Some(f) = &app.fcm {
+            let key = format!("apps[{i}].fcm");
+            if is_stub(&f.endpoint) {
+                checks.push(CredentialCheck::Stub { key });
+            } else if let Some(path) = &f.credentials_file {
+                match BearerCache::check_file(path) {
+                    Ok(()) => checks.push(CredentialCheck::ServiceAccountLoads { key }),
+                    Err(e) => issues.push(ConfigIssue {
+                        key: format!("{key}.credentials_file"),
+                        problem: format!("{e}; download a service-account key from the Firebase console, or set null for Application Default Credentials"),
+                    }),
+                }
+            } else {
+                checks.push(CredentialCheck::ApplicationDefault { key });
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(checks)
+    } else {
+        Err(issues)
+    }
+}
+
 /// Probes every app's APNs and FCM endpoint, one after the other.
-pub async fn probe_providers(apps: &[AppRuntime]) -> Vec<Probe> {
+pub async fn probe_providers(apps: &[App]) -> Vec<Probe> {
     let request = PushRequest {
         request_id: "push-dispatch-check-config".into(),
         notification: Some(Notification {
@@ -104,10 +218,10 @@ pub async fn probe_providers(apps: &[AppRuntime]) -> Vec<Probe> {
             (Platform::Apns, "apns", APNS_PROBE_TOKEN),
             (Platform::Fcm, "fcm", FCM_PROBE_TOKEN),
         ] {
-            let Some(dispatcher) = app.dispatchers.for_platform(platform) else {
+            let Some(provider) = app.provider(platform) else {
                 continue;
             };
-            let verdict = probe(dispatcher.as_ref(), &request, token).await;
+            let verdict = probe(provider.dispatcher().as_ref(), &request, token).await;
             probes.push(Probe {
                 key: format!("apps[{i}].{label}"),
                 verdict,
@@ -174,13 +288,13 @@ pub fn verdict(outcome: &Outcome) -> ProbeVerdict {
                 } => format!(
                     "the provider answered {status} {provider_reason}; try again, or check its status page"
                 ),
+                RetryCause::Credentials { problem } => format!(
+                    "{problem}; check credentials_file (or the Workload Identity binding for Application Default Credentials), or key_file"
+                ),
                 other => format!(
                     "no usable answer ({other:?}); check the endpoint, ca_file and the egress"
                 ),
             },
-        },
-        Outcome::Expired => ProbeVerdict::Unreachable {
-            detail: "the probe expired before it was sent".into(),
         },
     }
 }
@@ -198,7 +312,7 @@ fn hint(provider_reason: &str) -> &'static str {
         "check project_id and that the service account may send with Firebase Cloud Messaging (roles/firebasemessaging.admin or cloudmessaging.messages.create)"
     } else if r.contains("THIRD_PARTY_AUTH_ERROR") {
         "the APNs credential stored in the Firebase project is wrong: fix it in the Firebase console"
-    } else if r.contains("UNAUTHENTICATED") || r.contains("AccessTokenUnavailable") {
+    } else if r.contains("UNAUTHENTICATED") {
         "check credentials_file (or the Workload Identity binding for Application Default Credentials)"
     } else if r.contains("NOT_FOUND") || r.contains("HTTP 404") {
         "check project_id and the endpoint: the provider does not know this path"

@@ -1,0 +1,424 @@
+//! Unit tests of the pure plan and settlement (SPEC §5), one per rule.
+
+use std::time::{Duration, SystemTime};
+
+use push_dispatch_dispatch::{Outcome, RejectReason, RetryCause};
+use push_dispatch_feedback::Sender;
+use push_dispatch_proto::attributes as attr;
+use push_dispatch_proto::v1::{Platform, PushRequest, Reason, Target};
+use push_dispatch_proto::{PushError, TargetError};
+use push_dispatch_subscriber::pubsub::model::Message;
+
+use super::*;
+use crate::target::{NotSent, TargetResult};
+
+const POLICY: Policy = Policy {
+    max_delivery_attempts: 5,
+    max_republish: 3,
+};
+
+fn apns() -> Sender {
+    Sender::Apns {
+        topic: "com.example".into(),
+        environment: "sandbox".into(),
+    }
+}
+
+fn fcm() -> Sender {
+    Sender::Fcm {
+        project: "proj".into(),
+    }
+}
+
+fn request(tokens: &[(Platform, &str)]) -> PushRequest {
+    PushRequest {
+        request_id: "r1".into(),
+        targets: tokens
+            .iter()
+            .map(|(p, t)| Target {
+                platform: *p as i32,
+                token: t.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn message(push_attempt: u32) -> Message {
+    Message::new()
+        .set_message_id("m1")
+        .set_attributes([(attr::PUSH_ATTEMPT, push_attempt.to_string())])
+}
+
+fn delivered() -> TargetResult {
+    TargetResult::Answered(Outcome::Delivered)
+}
+
+fn dead(reason: Reason) -> TargetResult {
+    TargetResult::Answered(Outcome::TokenInvalid {
+        reason,
+        provider_reason: format!("{reason:?}"),
+        invalidated_at: None,
+    })
+}
+
+fn failing() -> TargetResult {
+    TargetResult::Answered(Outcome::Retryable {
+        after: None,
+        cause: RetryCause::Status {
+            status: 503,
+            provider_reason: "ServiceUnavailable".into(),
+        },
+    })
+}
+
+fn refused() -> TargetResult {
+    TargetResult::Answered(Outcome::Rejected {
+        reason: RejectReason::Provider {
+            status: 400,
+            provider_reason: "BadTopic".into(),
+        },
+    })
+}
+
+struct Case {
+    request: PushRequest,
+    message: Message,
+    apns: Sender,
+    fcm: Sender,
+}
+
+impl Case {
+    fn new(tokens: &[(Platform, &str)]) -> Case {
+        Case {
+            request: request(tokens),
+            message: message(1),
+            apns: apns(),
+            fcm: fcm(),
+        }
+    }
+
+    fn plan(&self, sent: &[(usize, TargetResult)], verdicts: Verdicts, attempt: i32) -> Plan {
+        self.plan_with(&[], sent, verdicts, attempt)
+    }
+
+    fn plan_with(
+        &self,
+        rejected: &[TargetError],
+        sent: &[(usize, TargetResult)],
+        verdicts: Verdicts,
+        attempt: i32,
+    ) -> Plan {
+        let ctx = MessageContext::of(&self.message, Some(attempt));
+        let app = AppIdentity {
+            name: "main",
+            apns: Some(&self.apns),
+            fcm: Some(&self.fcm),
+        };
+        plan(
+            &self.request,
+            rejected,
+            sent,
+            verdicts,
+            app,
+            &ctx,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+        )
+    }
+
+    fn settle(&self, plan: &Plan, report: &OutboxReport, attempt: i32) -> Settlement {
+        let ctx = MessageContext::of(&self.message, Some(attempt));
+        settle(plan, report, &ctx, POLICY)
+    }
+}
+
+/// Follows a settlement with every publish confirmed (or refused): the
+/// letters published, in order, and the ending.
+fn walk(mut s: Settlement, confirm: bool) -> (Vec<Letter>, Settlement) {
+    let mut letters = Vec::new();
+    loop {
+        match s {
+            Settlement::Publish {
+                letter,
+                confirmed,
+                unconfirmed,
+            } => {
+                letters.push(letter);
+                s = if confirm { *confirmed } else { *unconfirmed };
+            }
+            end => return (letters, end),
+        }
+    }
+}
+
+#[test]
+fn every_target_final_is_acked_with_nothing_to_publish() {
+    let case = Case::new(&[(Platform::Apns, "a"), (Platform::Fcm, "b")]);
+    let expired = TargetResult::NotSent(NotSent::Expired);
+    let plan = case.plan(&[(0, delivered()), (1, expired)], Verdicts::REPORT, 1);
+    assert_eq!(plan.finals, 2);
+    assert!(plan.events.is_empty() && plan.dead_letters.is_empty() && plan.retry.is_empty());
+    let s = case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1);
+    assert_eq!(s, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn dead_tokens_become_one_event_each_naming_the_sender() {
+    let case = Case::new(&[
+        (Platform::Apns, "dead1"),
+        (Platform::Fcm, "gone"),
+        (Platform::Apns, "ok"),
+    ]);
+    let plan = case.plan(
+        &[
+            (0, dead(Reason::Unregistered)),
+            (1, dead(Reason::Unregistered)),
+            (2, delivered()),
+        ],
+        Verdicts::REPORT,
+        1,
+    );
+    assert_eq!(plan.events.len(), 2);
+    let (i, apns_event) = &plan.events[0];
+    assert_eq!(*i, 0);
+    assert_eq!(apns_event.apns_topic, "com.example");
+    assert_eq!(apns_event.source_message_id, "m1");
+    assert_eq!(plan.events[1].1.fcm_project, "proj");
+    // §5.5: confirmed feedback makes them final.
+    let s = case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1);
+    assert_eq!(s, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn unconfirmed_feedback_carries_the_dead_tokens_forward_never_the_delivered() {
+    let case = Case::new(&[(Platform::Apns, "dead1"), (Platform::Apns, "ok")]);
+    let plan = case.plan(
+        &[(0, dead(Reason::Unregistered)), (1, delivered())],
+        Verdicts::REPORT,
+        1,
+    );
+    let report = OutboxReport {
+        feedback_confirmed: false,
+        dead_letters_confirmed: vec![],
+    };
+    let (letters, end) = walk(case.settle(&plan, &report, 1), true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 2
+        }]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+}
+
+#[test]
+fn refused_targets_are_dead_lettered_by_code_and_siblings_still_count() {
+    let case = Case::new(&[
+        (Platform::Apns, "x"),
+        (Platform::Apns, "ok"),
+        (Platform::Fcm, ""),
+    ]);
+    let rejected = [TargetError::UnspecifiedPlatform { index: 2 }];
+    let plan = case.plan_with(
+        &rejected,
+        &[(0, refused()), (1, delivered())],
+        Verdicts::REPORT,
+        1,
+    );
+    let codes: Vec<PushError> = plan.dead_letters.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        vec![PushError::UnspecifiedPlatform, PushError::ProviderRejected]
+    );
+    assert_eq!(plan.dead_letters[1].targets, Targets::Only(vec![0]));
+    assert!(plan.dead_letters[1].detail.contains("BadTopic"));
+    assert_eq!(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        Settlement::Ack(MessageResult::Acked)
+    );
+    // A dead letter not confirmed: its targets are carried forward.
+    let report = OutboxReport {
+        feedback_confirmed: true,
+        dead_letters_confirmed: vec![true, false],
+    };
+    let (letters, _) = walk(case.settle(&plan, &report, 1), true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 2
+        }]
+    );
+}
+
+#[test]
+fn nothing_final_hands_the_message_back_and_on_the_last_attempt_dead_letters_it() {
+    let case = Case::new(&[(Platform::Apns, "a"), (Platform::Fcm, "b")]);
+    let sent = [
+        (0, failing()),
+        (1, TargetResult::NotSent(NotSent::CircuitOpen)),
+    ];
+    let plan = case.plan(&sent, Verdicts::REPORT, 1);
+    assert_eq!(plan.retry, vec![0, 1]);
+    let report = OutboxReport::all_confirmed(&plan);
+    assert_eq!(
+        case.settle(&plan, &report, 4),
+        Settlement::Nack(NackCause::NothingFinal)
+    );
+    let (letters, end) = walk(case.settle(&plan, &report, 5), true);
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => {
+            assert_eq!(d.code, PushError::RetriesExhausted);
+            assert_eq!(d.targets, Targets::All);
+            assert!(
+                d.detail.contains("last delivery attempt (5 of 5)"),
+                "{}",
+                d.detail
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(end, Settlement::Ack(MessageResult::DeadLettered));
+    // That dead letter unconfirmed: nack, the DeadLetterPolicy catches it.
+    let (_, end) = walk(case.settle(&plan, &report, 5), false);
+    assert_eq!(end, Settlement::Nack(NackCause::DeadLetterUnconfirmed));
+}
+
+#[test]
+fn a_partial_success_republishes_the_rest_once_confirmed_then_acks() {
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")]);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 1);
+    let s = case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1);
+    let (letters, end) = walk(s.clone(), true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![1],
+            push_attempt: 2
+        }]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+    // Not confirmed: nack (the delivered target may be resent: counted).
+    let (_, end) = walk(s, false);
+    assert_eq!(end, Settlement::Nack(NackCause::RepublishUnconfirmed));
+}
+
+#[test]
+fn an_unconfirmed_republish_on_the_last_attempt_dead_letters_the_rest() {
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")]);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 5);
+    let Settlement::Publish { unconfirmed, .. } =
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 5)
+    else {
+        panic!("a republish first");
+    };
+    let (letters, end) = walk(*unconfirmed, true);
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => {
+            assert_eq!(d.code, PushError::RetriesExhausted);
+            assert_eq!(d.targets, Targets::Only(vec![1]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn past_max_republish_the_rest_is_dead_lettered_as_retries_exhausted() {
+    let mut case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")]);
+    case.message = message(POLICY.max_republish);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 1);
+    let (letters, end) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => {
+            assert_eq!(d.code, PushError::RetriesExhausted);
+            assert!(d.detail.contains("push_attempt 3"), "{}", d.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn a_held_guard_dead_letters_suspicious_reports_but_unregistered_flows() {
+    let case = Case::new(&[
+        (Platform::Fcm, "mismatch"),
+        (Platform::Fcm, "gone"),
+        (Platform::Apns, "bad"),
+    ]);
+    let verdicts = Verdicts {
+        apns: Verdict::Report,
+        fcm: Verdict::Hold,
+    };
+    let plan = case.plan(
+        &[
+            (0, dead(Reason::SenderIdMismatch)),
+            (1, dead(Reason::Unregistered)),
+            (2, dead(Reason::BadDeviceToken)),
+        ],
+        verdicts,
+        1,
+    );
+    let reported: Vec<usize> = plan.events.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        reported,
+        vec![1, 2],
+        "Unregistered and the other platform flow"
+    );
+    assert_eq!(plan.dead_letters.len(), 1);
+    assert_eq!(plan.dead_letters[0].code, PushError::InvalidationGuard);
+    assert_eq!(plan.dead_letters[0].targets, Targets::Only(vec![0]));
+}
+
+#[test]
+fn a_token_listed_twice_is_reported_once() {
+    let case = Case::new(&[(Platform::Apns, "dead1"), (Platform::Apns, "dead1")]);
+    let plan = case.plan(
+        &[
+            (0, dead(Reason::Unregistered)),
+            (1, dead(Reason::Unregistered)),
+        ],
+        Verdicts::REPORT,
+        1,
+    );
+    assert_eq!(plan.events.len(), 1);
+}
+
+#[test]
+fn poison_and_a_drain_before_the_start_settle_the_whole_message() {
+    let (letters, end) = walk(poison(PushError::DecodeJson, "bad".into()), true);
+    assert!(matches!(
+        &letters[..],
+        [Letter::DeadLetter(DeadLetter {
+            code: PushError::DecodeJson,
+            targets: Targets::All,
+            ..
+        })]
+    ));
+    assert_eq!(end, Settlement::Ack(MessageResult::DeadLettered));
+    let (_, end) = walk(poison(PushError::DecodeJson, "bad".into()), false);
+    assert_eq!(end, Settlement::Nack(NackCause::DeadLetterUnconfirmed));
+
+    let m = message(1);
+    let ctx = MessageContext::of(&m, Some(2));
+    assert_eq!(
+        hand_back(&ctx, POLICY, NackCause::NotStarted),
+        Settlement::Nack(NackCause::NotStarted)
+    );
+    let ctx = MessageContext::of(&m, Some(5));
+    let (letters, _) = walk(hand_back(&ctx, POLICY, NackCause::NotStarted), true);
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => assert!(d.detail.contains("shutting down"), "{}", d.detail),
+        other => panic!("{other:?}"),
+    }
+    // Without a DeadLetterPolicy there is no last attempt.
+    let ctx = MessageContext::of(&m, None);
+    assert_eq!(
+        hand_back(&ctx, POLICY, NackCause::NothingFinal),
+        Settlement::Nack(NackCause::NothingFinal)
+    );
+}

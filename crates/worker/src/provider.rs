@@ -1,0 +1,378 @@
+//! One configured app ([`App`]) and, per platform, the [`Provider`] that
+//! sends its pushes: the dispatcher (APNs or FCM client, or the stub), the
+//! sender identity that feedback events name, and the controls of SPEC §5
+//! that belong to one app and platform: circuit (§5.8), mass-invalidation
+//! guard (§5.9), rate limit, and metric handles resolved once.
+//!
+//! [`Provider::send`] is the send loop of one target: ttl check before every
+//! attempt (§5.6), circuit admission, rate limit within the in-process
+//! budget, a process-wide send slot, the dispatcher's answer, and in-process
+//! retries with jittered backoff honouring `Retry-After` (§5.3). It runs in
+//! the caller's task, inside the caller's span.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use push_dispatch_config::{CircuitConfig, GuardConfig};
+use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
+use push_dispatch_feedback::Sender;
+use push_dispatch_proto::v1::{Platform, PushRequest};
+use push_dispatch_proto::{ConfiguredApp, redact_token};
+use tokio::sync::Semaphore;
+
+use crate::circuit::{Admission, Circuit};
+use crate::context::Deadline;
+use crate::guard::{Guard, Verdict};
+use crate::labels::{DuplicateWindow, RefreshResult, SendOutcome};
+use crate::metrics::{Metrics, SendHandles};
+use crate::rate_limit::RateLimit;
+use crate::shutdown::Shutdown;
+use crate::target::{NotSent, TargetResult, outcome_label};
+
+/// First in-process backoff.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest single in-process backoff when the provider gives no Retry-After.
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// One configured app: its name and its provider per platform.
+#[derive(Debug)]
+pub struct App {
+    /// The app's configured name.
+    pub name: String,
+    /// APNs, when the app has an `apns` block.
+    pub apns: Option<Provider>,
+    /// FCM, when the app has an `fcm` block.
+    pub fcm: Option<Provider>,
+}
+
+impl App {
+    /// The provider for `platform`, if the app has one.
+    pub fn provider(&self, platform: Platform) -> Option<&Provider> {
+        match platform {
+            Platform::Apns => self.apns.as_ref(),
+            Platform::Fcm => self.fcm.as_ref(),
+            Platform::Unspecified => None,
+        }
+    }
+
+    /// Its providers, APNs first.
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.apns.iter().chain(self.fcm.iter())
+    }
+}
+
+impl ConfiguredApp for App {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn serves(&self, platform: Platform) -> bool {
+        self.provider(platform).is_some()
+    }
+}
+
+/// What every provider's send loop shares: the process-wide send slots
+/// (`dispatch.concurrency`), the in-process wait budget, the shutdown state
+/// and the process-wide metrics.
+#[derive(Debug)]
+pub struct SendLimits {
+    /// One permit per send in flight, whole process.
+    pub slots: Semaphore,
+    /// `dispatch.max_in_process_wait`.
+    pub max_in_process_wait: Duration,
+    /// Draining ends every wait.
+    pub shutdown: Shutdown,
+    /// Process-wide metrics (duplicate risks).
+    pub metrics: Arc<Metrics>,
+}
+
+/// The sending side of one app and platform.
+#[derive(Debug)]
+pub struct Provider {
+    app: String,
+    dispatcher: Arc<dyn Dispatcher>,
+    sender: Sender,
+    circuit: Circuit,
+    guard: Guard,
+    limit: Option<RateLimit>,
+    handles: SendHandles,
+    metrics: Arc<Metrics>,
+    /// Token refreshes already counted in the metric: (ok, failed).
+    refreshes_seen: (AtomicU64, AtomicU64),
+}
+
+/// How a provider is set up, besides its dispatcher.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    /// Who sends, as feedback events name it.
+    pub sender: Sender,
+    /// `rate_limit`, pushes per second for this pod.
+    pub rate_limit: Option<f64>,
+    /// `dispatch.circuit`.
+    pub circuit: CircuitConfig,
+    /// `feedback.guard`.
+    pub guard: GuardConfig,
+}
+
+impl Provider {
+    /// A provider of `app` sending through `dispatcher`; its metric handles
+    /// are resolved here, once.
+    pub fn new(
+        app: &str,
+        dispatcher: Arc<dyn Dispatcher>,
+        settings: ProviderSettings,
+        metrics: Arc<Metrics>,
+    ) -> Provider {
+        let platform = settings.sender.platform();
+        Provider {
+            app: app.to_string(),
+            handles: metrics.send_handles(platform.label(), app),
+            dispatcher,
+            sender: settings.sender,
+            circuit: Circuit::new(settings.circuit),
+            guard: Guard::new(settings.guard),
+            limit: settings.rate_limit.map(RateLimit::new),
+            metrics,
+            refreshes_seen: Default::default(),
+        }
+    }
+
+    /// The platform it sends to.
+    pub fn platform(&self) -> Platform {
+        self.sender.platform()
+    }
+
+    /// Who sends, as feedback events name it.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// Its dispatcher.
+    pub fn dispatcher(&self) -> &Arc<dyn Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Counts one target under `outcome` without sending it.
+    pub fn count(&self, outcome: SendOutcome) {
+        self.handles.count(outcome);
+    }
+
+    /// Counts a suspicious dead-token report held by the guard.
+    pub fn count_held(&self) {
+        self.handles.guard_held.inc();
+    }
+
+    /// §5.9: counts this message's final answers (`sends`, of which
+    /// `suspicious`) in the guard and returns its verdict; logs and
+    /// publishes a change of its state.
+    pub fn judge(&self, sends: u64, suspicious: u64) -> Verdict {
+        if sends > 0 {
+            self.guard.record(sends, suspicious);
+        }
+        let (verdict, changed) = self.guard.verdict();
+        if changed {
+            self.guard_changed();
+        }
+        verdict
+    }
+
+    /// Brings up to date the gauges that otherwise only traffic updates: a
+    /// guard whose window slid past the bad period is released, a circuit
+    /// whose `open_for` passed stops counting as open.
+    pub fn refresh_gauges(&self) {
+        if self.guard.verdict().1 {
+            self.guard_changed();
+        }
+        self.handles
+            .circuit_open
+            .set(i64::from(self.circuit.is_open()));
+    }
+
+    fn guard_changed(&self) {
+        let tripped = self.guard.is_tripped();
+        self.handles.guard_tripped.set(i64::from(tripped));
+        let platform = self.platform().label();
+        if tripped {
+            tracing::error!(
+                app = %self.app,
+                platform,
+                "invalidation guard tripped: most tokens look dead (BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix"
+            );
+        } else {
+            tracing::warn!(app = %self.app, platform, "invalidation guard released");
+        }
+    }
+
+    /// Sends to one target, retrying in process while the total wait stays
+    /// within `dispatch.max_in_process_wait` (SPEC §5.3). Before every
+    /// attempt the request's deadline is checked again (SPEC §5.6): a retry
+    /// or a wait never sends a push whose `ttl` ran out.
+    pub async fn send(
+        &self,
+        limits: &SendLimits,
+        request: &PushRequest,
+        token: &str,
+        deadline: Deadline,
+    ) -> TargetResult {
+        let started = Instant::now();
+        let shutdown = &limits.shutdown;
+        let mut retries = 0u32;
+        loop {
+            if deadline.has_passed() {
+                return self.not_sent(NotSent::Expired);
+            }
+            // §5.8: while the circuit is open, nothing is sent; the target is
+            // carried forward. A probe given up before its answer (cancelled,
+            // draining) is handed back when `admitted` is dropped.
+            let admitted = self.circuit.enter();
+            if admitted.admission() == Admission::Rejected {
+                return self.not_sent(NotSent::CircuitOpen);
+            }
+            if let Some(limit) = &self.limit {
+                // Wait for the rate limit only within the in-process budget;
+                // a longer wait goes back to Pub/Sub rather than holding the lease.
+                let budget = limits.max_in_process_wait.saturating_sub(started.elapsed());
+                match limit.reserve_within(budget) {
+                    Ok(wait) if wait.is_zero() => {}
+                    Ok(wait) => tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
+                    },
+                    Err(wait) => return self.not_sent(NotSent::RateLimited { wait }),
+                }
+            }
+            let permit = tokio::select! {
+                p = limits.slots.acquire() => p,
+                () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
+            };
+            let Ok(permit) = permit else {
+                return TargetResult::NotSent(NotSent::ShuttingDown);
+            };
+            if deadline.has_passed() {
+                // The rate limit or the concurrency limit made it wait past its ttl.
+                return self.not_sent(NotSent::Expired);
+            }
+            let t0 = Instant::now();
+            let outcome = self
+                .dispatcher
+                .send(Push {
+                    request,
+                    token,
+                    expires_at: deadline.expires_at,
+                })
+                .await;
+            drop(permit);
+            admitted.record(&outcome);
+            self.observe(&outcome, t0.elapsed(), retries + 1, token);
+
+            let Outcome::Retryable { after, cause } = &outcome else {
+                return TargetResult::Answered(outcome);
+            };
+            if matches!(cause, RetryCause::Timeout | RetryCause::Connection) {
+                // The request may have reached the provider: a retry may resend it.
+                self.metrics.duplicate_risk(DuplicateWindow::AnswerLost);
+            }
+            let wait = after.unwrap_or_else(|| backoff(retries));
+            if shutdown.is_draining() || started.elapsed() + wait > limits.max_in_process_wait {
+                return TargetResult::Answered(outcome);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.draining() => return TargetResult::Answered(outcome),
+            }
+            retries += 1;
+        }
+    }
+
+    /// Counts a target the worker did not send (draining is not counted).
+    fn not_sent(&self, why: NotSent) -> TargetResult {
+        let label = match why {
+            NotSent::Expired => Some(SendOutcome::Expired),
+            NotSent::CircuitOpen => Some(SendOutcome::CircuitOpen),
+            NotSent::RateLimited { .. } => Some(SendOutcome::RateLimited),
+            NotSent::ShuttingDown => None,
+        };
+        if let Some(label) = label {
+            self.handles.count(label);
+        }
+        TargetResult::NotSent(why)
+    }
+
+    /// Metrics, span fields and the debug line of one answer.
+    fn observe(&self, outcome: &Outcome, took: Duration, attempts: u32, token: &str) {
+        self.count_refreshes();
+        self.handles
+            .circuit_open
+            .set(i64::from(self.circuit.is_open()));
+        self.handles.send_duration.observe(took.as_secs_f64());
+        let label = outcome_label(outcome);
+        self.handles.count(label);
+        let current = tracing::Span::current();
+        current.record("push.outcome", label.as_str());
+        current.record("push.attempts", attempts);
+        if let Some(status) = provider_status(outcome) {
+            current.record("http.response.status_code", status);
+        }
+        tracing::debug!(platform = self.platform().label(), token = %redact_token(token), outcome = label.as_str(), "sent");
+    }
+
+    /// Adds the refreshes the dispatcher made since last seen to the metric.
+    fn count_refreshes(&self) {
+        let now = self.dispatcher.token_refreshes();
+        for (seen, value, result) in [
+            (&self.refreshes_seen.0, now.ok, RefreshResult::Ok),
+            (&self.refreshes_seen.1, now.failed, RefreshResult::Error),
+        ] {
+            let before = seen.fetch_max(value, Ordering::Relaxed);
+            if value > before {
+                self.metrics.token_refreshes(
+                    self.platform().label(),
+                    &self.app,
+                    result,
+                    value - before,
+                );
+            }
+        }
+    }
+}
+
+/// The provider's HTTP status in an outcome, when it carries one.
+fn provider_status(outcome: &Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Delivered => Some(200),
+        Outcome::Retryable {
+            cause: RetryCause::Status { status, .. },
+            ..
+        }
+        | Outcome::Rejected {
+            reason: RejectReason::Provider { status, .. },
+        } => Some(*status),
+        _ => None,
+    }
+}
+
+/// Jittered exponential backoff: 100 ms, 200 ms, 400 ms, … capped at 2 s,
+/// each drawn from [half, full] of its step.
+fn backoff(retries: u32) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << retries.min(10))
+        .min(BACKOFF_CAP);
+    let half = step / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for r in 0..20 {
+            let b = backoff(r);
+            assert!(b <= BACKOFF_CAP, "{b:?}");
+            assert!(b >= BACKOFF_BASE / 2, "{b:?}");
+        }
+        assert!(backoff(5) >= Duration::from_millis(1000));
+    }
+}

@@ -1,0 +1,101 @@
+//! What became of one target in this message: the provider's answer, or
+//! why the worker did not ask it.
+//!
+//! The provider's [`Outcome`] is a fact about the provider; the worker's own
+//! reasons for not sending (the ttl ran out, the circuit is open, the rate
+//! limit would wait too long, the worker is draining) are a separate type,
+//! so that nothing fed to the circuit or the guard has to filter them out.
+
+use std::time::Duration;
+
+use push_dispatch_dispatch::Outcome;
+
+use crate::labels::SendOutcome;
+
+/// What became of one target.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetResult {
+    /// The provider answered (after any in-process retries): its last answer.
+    Answered(Outcome),
+    /// The worker did not send it.
+    NotSent(NotSent),
+}
+
+/// Why the worker did not send a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotSent {
+    /// The request's `ttl` ran out (SPEC §5.6): final, counted as expired.
+    Expired,
+    /// The circuit of this provider and app is open (SPEC §5.8): carried forward.
+    CircuitOpen,
+    /// This pod's rate limit would have made it wait longer than
+    /// `dispatch.max_in_process_wait`: carried forward.
+    RateLimited {
+        /// How long the rate limit would have made it wait.
+        wait: Duration,
+    },
+    /// The worker is draining and did not send it: carried forward.
+    ShuttingDown,
+}
+
+impl TargetResult {
+    /// Whether the target is final without any publish (delivered, or expired).
+    pub fn is_final_as_is(&self) -> bool {
+        matches!(
+            self,
+            TargetResult::Answered(Outcome::Delivered) | TargetResult::NotSent(NotSent::Expired)
+        )
+    }
+
+    /// Whether the target must be tried again later (carried forward).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TargetResult::Answered(Outcome::Retryable { .. })
+                | TargetResult::NotSent(
+                    NotSent::CircuitOpen | NotSent::RateLimited { .. } | NotSent::ShuttingDown
+                )
+        )
+    }
+}
+
+/// The `outcome` label of a provider's answer.
+pub fn outcome_label(outcome: &Outcome) -> SendOutcome {
+    match outcome {
+        Outcome::Delivered => SendOutcome::Delivered,
+        Outcome::TokenInvalid { .. } => SendOutcome::TokenInvalid,
+        Outcome::Retryable { .. } => SendOutcome::Retryable,
+        Outcome::Rejected { .. } => SendOutcome::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use push_dispatch_dispatch::RetryCause;
+
+    #[test]
+    fn final_and_retryable_are_exclusive_and_cover_what_needs_no_publish() {
+        let retry = TargetResult::Answered(Outcome::Retryable {
+            after: None,
+            cause: RetryCause::Timeout,
+        });
+        assert!(retry.is_retryable() && !retry.is_final_as_is());
+        for r in [
+            TargetResult::Answered(Outcome::Delivered),
+            TargetResult::NotSent(NotSent::Expired),
+        ] {
+            assert!(r.is_final_as_is() && !r.is_retryable(), "{r:?}");
+        }
+        for n in [
+            NotSent::CircuitOpen,
+            NotSent::ShuttingDown,
+            NotSent::RateLimited {
+                wait: Duration::from_secs(1),
+            },
+        ] {
+            let r = TargetResult::NotSent(n);
+            assert!(r.is_retryable() && !r.is_final_as_is(), "{r:?}");
+        }
+    }
+}
