@@ -39,6 +39,7 @@ pub mod shutdown;
 pub mod target;
 
 pub use assemble::build_apps;
+pub use labels::MessageResult;
 pub use pipeline::{Settle, Worker, WorkerSettings};
 pub use preflight::{CredentialCheck, check_credentials};
 pub use provider::App;

@@ -1,0 +1,549 @@
+//! Every processing guarantee of SPEC §5, in process: the real [`Worker`]
+//! with in-process stub providers (the sandbox's token script) and the
+//! in-memory Outbox, no Pub/Sub and no network. Each test is named after
+//! its guarantee and runs in milliseconds; the end-to-end tests in the
+//! root `tests/` show the same through the emulator and the real binary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::registry::Registry;
+use push_dispatch_config::{CircuitConfig, GuardConfig};
+use push_dispatch_dispatch::stub::StubDispatcher;
+use push_dispatch_feedback::Sender;
+use push_dispatch_proto::attributes as attr;
+use push_dispatch_proto::v1::{Platform, PushRequest, Reason, Target};
+use push_dispatch_proto::{Encoding, decode_request, encode_message};
+use push_dispatch_subscriber::pubsub::model::Message;
+use push_dispatch_subscriber::wkt::Timestamp;
+use push_dispatch_worker::labels::PublishPurpose;
+use push_dispatch_worker::metrics::{Metrics, render};
+use push_dispatch_worker::outbox::MemoryOutbox;
+use push_dispatch_worker::plan::Policy;
+use push_dispatch_worker::provider::{App, Provider, ProviderSettings};
+use push_dispatch_worker::{MessageResult, Settle, Shutdown, Worker, WorkerSettings};
+
+/// A 64-hex APNs token with a scripted prefix (`dead`, `bad0`, `0503`, …).
+fn apns_token(prefix: &str) -> String {
+    format!("{prefix}{}", &"0123456789abcdef".repeat(4)[prefix.len()..])
+}
+
+/// One worker with one app (`main`, APNs and FCM stubs) and its outbox.
+struct Harness {
+    worker: Worker<MemoryOutbox>,
+    apns: Arc<StubDispatcher>,
+    fcm: Arc<StubDispatcher>,
+    shutdown: Shutdown,
+    registry: Registry,
+    next_id: std::cell::Cell<u32>,
+}
+
+/// What a test may change.
+struct Options {
+    max_in_process_wait: Duration,
+    circuit: CircuitConfig,
+    guard: GuardConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_in_process_wait: Duration::ZERO,
+            circuit: CircuitConfig {
+                failure_ratio: 0.5,
+                min_requests: 1000,
+                open_for: Duration::from_secs(30),
+            },
+            guard: GuardConfig {
+                ratio: 0.5,
+                min_samples: 1000,
+                window: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+const POLICY: Policy = Policy {
+    max_delivery_attempts: 5,
+    max_republish: 3,
+};
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(Options::default())
+    }
+
+    fn with(options: Options) -> Harness {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let apns = Arc::new(StubDispatcher::new(Platform::Apns));
+        let fcm = Arc::new(StubDispatcher::new(Platform::Fcm));
+        let settings = |sender| ProviderSettings {
+            sender,
+            rate_limit: None,
+            circuit: options.circuit.clone(),
+            guard: options.guard.clone(),
+        };
+        let app = App {
+            name: "main".into(),
+            apns: Some(Provider::new(
+                "main",
+                apns.clone(),
+                settings(Sender::Apns {
+                    topic: "com.example.app".into(),
+                    environment: "sandbox".into(),
+                }),
+                metrics.clone(),
+            )),
+            fcm: Some(Provider::new(
+                "main",
+                fcm.clone(),
+                settings(Sender::Fcm {
+                    project: "example-project".into(),
+                }),
+                metrics.clone(),
+            )),
+        };
+        let shutdown = Shutdown::new();
+        let worker = Worker::new(
+            vec![app],
+            MemoryOutbox::new(),
+            WorkerSettings {
+                policy: POLICY,
+                max_in_process_wait: options.max_in_process_wait,
+                concurrency: 64,
+            },
+            metrics,
+            shutdown.clone(),
+        );
+        Harness {
+            worker,
+            apns,
+            fcm,
+            shutdown,
+            registry,
+            next_id: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A JSON message holding `request`, published now.
+    fn message(&self, request: &PushRequest) -> Message {
+        self.message_with(request, SystemTime::now(), &[])
+    }
+
+    fn message_with(
+        &self,
+        request: &PushRequest,
+        published: SystemTime,
+        attributes: &[(&str, &str)],
+    ) -> Message {
+        let body = encode_message(request, Encoding::Json).expect("encodes");
+        self.raw(body, published, attributes)
+    }
+
+    fn raw(&self, body: Vec<u8>, published: SystemTime, attributes: &[(&str, &str)]) -> Message {
+        self.next_id.set(self.next_id.get() + 1);
+        Message::new()
+            .set_message_id(format!("m{}", self.next_id.get()))
+            .set_data(body)
+            .set_publish_time(Timestamp::try_from(published).expect("time"))
+            .set_attributes(
+                attributes
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+    }
+
+    async fn process(&self, message: &Message, attempt: i32) -> Settle {
+        self.worker.process(message, Some(attempt)).await
+    }
+
+    fn published(&self) -> push_dispatch_worker::outbox::Published {
+        self.worker.outbox().published()
+    }
+
+    fn metrics(&self) -> String {
+        render(&self.registry)
+    }
+
+    fn delivered(&self) -> u64 {
+        self.apns.delivered() + self.fcm.delivered()
+    }
+}
+
+fn request(targets: &[(Platform, &str)]) -> PushRequest {
+    PushRequest {
+        request_id: "order-42".into(),
+        recipient: "user-7".into(),
+        targets: targets
+            .iter()
+            .map(|(p, t)| Target {
+                platform: *p as i32,
+                token: t.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn tokens(body: &[u8], attributes: &HashMap<String, String>) -> Vec<String> {
+    decode_request(body, attributes)
+        .expect("a request")
+        .targets
+        .into_iter()
+        .map(|t| t.token)
+        .collect()
+}
+
+#[tokio::test]
+async fn nothing_is_lost_every_target_ends_delivered_reported_dead_lettered_or_carried() {
+    let h = Harness::new();
+    let (ok, dead, failing) = (apns_token("ab12"), "unregistered-1", apns_token("0503"));
+    let req = request(&[
+        (Platform::Apns, &ok),
+        (Platform::Fcm, dead),
+        (Platform::Apns, "not-hex"),
+        (Platform::Apns, &failing),
+    ]);
+    let settle = h.process(&h.message(&req), 1).await;
+    assert_eq!(settle, Settle::Ack(MessageResult::Republished));
+    let p = h.published();
+    assert_eq!(h.delivered(), 1, "the good token");
+    assert_eq!(p.feedback.len(), 1);
+    assert_eq!(p.feedback[0].token, dead);
+    assert_eq!(p.dead_letters.len(), 1);
+    let dl = &p.dead_letters[0];
+    assert_eq!(dl.attributes[attr::PUSH_ERROR], "malformed_token");
+    assert_eq!(tokens(&dl.data, &dl.attributes), vec!["not-hex"]);
+    assert_eq!(p.republished.len(), 1);
+    let re = &p.republished[0];
+    assert_eq!(tokens(&re.data, &re.attributes), vec![failing]);
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dead_letter_topic_at_once_with_its_reason() {
+    let h = Harness::new();
+    let garbage = h.raw(b"{not json".to_vec(), SystemTime::now(), &[("trace", "t1")]);
+    assert_eq!(
+        h.process(&garbage, 1).await,
+        Settle::Ack(MessageResult::DeadLettered)
+    );
+    let unknown_app = PushRequest {
+        app: "nope".into(),
+        ..request(&[(Platform::Fcm, "tok")])
+    };
+    let no_targets = request(&[]);
+    for m in [h.message(&unknown_app), h.message(&no_targets)] {
+        assert_eq!(
+            h.process(&m, 1).await,
+            Settle::Ack(MessageResult::DeadLettered)
+        );
+    }
+    let p = h.published();
+    let codes: Vec<&str> = p
+        .dead_letters
+        .iter()
+        .map(|d| d.attributes[attr::PUSH_ERROR].as_str())
+        .collect();
+    assert_eq!(codes, vec!["decode_json", "unknown_app", "no_targets"]);
+    let first = &p.dead_letters[0];
+    assert_eq!(first.data, b"{not json", "the original bytes");
+    assert_eq!(first.attributes[attr::SOURCE_MESSAGE_ID], "m1");
+    assert_eq!(first.attributes["trace"], "t1", "producer attributes kept");
+    assert!(first.attributes[attr::PUSH_ERROR_DETAIL].contains("proto3 JSON"));
+    assert_eq!(h.delivered(), 0);
+
+    // If that publish is not confirmed: nack, the DeadLetterPolicy catches it.
+    h.worker.outbox().refuse(PublishPurpose::DeadLetter);
+    assert_eq!(h.process(&garbage, 2).await, Settle::Nack);
+}
+
+#[tokio::test]
+async fn an_invalid_target_alone_is_dead_lettered_and_its_siblings_are_sent() {
+    let h = Harness::new();
+    let ok = apns_token("ab12");
+    let req = request(&[(Platform::Apns, &ok), (Platform::Unspecified, "x")]);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    assert_eq!(h.delivered(), 1);
+    let p = h.published();
+    assert_eq!(p.dead_letters.len(), 1);
+    assert_eq!(
+        p.dead_letters[0].attributes[attr::PUSH_ERROR],
+        "unspecified_platform"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_in_process_within_the_wait_budget() {
+    let h = Harness::with(Options {
+        max_in_process_wait: Duration::from_secs(5),
+        ..Options::default()
+    });
+    // 503 twice, then 200: retried in process, never handed back.
+    let req = request(&[
+        (Platform::Fcm, "flaky-1"),
+        (Platform::Apns, &apns_token("f1a0")),
+    ]);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    assert_eq!(h.delivered(), 2);
+    assert!(h.published().republished.is_empty());
+}
+
+#[tokio::test]
+async fn transient_failures_are_nacked_and_dead_lettered_with_a_reason_on_the_last_attempt() {
+    let h = Harness::new();
+    let req = request(&[
+        (Platform::Apns, &apns_token("0503")),
+        (Platform::Fcm, "quota-1"),
+    ]);
+    let m = h.message(&req);
+    assert_eq!(h.process(&m, 4).await, Settle::Nack);
+    assert!(h.published().dead_letters.is_empty());
+    assert_eq!(
+        h.process(&m, 5).await,
+        Settle::Ack(MessageResult::DeadLettered)
+    );
+    let p = h.published();
+    assert_eq!(
+        p.dead_letters[0].attributes[attr::PUSH_ERROR],
+        "retries_exhausted"
+    );
+    assert_eq!(p.dead_letters[0].attributes[attr::DELIVERY_ATTEMPT], "5");
+}
+
+#[tokio::test]
+async fn a_delivered_target_is_not_sent_again_because_a_sibling_failed() {
+    let h = Harness::new();
+    let (ok, failing) = (apns_token("ab12"), apns_token("0503"));
+    let req = request(&[(Platform::Apns, &ok), (Platform::Apns, &failing)]);
+    let first = h.message(&req);
+    assert_eq!(
+        h.process(&first, 1).await,
+        Settle::Ack(MessageResult::Republished)
+    );
+    let re = h.published().republished[0].clone();
+    assert_eq!(re.attributes[attr::PUSH_ATTEMPT], "2");
+    assert_eq!(re.attributes[attr::SOURCE_MESSAGE_ID], "m1");
+    assert!(re.attributes.contains_key(attr::FIRST_PUBLISH_TIME));
+    // The remainder, received as a new message, holds only the failing target.
+    let attrs: Vec<(&str, &str)> = re
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let second = h.raw(re.data.clone(), SystemTime::now(), &attrs);
+    assert_eq!(h.process(&second, 1).await, Settle::Nack, "nothing final");
+    assert_eq!(h.delivered(), 1, "the delivered target was sent once");
+
+    // Past dispatch.max_republish, what is left is dead-lettered.
+    let last = h.message_with(&req, SystemTime::now(), &[(attr::PUSH_ATTEMPT, "3")]);
+    assert_eq!(h.process(&last, 1).await, Settle::Ack(MessageResult::Acked));
+    let p = h.published();
+    let dl = p.dead_letters.last().expect("a dead letter");
+    assert_eq!(dl.attributes[attr::PUSH_ERROR], "retries_exhausted");
+    assert_eq!(tokens(&dl.data, &dl.attributes), vec![failing]);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_republish_is_nacked_and_counted_as_a_duplicate_risk() {
+    let h = Harness::new();
+    h.worker.outbox().refuse(PublishPurpose::Republish);
+    let req = request(&[
+        (Platform::Apns, &apns_token("ab12")),
+        (Platform::Apns, &apns_token("0503")),
+    ]);
+    let m = h.message(&req);
+    assert_eq!(h.process(&m, 1).await, Settle::Nack);
+    assert!(
+        h.metrics()
+            .contains(r#"push_dispatch_duplicate_risk_total{window="republish_failed"} 1"#),
+        "{}",
+        h.metrics()
+    );
+    // On the last attempt the remainder is dead-lettered instead of nacked.
+    assert_eq!(h.process(&m, 5).await, Settle::Ack(MessageResult::Acked));
+    let p = h.published();
+    assert_eq!(
+        p.dead_letters[0].attributes[attr::PUSH_ERROR],
+        "retries_exhausted"
+    );
+}
+
+#[tokio::test]
+async fn feedback_is_confirmed_before_the_ack() {
+    let h = Harness::new();
+    let req = request(&[
+        (Platform::Apns, &apns_token("dead")),
+        (Platform::Apns, &apns_token("ab12")),
+    ]);
+    let m = h.message(&req);
+    assert_eq!(h.process(&m, 1).await, Settle::Ack(MessageResult::Acked));
+    let event = &h.published().feedback[0];
+    assert_eq!(event.reason(), Reason::Unregistered);
+    assert_eq!(
+        (event.request_id.as_str(), event.recipient.as_str()),
+        ("order-42", "user-7")
+    );
+    assert_eq!(event.apns_topic, "com.example.app");
+    assert_eq!(event.source_message_id, "m1");
+
+    // Unconfirmed: the dead token is carried forward, never the delivered one.
+    h.worker.outbox().refuse(PublishPurpose::Feedback);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Republished)
+    );
+    let re = &h.published().republished[0];
+    assert_eq!(tokens(&re.data, &re.attributes), vec![apns_token("dead")]);
+    // Only dead tokens and no confirmation: nothing is final, nack.
+    let only_dead = request(&[(Platform::Fcm, "unregistered-2")]);
+    assert_eq!(h.process(&h.message(&only_dead), 1).await, Settle::Nack);
+}
+
+#[tokio::test]
+async fn expired_requests_are_not_sent_and_are_counted() {
+    let h = Harness::new();
+    let mut req = request(&[(Platform::Apns, &apns_token("ab12"))]);
+    req.ttl = Some(push_dispatch_proto::pbjson_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let old = h.message_with(&req, SystemTime::now() - Duration::from_secs(120), &[]);
+    assert_eq!(
+        h.process(&old, 1).await,
+        Settle::Ack(MessageResult::Expired)
+    );
+    assert_eq!(h.delivered(), 0);
+    assert!(
+        h.metrics().contains(
+            r#"push_dispatch_sends_total{platform="apns",app="main",outcome="expired"} 1"#
+        )
+    );
+    // The first publish of a republished remainder counts, not its own.
+    let first = Timestamp::try_from(SystemTime::now() - Duration::from_secs(120)).expect("time");
+    let first = String::from(first);
+    let re = h.message_with(
+        &req,
+        SystemTime::now(),
+        &[(attr::FIRST_PUBLISH_TIME, &first)],
+    );
+    assert_eq!(h.process(&re, 1).await, Settle::Ack(MessageResult::Expired));
+    let fresh = h.message(&req);
+    assert_eq!(
+        h.process(&fresh, 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+}
+
+#[tokio::test]
+async fn draining_hands_back_what_has_not_started() {
+    let h = Harness::new();
+    h.shutdown.drain();
+    let m = h.message(&request(&[(Platform::Apns, &apns_token("ab12"))]));
+    assert_eq!(h.process(&m, 1).await, Settle::Nack);
+    assert_eq!(h.delivered(), 0);
+    // On the last attempt it is dead-lettered with a reason instead.
+    assert_eq!(
+        h.process(&m, 5).await,
+        Settle::Ack(MessageResult::DeadLettered)
+    );
+    let dl = &h.published().dead_letters[0];
+    assert!(dl.attributes[attr::PUSH_ERROR_DETAIL].contains("shutting down"));
+}
+
+#[tokio::test]
+async fn an_outage_opens_the_circuit_and_later_targets_are_carried_forward_unsent() {
+    let h = Harness::with(Options {
+        circuit: CircuitConfig {
+            failure_ratio: 0.5,
+            min_requests: 4,
+            open_for: Duration::from_secs(30),
+        },
+        ..Options::default()
+    });
+    for _ in 0..4 {
+        let m = h.message(&request(&[(Platform::Apns, &apns_token("0500"))]));
+        assert_eq!(h.process(&m, 1).await, Settle::Nack);
+    }
+    let good = h.message(&request(&[
+        (Platform::Apns, &apns_token("ab12")),
+        (Platform::Fcm, "ok-1"),
+    ]));
+    assert_eq!(
+        h.process(&good, 1).await,
+        Settle::Ack(MessageResult::Republished),
+        "FCM is another circuit: delivered; APNs carried forward"
+    );
+    assert_eq!(h.apns.delivered(), 0, "nothing sent while open");
+    assert_eq!(h.fcm.delivered(), 1);
+    let text = h.metrics();
+    assert!(
+        text.contains(
+            r#"push_dispatch_sends_total{platform="apns",app="main",outcome="circuit_open"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"push_dispatch_circuit_open{platform="apns",app="main"} 1"#),
+        "{text}"
+    );
+    // A device's 429 is not the provider's failure: it never opens a circuit.
+    assert!(
+        text.contains(r#"push_dispatch_circuit_open{platform="fcm",app="main"} 0"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_firebase_project_trips_the_guard_and_reports_are_held_but_unregistered_flows() {
+    let h = Harness::with(Options {
+        guard: GuardConfig {
+            ratio: 0.5,
+            min_samples: 4,
+            window: Duration::from_secs(60),
+        },
+        ..Options::default()
+    });
+    for i in 0..6 {
+        let token = format!("mismatch-{i}");
+        let m = h.message(&request(&[(Platform::Fcm, &token)]));
+        assert_eq!(h.process(&m, 1).await, Settle::Ack(MessageResult::Acked));
+    }
+    let p = h.published();
+    assert_eq!(
+        p.feedback.len(),
+        3,
+        "below min_samples the guard does not judge"
+    );
+    let held: Vec<_> = p
+        .dead_letters
+        .iter()
+        .filter(|d| d.attributes[attr::PUSH_ERROR] == "invalidation_guard")
+        .collect();
+    assert_eq!(held.len(), 3, "from min_samples on, every report is held");
+    let m = h.message(&request(&[(Platform::Fcm, "unregistered-9")]));
+    assert_eq!(h.process(&m, 1).await, Settle::Ack(MessageResult::Acked));
+    assert_eq!(h.published().feedback.len(), 4, "Unregistered still flows");
+    let text = h.metrics();
+    assert!(
+        text.contains(r#"push_dispatch_invalidation_guard_tripped{platform="fcm",app="main"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"push_dispatch_invalidation_guard_held_total{platform="fcm",app="main"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"push_dispatch_invalidation_guard_tripped{platform="apns",app="main"} 0"#),
+        "{text}"
+    );
+}
