@@ -427,5 +427,4 @@ pub fn hand_back(ctx: &MessageContext<'_>, policy: Policy, why: NackCause) -> Se
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;
