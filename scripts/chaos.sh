@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CHAOS_REQUESTS="${CHAOS_REQUESTS:-3000}"
-exec scripts/with-emulator.sh cargo nextest run --test chaos --no-capture
+exec scripts/with-emulator.sh cargo nextest run --test it --no-capture -E 'test(/^chaos::/)'

@@ -2,13 +2,11 @@
 //! producer's trace, JSON logs follow Cloud Logging's format and never hold a
 //! whole device token, and metrics equal what happened with bounded labels.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Settings, TestEnv, apns_token};
+use crate::common::{self, Settings, TestEnv, apns_token};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

@@ -17,12 +17,10 @@
 //! (a stopped worker's closed streams become zombies that swallow
 //! redeliveries). Everything else missing is "lost", and the run fails on any.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Settings, TestEnv, WorkerProcess, sandbox_app_yaml, start_sandbox};
+use crate::common::{Settings, TestEnv, WorkerProcess, sandbox_app_yaml, start_sandbox};
 use push_dispatch_proto::v1::{PushRequest, TokenInvalidated};
 use push_dispatch_sandbox::Faults;
 

@@ -3,11 +3,9 @@
 //! SPEC §7). One test per guarantee of SPEC §5 that this stage covers,
 //! named after it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Settings, TestEnv, apns_token};
+use crate::common::{self, Settings, TestEnv, apns_token};
 use push_dispatch_proto::v1::{Platform, PushRequest, Reason, Target, TokenInvalidated};
 use push_dispatch_proto::{Encoding, encode_message};
 

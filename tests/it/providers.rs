@@ -1,12 +1,10 @@
 //! End-to-end through the real provider clients: emulator → worker binary →
 //! HTTP/2 → the strict sandbox (ES256 provider tokens, OAuth bearer tokens).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Settings, TestEnv, apns_token, sandbox_app_yaml, start_sandbox};
+use crate::common::{self, Settings, TestEnv, apns_token, sandbox_app_yaml, start_sandbox};
 use push_dispatch_proto::v1::{PushRequest, TokenInvalidated};
 use push_dispatch_sandbox::{Faults, Platform as SandboxPlatform, Sandbox};
 

@@ -2,11 +2,9 @@
 //! dry run), `check-config` (exit codes, keys named, secrets redacted),
 //! `send`, and readiness of `run`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Settings, TestEnv};
+use crate::common::{self, Settings, TestEnv};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
