@@ -127,7 +127,7 @@ pub async fn provision(path: &Path, dry_run: bool) -> Result<(), Failure> {
     }
     if config.pubsub.emulator_host.is_none() {
         println!();
-        print!("{}", prov::iam_bindings_help(&config));
+        print!("{}", push_dispatch_subscriber::iam::bindings_help(&config));
     }
     Ok(())
 }

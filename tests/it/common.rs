@@ -177,6 +177,7 @@ impl TestEnv {
         let config = format!(
             r#"
 project_id: {project}
+allow_insecure_endpoints: true
 pubsub:
   max_delivery_attempts: {mda}
   retry_min_backoff: {rmin}

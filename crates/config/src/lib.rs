@@ -11,7 +11,10 @@
 //! printing it (see [`Config::to_redacted_yaml`]) cannot leak a secret.
 
 mod env;
+mod feedback;
 mod validate;
+
+pub use feedback::{ConsumerSubscription, FeedbackConfig, FeedbackEncoding, GuardConfig};
 
 use env::{EnvPairs, apps_index, describe_figment_error, patch_apps};
 
@@ -52,6 +55,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// The apps push-dispatch sends for; the first is the default.
     pub apps: Vec<AppConfig>,
+    /// Allows `stub:` and `http://` provider endpoints and a non-https
+    /// `token_uri` (local stand-ins); false in production.
+    pub allow_insecure_endpoints: bool,
 }
 
 /// Pub/Sub resources, delivery policy and flow control.
@@ -89,19 +95,8 @@ pub struct PubsubConfig {
     pub max_outstanding_bytes: ByteSize,
     /// `host:port` of the Pub/Sub emulator; defaults to `PUBSUB_EMULATOR_HOST`.
     pub emulator_host: Option<String>,
-}
-
-/// Mass-invalidation guard settings (SPEC §5.9).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GuardConfig {
-    /// Share of sends whose answer is a suspicious dead-token reason that trips the guard.
-    pub ratio: f64,
-    /// Sends needed in the window before the guard may trip.
-    pub min_samples: u32,
-    /// The sliding window.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
+    /// Cloud KMS key (CMEK) for the topics provision creates.
+    pub kms_key_name: Option<String>,
 }
 
 /// Circuit breaker settings (SPEC §5.8).
@@ -133,28 +128,6 @@ pub struct DispatchConfig {
     pub max_republish: u32,
     /// Circuit breaker per provider and app.
     pub circuit: CircuitConfig,
-}
-
-/// Wire encoding of published feedback events.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FeedbackEncoding {
-    /// proto3 JSON (default).
-    Json,
-    /// Binary protobuf.
-    Binary,
-}
-
-/// The feedback topic.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeedbackConfig {
-    /// Topic that receives `TokenInvalidated` events.
-    pub topic: String,
-    /// `json` or `binary`.
-    pub encoding: FeedbackEncoding,
-    /// Mass-invalidation guard.
-    pub guard: GuardConfig,
 }
 
 /// Log output format.
@@ -243,6 +216,10 @@ pub struct ApnsConfig {
     pub team_id: String,
     /// The app's bundle id (`apns-topic`).
     pub topic: String,
+    /// `production` or `sandbox`, as feedback events name it; null = derived
+    /// from the endpoint host (`api.push.apple.com` is production).
+    #[serde(default)]
+    pub environment: Option<ApnsEnvironment>,
     /// HTTP/2 connections to APNs.
     #[serde(default = "default_apns_connections")]
     pub connections: u32,
@@ -252,6 +229,51 @@ pub struct ApnsConfig {
     /// Pushes per second for this pod; null = unlimited.
     #[serde(default)]
     pub rate_limit: Option<f64>,
+}
+
+/// The APNs environment a device token belongs to.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApnsEnvironment {
+    /// `api.push.apple.com`.
+    Production,
+    /// `api.sandbox.push.apple.com` (development builds).
+    Sandbox,
+}
+
+impl ApnsEnvironment {
+    /// `production` or `sandbox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApnsEnvironment::Production => "production",
+            ApnsEnvironment::Sandbox => "sandbox",
+        }
+    }
+
+    /// The environment an endpoint's host implies: production for Apple's
+    /// production host, sandbox for anything else.
+    pub fn of_endpoint(endpoint: &str) -> ApnsEnvironment {
+        let host = endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(endpoint)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        if host == "api.push.apple.com" {
+            ApnsEnvironment::Production
+        } else {
+            ApnsEnvironment::Sandbox
+        }
+    }
+}
+
+impl ApnsConfig {
+    /// The effective environment: `environment`, else derived from the endpoint.
+    pub fn effective_environment(&self) -> ApnsEnvironment {
+        self.environment
+            .unwrap_or_else(|| ApnsEnvironment::of_endpoint(&self.endpoint))
+    }
 }
 
 /// FCM HTTP v1 settings of an app.
@@ -300,6 +322,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             server: ServerConfig::default(),
             apps: Vec::new(),
+            allow_insecure_endpoints: false,
         }
     }
 }
@@ -321,6 +344,7 @@ impl Default for PubsubConfig {
             max_outstanding_messages: 1000,
             max_outstanding_bytes: ByteSize::mib(64),
             emulator_host: None,
+            kms_key_name: None,
         }
     }
 }
@@ -343,26 +367,6 @@ impl Default for CircuitConfig {
             failure_ratio: 0.5,
             min_requests: 50,
             open_for: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Default for FeedbackConfig {
-    fn default() -> Self {
-        FeedbackConfig {
-            topic: "push-feedback".into(),
-            encoding: FeedbackEncoding::Json,
-            guard: GuardConfig::default(),
-        }
-    }
-}
-
-impl Default for GuardConfig {
-    fn default() -> Self {
-        GuardConfig {
-            ratio: 0.5,
-            min_samples: 200,
-            window: Duration::from_secs(60),
         }
     }
 }

@@ -23,17 +23,17 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
-struct Issues(Vec<ConfigIssue>);
+pub(crate) struct Issues(pub(crate) Vec<ConfigIssue>);
 
 impl Issues {
-    fn add(&mut self, key: impl Into<String>, problem: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: impl Into<String>, problem: impl Into<String>) {
         self.0.push(ConfigIssue {
             key: key.into(),
             problem: problem.into(),
         });
     }
 
-    fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    pub(crate) fn range<T: PartialOrd + std::fmt::Display + Copy>(
         &mut self,
         key: &str,
         value: T,
@@ -49,7 +49,14 @@ impl Issues {
         }
     }
 
-    fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration, why: &str) {
+    pub(crate) fn duration(
+        &mut self,
+        key: &str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+        why: &str,
+    ) {
         if value < min || value > max {
             self.add(
                 key,
@@ -63,11 +70,23 @@ impl Issues {
         }
     }
 
-    fn resource_name(&mut self, key: &str, name: &str) {
+    pub(crate) fn resource_name(&mut self, key: &str, name: &str) {
         if let Some(problem) = pubsub_name_problem(name) {
             self.add(
                 key,
                 format!("`{name}` is not a valid Pub/Sub name: {problem}"),
+            );
+        }
+    }
+
+    /// A provider endpoint: https, or (with `allow_insecure_endpoints`)
+    /// http:// for h2c stand-ins and `stub:` for the in-process one.
+    fn provider_endpoint(&mut self, key: &str, url: &str, allow_insecure: bool) {
+        self.endpoint(key, url);
+        if !allow_insecure && (url.starts_with("stub:") || url.starts_with("http://")) {
+            self.add(
+                key,
+                format!("`{url}` is a local stand-in (no push would reach a device); use the provider's https:// endpoint, or set allow_insecure_endpoints: true for local runs and tests"),
             );
         }
     }
@@ -305,11 +324,40 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
         );
     }
 
-    validate_apps(&c.apps, &mut v);
+    crate::feedback::validate(c, &mut v);
+    if let Some(kms) = &p.kms_key_name {
+        let parts: Vec<&str> = kms.split('/').collect();
+        let shape = [
+            "projects",
+            "",
+            "locations",
+            "",
+            "keyRings",
+            "",
+            "cryptoKeys",
+            "",
+        ];
+        let ok = parts.len() == shape.len()
+            && parts.iter().zip(shape).all(|(part, want)| {
+                if want.is_empty() {
+                    !part.is_empty()
+                } else {
+                    *part == want
+                }
+            });
+        if !ok {
+            v.add(
+                "pubsub.kms_key_name",
+                format!("`{kms}` is not a Cloud KMS key name; write projects/P/locations/L/keyRings/R/cryptoKeys/K, or null"),
+            );
+        }
+    }
+
+    validate_apps(&c.apps, c.allow_insecure_endpoints, &mut v);
     v.0
 }
 
-fn validate_apps(apps: &[AppConfig], v: &mut Issues) {
+fn validate_apps(apps: &[AppConfig], allow_insecure: bool, v: &mut Issues) {
     if apps.is_empty() {
         v.add(
             "apps",
@@ -349,7 +397,7 @@ fn validate_apps(apps: &[AppConfig], v: &mut Issues) {
             );
         }
         if let Some(a) = &app.apns {
-            v.endpoint(&format!("{key}.apns.endpoint"), &a.endpoint);
+            v.provider_endpoint(&format!("{key}.apns.endpoint"), &a.endpoint, allow_insecure);
             for (field, value) in [("key_id", &a.key_id), ("team_id", &a.team_id)] {
                 if value.len() != 10 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
                     v.add(
@@ -368,7 +416,7 @@ fn validate_apps(apps: &[AppConfig], v: &mut Issues) {
             v.rate(&format!("{key}.apns.rate_limit"), a.rate_limit);
         }
         if let Some(f) = &app.fcm {
-            v.endpoint(&format!("{key}.fcm.endpoint"), &f.endpoint);
+            v.provider_endpoint(&format!("{key}.fcm.endpoint"), &f.endpoint, allow_insecure);
             if f.project_id.is_empty() {
                 v.add(
                     format!("{key}.fcm.project_id"),
@@ -422,7 +470,19 @@ pub(crate) fn check_files(config: &Config) -> Vec<ConfigIssue> {
                     Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                         Ok(json)
                             if json.get("type").and_then(|t| t.as_str())
-                                == Some("service_account") => {}
+                                == Some("service_account") =>
+                        {
+                            let token_uri = json.get("token_uri").and_then(|t| t.as_str());
+                            if let Some(uri) = token_uri
+                                && !uri.starts_with("https://")
+                                && !config.allow_insecure_endpoints
+                            {
+                                v.add(
+                                    key,
+                                    format!("{}: token_uri `{uri}` is not https (a local OAuth stand-in); use Google's key file, or set allow_insecure_endpoints: true for local runs and tests", path.display()),
+                                );
+                            }
+                        }
                         _ => v.add(
                             key,
                             format!(

@@ -298,3 +298,142 @@ fn an_indexed_environment_variable_changes_one_key_of_one_app() {
         "{text}"
     );
 }
+
+fn issues_of(text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    match Config::load(&write(&dir, text), env(&[])) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("not a validation error: {e}"),
+    }
+}
+
+#[test]
+fn local_stand_ins_are_refused_unless_allowed() {
+    let app = |endpoint: &str| {
+        format!(
+            "project_id: p-1\n{{allow}}apps:\n  - name: main\n    fcm:\n      endpoint: \"{endpoint}\"\n      project_id: fb\n"
+        )
+    };
+    for endpoint in ["stub:", "http://127.0.0.1:9443"] {
+        let refused = issues_of(&app(endpoint).replace("{allow}", ""));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("apps[0].fcm.endpoint")
+                && refused[0].contains("allow_insecure_endpoints: true"),
+            "{refused:?}"
+        );
+        let allowed = app(endpoint).replace("{allow}", "allow_insecure_endpoints: true\n");
+        assert!(issues_of(&allowed).is_empty(), "{endpoint}");
+    }
+    assert!(issues_of(&app("https://fcm.googleapis.com").replace("{allow}", "")).is_empty());
+}
+
+#[test]
+fn a_service_account_with_a_local_token_uri_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa = dir.path().join("sa.json");
+    std::fs::write(
+        &sa,
+        r#"{"type": "service_account", "token_uri": "http://127.0.0.1:9443/token", "private_key": "x"}"#,
+    )
+    .expect("write");
+    let text = |allow: &str| {
+        format!(
+            "project_id: p-1\n{allow}apps:\n  - name: main\n    fcm:\n      project_id: fb\n      credentials_file: {}\n",
+            sa.display()
+        )
+    };
+    let config = Config::load(&write(&dir, &text("")), env(&[])).expect("values are valid");
+    let issues = config.check_files();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "apps[0].fcm.credentials_file");
+    assert!(issues[0].problem.contains("token_uri"), "{issues:?}");
+    let allowed = Config::load(
+        &write(&dir, &text("allow_insecure_endpoints: true\n")),
+        env(&[]),
+    )
+    .expect("loads");
+    assert!(allowed.check_files().is_empty());
+}
+
+#[test]
+fn feedback_retention_and_consumer_subscriptions_are_checked_with_their_keys() {
+    let ok = "project_id: p-1\nfeedback:\n  retention: 3d\n  subscriptions:\n    - { name: routing-cleanup, filter: 'attributes.app = \"main\"', dead_letter_topic: routing-cleanup-dlq, retention: 2d }\napps:\n  - name: main\n    fcm:\n      project_id: fb\n";
+    assert!(issues_of(ok).is_empty(), "{:?}", issues_of(ok));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(&write(&dir, ok), env(&[])).expect("loads");
+    assert_eq!(config.feedback.retention, Duration::from_secs(3 * 86_400));
+    let sub = &config.feedback.subscriptions[0];
+    assert_eq!(sub.ack_deadline, Duration::from_secs(60), "default");
+    assert_eq!(sub.retention, Some(Duration::from_secs(2 * 86_400)));
+    let unmanaged = ok.replace("retention: 3d", "retention: 0s");
+    assert!(issues_of(&unmanaged).is_empty(), "0 disables");
+
+    let bad = ok
+        .replace("retention: 3d", "retention: 40d")
+        .replace("retention: 2d", "retention: 8d")
+        .replace("routing-cleanup-dlq", "push-feedback")
+        .replace("name: routing-cleanup", "name: push-requests-dispatch");
+    let issues = issues_of(&bad);
+    for key in [
+        "feedback.retention",
+        "feedback.subscriptions[0].retention",
+        "feedback.subscriptions[0].dead_letter_topic",
+        "feedback.subscriptions[0].name",
+    ] {
+        assert!(
+            issues.iter().any(|i| i.contains(&format!("`{key}`"))),
+            "{key}: {issues:?}"
+        );
+    }
+}
+
+#[test]
+fn the_apns_environment_comes_from_the_endpoint_unless_set() {
+    use push_dispatch_config::ApnsEnvironment;
+    assert_eq!(
+        ApnsEnvironment::of_endpoint("https://api.push.apple.com"),
+        ApnsEnvironment::Production
+    );
+    assert_eq!(
+        ApnsEnvironment::of_endpoint("https://api.push.apple.com:443/"),
+        ApnsEnvironment::Production
+    );
+    assert_eq!(
+        ApnsEnvironment::of_endpoint("https://api.sandbox.push.apple.com"),
+        ApnsEnvironment::Sandbox
+    );
+    assert_eq!(
+        ApnsEnvironment::of_endpoint("https://apns-proxy.internal"),
+        ApnsEnvironment::Sandbox
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "project_id: p-1\napps:\n  - name: main\n    apns:\n      endpoint: https://apns-proxy.internal\n      key_file: /k.p8\n      key_id: ABC123DEFG\n      team_id: DEF123GHIJ\n      topic: com.example.app\n      environment: production\n";
+    let config = Config::load(&write(&dir, text), env(&[])).expect("loads");
+    let apns = config.apps[0].apns.as_ref().expect("apns");
+    assert_eq!(apns.effective_environment(), ApnsEnvironment::Production);
+    let wrong = text.replace("environment: production", "environment: staging");
+    let err = Config::load(&write(&dir, &wrong), env(&[])).expect_err("not an environment");
+    assert!(err.to_string().contains("environment"), "{err}");
+}
+
+#[test]
+fn a_kms_key_must_be_a_full_key_name() {
+    let text = |kms: &str| {
+        format!(
+            "project_id: p-1\npubsub:\n  kms_key_name: {kms}\napps:\n  - name: main\n    fcm:\n      project_id: fb\n"
+        )
+    };
+    assert!(
+        issues_of(&text(
+            "projects/p/locations/europe-west1/keyRings/r/cryptoKeys/k"
+        ))
+        .is_empty()
+    );
+    let issues = issues_of(&text("my-key"));
+    assert!(
+        issues.iter().any(|i| i.contains("pubsub.kms_key_name")),
+        "{issues:?}"
+    );
+}

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
-use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::client::{
+    Publisher, SchemaService, Subscriber, SubscriptionAdmin, TopicAdmin,
+};
 
 /// The Pub/Sub clients of one process. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -21,6 +23,8 @@ pub struct Clients {
     pub subscriptions: SubscriptionAdmin,
     /// Streaming-pull client (gRPC).
     pub subscriber: Subscriber,
+    /// Schema service: only for `testIamPermissions` (see [`crate::iam`]).
+    pub schemas: SchemaService,
     endpoint: Option<String>,
 }
 
@@ -56,12 +60,16 @@ impl Clients {
             .with_retry_policy(Aip194Strict.with_time_limit(ADMIN_RETRY_LIMIT))
             .with_attempt_timeout(ADMIN_ATTEMPT_TIMEOUT);
         let mut subscriber = Subscriber::builder();
+        let mut schemas = SchemaService::builder()
+            .with_retry_policy(Aip194Strict.with_time_limit(ADMIN_RETRY_LIMIT))
+            .with_attempt_timeout(ADMIN_ATTEMPT_TIMEOUT);
         if let Some(ep) = &endpoint {
             let creds = anonymous::Builder::new().build();
             topics = topics.with_endpoint(ep).with_credentials(creds.clone());
             subscriptions = subscriptions
                 .with_endpoint(ep)
                 .with_credentials(creds.clone());
+            schemas = schemas.with_endpoint(ep).with_credentials(creds.clone());
             subscriber = subscriber.with_endpoint(ep).with_credentials(creds);
         }
         let build = |client: &'static str| move |source| ConnectError::Build { client, source };
@@ -72,6 +80,7 @@ impl Clients {
                 .await
                 .map_err(build("subscription admin"))?,
             subscriber: subscriber.build().await.map_err(build("subscriber"))?,
+            schemas: schemas.build().await.map_err(build("schema service"))?,
             endpoint,
         })
     }

@@ -4,6 +4,7 @@
 //! * [`client`]: connecting, to real Pub/Sub (Application Default
 //!   Credentials) or to the emulator named by `PUBSUB_EMULATOR_HOST`, which
 //!   the official crate does not read by itself.
+//! * [`desired`]: the resources the config asks for, and their drift.
 //! * [`provision`]: creating or updating the requests topic, the dead-letter
 //!   topic and its inspection subscription, the feedback topic and the
 //!   dispatch subscription (DeadLetterPolicy, RetryPolicy, expiration never).
@@ -11,6 +12,8 @@
 //!   budget, each message handed out with a [`stream::Lease`] to ack or nack.
 //! * [`publish`]: publishing with Pub/Sub's limits enforced on our side
 //!   (the emulator enforces none of them).
+//! * [`iam`]: the worker's permissions asked of Pub/Sub (`testIamPermissions`),
+//!   and who reads the feedback topic.
 //! * [`dlq`]: unary pull, ack and release over Pub/Sub's REST API, for
 //!   `dlq peek` and `dlq replay` (the official crate exposes only streaming
 //!   pull, which suits a worker but not a one-shot inspection).
@@ -18,7 +21,9 @@
 //! It knows nothing of push requests: the policy lives in the worker crate.
 
 pub mod client;
+pub mod desired;
 pub mod dlq;
+pub mod iam;
 pub mod provision;
 pub mod publish;
 pub mod stream;

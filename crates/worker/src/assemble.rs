@@ -29,22 +29,6 @@ const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// Batching delay of our publishers: small, since a message's ack waits on it.
 const PUBLISH_BATCH_DELAY: Duration = Duration::from_millis(5);
 
-/// `production` for Apple's production endpoint, `sandbox` otherwise.
-pub fn apns_environment(endpoint: &str) -> &'static str {
-    let host = endpoint
-        .split("://")
-        .nth(1)
-        .unwrap_or(endpoint)
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    if host == "api.push.apple.com" {
-        "production"
-    } else {
-        "sandbox"
-    }
-}
-
 /// Builds each app's providers from the config, in config order.
 pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<App>, RunError> {
     let timeout = config.dispatch.request_timeout;
@@ -87,7 +71,7 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                     };
                 let sender = Sender::Apns {
                     topic: a.topic.clone(),
-                    environment: apns_environment(&a.endpoint).to_string(),
+                    environment: a.effective_environment().as_str().to_string(),
                 };
                 Some(Provider::new(
                     &app.name,
@@ -163,20 +147,6 @@ pub async fn pubsub_outbox(config: &Config, clients: &Clients) -> Result<PubsubO
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn environment_comes_from_the_endpoint() {
-        assert_eq!(apns_environment("https://api.push.apple.com"), "production");
-        assert_eq!(
-            apns_environment("https://api.push.apple.com:443/"),
-            "production"
-        );
-        assert_eq!(
-            apns_environment("https://api.sandbox.push.apple.com"),
-            "sandbox"
-        );
-        assert_eq!(apns_environment("http://127.0.0.1:8443"), "sandbox");
-    }
 
     #[tokio::test]
     async fn a_bad_credentials_file_is_refused_with_the_key_named() {

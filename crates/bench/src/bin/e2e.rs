@@ -168,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         &config_path,
         format!(
             r#"project_id: {project}
+allow_insecure_endpoints: true
 pubsub:
   streams: {streams}
   max_outstanding_messages: 4000
