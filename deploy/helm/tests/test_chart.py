@@ -550,6 +550,25 @@ def secret_manager_through_the_open_source_provider():
 # ---------------------------------------------------------------- network policy
 
 
+def egress_rules(np):
+    """[(set of (port, protocol), [peer, ...])] of a NetworkPolicy's egress."""
+    out = []
+    for rule in np["spec"]["egress"]:
+        assert rule.get("ports"), f"egress rule without ports: {rule}"
+        assert rule.get("to"), f"egress rule to anywhere: {rule}"
+        out.append(({(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}, rule["to"]))
+    return out
+
+
+def peers_for(np, port, protocol="TCP"):
+    """Every peer the policy lets reach (port, protocol)."""
+    return [peer for ports, to in egress_rules(np) if (port, protocol) in ports for peer in to]
+
+
+def cidr_blocks(peers):
+    return {p["ipBlock"]["cidr"]: tuple(p["ipBlock"].get("except", ())) for p in peers if "ipBlock" in p}
+
+
 @test
 def network_policy_allows_only_what_the_worker_needs():
     docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
@@ -562,19 +581,64 @@ def network_policy_allows_only_what_the_worker_needs():
     assert set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     (ing,) = np["spec"]["ingress"]
     assert [p["port"] for p in ing["ports"]] == ["http"], ing
-    ports, cidrs = set(), set()
-    for rule in np["spec"]["egress"]:
-        assert rule.get("ports"), f"egress rule without ports: {rule}"
-        ports |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
-        cidrs |= {t["ipBlock"]["cidr"] for t in rule.get("to", []) if "ipBlock" in t}
-        assert rule.get("to"), f"egress rule to anywhere: {rule}"
+    ports = set().union(*(p for p, _ in egress_rules(np)))
     assert ports == {(53, "UDP"), (53, "TCP"), (80, "TCP"), (988, "TCP"), (443, "TCP"), (2197, "TCP"),
                      (4317, "TCP")}, ports
-    for c in ["169.254.169.254/32", "169.254.169.252/32", "17.0.0.0/8", "199.36.153.8/30"]:
-        assert c in cidrs, f"{c} missing from egress {sorted(cidrs)}"
-    assert "0.0.0.0/0" not in cidrs
+    # privateGoogleAccess: 443 only to the VIPs and Apple, nothing wider.
+    assert set(cidr_blocks(peers_for(np, 443))) == {"199.36.153.8/30", "199.36.153.4/30", "17.0.0.0/8"}
+    assert set(cidr_blocks(peers_for(np, 80))) == {"169.254.169.254/32"}
+    assert set(cidr_blocks(peers_for(np, 988))) == {"169.254.169.252/32"}
     docs = helm_template(HELM_DIR / "ci" / "secret-manager-gcp.yaml")
     assert one(docs, "NetworkPolicy")["spec"]["ingress"] == [], "no metricsFrom must deny all ingress"
+
+
+@test
+def network_policy_dns_reaches_kube_dns_nodelocal_and_cloud_dns():
+    """Cloud DNS for GKE answers on 169.254.169.254:53; kube-dns and NodeLocal DNSCache as before."""
+    docs = helm_template(sets=["networkPolicy.enabled=true"])
+    np = one(docs, "NetworkPolicy")
+    for proto in ("UDP", "TCP"):
+        peers = peers_for(np, 53, proto)
+        assert "169.254.169.254/32" in cidr_blocks(peers), f"Cloud DNS for GKE (53/{proto}) missing: {peers}"
+        assert "169.254.20.10/32" in cidr_blocks(peers), f"NodeLocal DNSCache (53/{proto}) missing: {peers}"
+        assert any(p.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for p in peers), \
+            f"kube-dns (53/{proto}) missing: {peers}"
+    # Each resolver can be switched off on its own.
+    np = one(helm_template(sets=["networkPolicy.enabled=true", "networkPolicy.dns.cloudDns=false",
+                                 "networkPolicy.dns.nodeLocalDNSCache=null"]), "NetworkPolicy")
+    assert set(cidr_blocks(peers_for(np, 53, "UDP"))) == set(), peers_for(np, 53, "UDP")
+    # Port 80 of the metadata server stays what it was: no wider.
+    assert set(cidr_blocks(peers_for(np, 80))) == {"169.254.169.254/32"}
+
+
+@test
+def network_policy_google_apis_in_both_modes():
+    """public (the default): 443 to anything outside the cluster's ranges; privateGoogleAccess: the VIPs."""
+    default = one(helm_template(sets=["networkPolicy.enabled=true"]), "NetworkPolicy")
+    blocks = cidr_blocks(peers_for(default, 443))
+    assert "0.0.0.0/0" in blocks, f"default mode does not reach public Google addresses: {blocks}"
+    excepted = set(blocks["0.0.0.0/0"])
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= excepted, excepted
+    for ports, to in egress_rules(default):
+        if "0.0.0.0/0" in cidr_blocks(to):
+            assert ports == {(443, "TCP")}, f"the public rule opens more than 443: {ports}"
+    pga = one(helm_template(sets=["networkPolicy.enabled=true",
+                                  "networkPolicy.googleApis.mode=privateGoogleAccess"]), "NetworkPolicy")
+    blocks = cidr_blocks(peers_for(pga, 443))
+    assert "0.0.0.0/0" not in blocks, blocks
+    assert {"199.36.153.8/30", "199.36.153.4/30"} <= set(blocks), blocks
+    err = helm_fails(sets=["networkPolicy.enabled=true", "networkPolicy.googleApis.mode=vpc"])
+    assert "mode" in err, err
+
+    def notes(*sets):
+        cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        for s in sets:
+            cmd += ["--set", s]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+
+    assert "Google APIs in mode public" in notes("networkPolicy.enabled=true")
+    assert "Google APIs in mode privateGoogleAccess" in notes(
+        "networkPolicy.enabled=true", "networkPolicy.googleApis.mode=privateGoogleAccess")
 
 
 # ---------------------------------------------------------------- provisioning hook

@@ -229,3 +229,14 @@ the project defaults to config.project_id, the version to latest.
 {{- $_ := include "push-dispatch.port" . }}
 {{- $_ = include "push-dispatch.terminationGracePeriodSeconds" . }}
 {{- end }}
+
+{{/* The DNS resolvers the NetworkPolicy allows, for NOTES. */}}
+{{- define "push-dispatch.dnsPeers" -}}
+{{- $dns := .Values.networkPolicy.dns }}
+{{- $peers := list }}
+{{- if $dns.kubeDns }}{{ $peers = append $peers "kube-dns" }}{{ end }}
+{{- with $dns.nodeLocalDNSCache }}{{ $peers = append $peers (printf "NodeLocal DNSCache %s" .) }}{{ end }}
+{{- if $dns.cloudDns }}{{ $peers = append $peers "Cloud DNS for GKE 169.254.169.254" }}{{ end }}
+{{- if $dns.extra }}{{ $peers = append $peers (printf "%d extra peers" (len $dns.extra)) }}{{ end }}
+{{- join ", " $peers }}
+{{- end }}
