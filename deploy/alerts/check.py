@@ -449,15 +449,18 @@ def check_dashboard(res):
     ds = variables.get("datasource")
     if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         problems.append("no `datasource` variable of type datasource for prometheus")
-    for name, label in (("job", "job"), ("platform", "platform"), ("app", "app"),
-                        ("subscription", "subscription_id")):
+    for name, label in (("cluster", "cluster"), ("namespace", "namespace"), ("job", "job"),
+                        ("platform", "platform"), ("app", "app"), ("subscription", "subscription_id")):
         v = variables.get(name)
         q = v and (v.get("query") if isinstance(v.get("query"), str) else v.get("query", {}).get("query"))
         if not v or v.get("type") != "query" or not q or not re.match(rf"label_values\(.*,\s*{label}\)$", q):
             problems.append(f"no `{name}` variable from label_values(..., {label})")
         elif v.get("datasource", {}).get("uid") != "${datasource}":
             problems.append(f"variable {name} does not use ${{datasource}}")
-    res.check("dashboard: schemaVersion 39, description, variables", problems)
+    for link in dash.get("links", []):
+        if link.get("url") and not link["url"].startswith(RUNBOOK_BASE):
+            problems.append(f"link {link.get('title')!r} is {link['url']}, not {RUNBOOK_BASE}... (runbookBaseUrl)")
+    res.check("dashboard: schemaVersion 39, description, variables, runbook link", problems)
 
     problems = []
     panels = list(all_panels(dash))
@@ -508,6 +511,17 @@ def check_dashboard(res):
             if (t.get("datasource") or {}).get("uid") not in (None, "${datasource}"):
                 problems.append(f"{where} {t.get('refId')}: target datasource is not ${{datasource}}")
             used_vars |= set(re.findall(r"\$\{?(\w+)", expr))
+            for bare in re.findall(r"(?<![\w:])(push_dispatch_\w+)(?![\w{])(?!\s*\{)", strip_strings(expr)):
+                problems.append(f"{where} {t.get('refId')}: {bare} without a selector (cluster, namespace, job)")
+            for name, matchers in selectors(expr):
+                if name and base_metric(name)[0] in METRICS:
+                    have = {(label, op, value) for label, op, value in matchers}
+                    for want in (("cluster", "=~", "$cluster"), ("namespace", "=~", "$namespace"),
+                                 ("job", "=~", "$job")):
+                        if want not in have:
+                            problems.append(f"{where} {t.get('refId')}: {name} is not scoped by "
+                                            f'{want[0]}=~"{want[2]}"')
+
             problems += expr_problems(grafana_to_promql(expr), f"{where} {t.get('refId')}", set())
             shown |= {base_metric(n)[0] for n in metric_names(grafana_to_promql(expr))}
     undefined = sorted(v for v in used_vars if v not in variables and v not in GRAFANA_BUILTINS)

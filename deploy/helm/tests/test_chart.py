@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -495,6 +496,159 @@ def service_monitor_scrapes_metrics_through_the_service():
     assert NAMESPACE in sm["spec"]["namespaceSelector"]["matchNames"]
 
 
+# ---------------------------------------------------------------- alerts and dashboard
+
+RUNBOOK = "https://docs.acme.internal/push-dispatch/operations.md"
+RULES_SOURCE = CHART / "files" / "push-dispatch.rules.yaml"
+DASHBOARD_SOURCE = CHART / "files" / "push-dispatch.dashboard.json"
+PROMTOOL = None
+ALERT_SETS = [f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true", "alerts.gmp.enabled=true",
+              "grafanaDashboard.enabled=true"]
+
+
+def rule_selectors(expr):
+    """[(metric, {label: (op, value)})] of every selector in a PromQL expression."""
+    out = []
+    for m in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^{}]*)\}", expr):
+        matchers = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', m.group(2))
+        out.append((m.group(1), {k: (op, v) for k, op, v in matchers}))
+    return out
+
+
+def scoped_rules(docs, kind):
+    return [r for obj in find(docs, kind) for g in obj["spec"]["groups"] for r in g["rules"]]
+
+
+@test
+def alerts_are_rendered_from_the_one_rules_file():
+    """PrometheusRule and GMP Rules/GlobalRules hold the source file's rules, nothing more or less."""
+    source = yaml.safe_load(RULES_SOURCE.read_text())["groups"]
+    assert (REPO / "deploy" / "alerts" / "push-dispatch.rules.yaml").resolve() == RULES_SOURCE.resolve(), \
+        "deploy/alerts/push-dispatch.rules.yaml must be the chart's file (a link), not a copy"
+    docs = helm_template(sets=ALERT_SETS)
+
+    def names(groups):
+        return [(g["name"], [r.get("alert") or r.get("record") for r in g["rules"]]) for g in groups]
+
+    pr = one(docs, "PrometheusRule")
+    assert names(pr["spec"]["groups"]) == names(source), "PrometheusRule differs from the rules file"
+    rules = one(docs, "Rules")
+    glob = one(docs, "GlobalRules")
+    assert names(rules["spec"]["groups"]) == [n for n in names(source) if n[0] != "push-dispatch.pubsub"]
+    assert names(glob["spec"]["groups"]) == [n for n in names(source) if n[0] == "push-dispatch.pubsub"]
+    assert "namespace" not in glob["metadata"] and NAMESPACE in glob["metadata"]["name"], glob["metadata"]
+    for g in pr["spec"]["groups"] + rules["spec"]["groups"] + glob["spec"]["groups"]:
+        assert g.get("interval"), f"group {g['name']} has no interval (GMP requires one)"
+    # Same expressions as the source once the markers are replaced: one source, no copy.
+    src = {(r.get("alert") or r.get("record"), r.get("labels", {}).get("severity")): r for g in source
+           for r in g["rules"]}
+    for r in scoped_rules(docs, "PrometheusRule"):
+        s = src[(r.get("alert") or r.get("record"), r.get("labels", {}).get("severity"))]
+        assert r.get("for") == s.get("for") and len(r["expr"]) >= len(s["expr"]), r.get("alert")
+        if "annotations" in s:
+            assert r["annotations"]["runbook_url"] == s["annotations"]["runbook_url"].replace(
+                "${RUNBOOK_BASE_URL}", RUNBOOK), r["annotations"]["runbook_url"]
+            assert r["annotations"]["description"] == s["annotations"]["description"]
+    off = helm_template(sets=[f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true",
+                              "alerts.pubsub=false", "alerts.kubeStateMetrics=false"])
+    assert [g["name"] for g in one(off, "PrometheusRule")["spec"]["groups"]] == \
+        ["push-dispatch.sli", "push-dispatch.alerts", "push-dispatch.slo"]
+    assert not find(helm_template(), "PrometheusRule", required=False), "alerts are optional (off by default)"
+
+
+@test
+def alert_selectors_are_scoped_to_the_release():
+    """namespace and job on every worker metric, the release's pods and autoscaler, its project and subscriptions."""
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml", sets=ALERT_SETS)
+    values = values_file(HELM_DIR / "ci" / "all-features.yaml")
+    fullname = f"{RELEASE}-push-dispatch"
+    project = values["config"]["project_id"]
+    subs = {values["config"]["pubsub"]["subscription"], values["config"]["pubsub"]["dead_letter_subscription"]}
+    absent = 0
+    for r in scoped_rules(docs, "PrometheusRule") + scoped_rules(docs, "Rules") + scoped_rules(docs, "GlobalRules"):
+        where = r.get("alert") or r.get("record")
+        assert "push-dispatch.*" not in r["expr"] and "push-requests.*" not in r["expr"], f"{where}: marker left"
+        absent += "absent(" in r["expr"]
+        for metric, m in rule_selectors(r["expr"]):
+            if metric.startswith("push_dispatch") or metric == "up":
+                assert m.get("namespace") == ("=", NAMESPACE) and m.get("job") == ("=", fullname), (where, metric, m)
+            elif metric.startswith("kube_pod_"):
+                assert m.get("namespace") == ("=", NAMESPACE), (where, metric, m)
+                assert m["pod"][0] == "=~" and re.fullmatch(m["pod"][1], f"{fullname}-7d9f8c6b5-x7k2q"), m
+                assert not re.fullmatch(m["pod"][1], f"{fullname}-provision-x7k2q"), m
+                assert not re.fullmatch(m["pod"][1], f"{fullname}-canary-7d9f8c6b5-x7k2q"), m
+            elif metric.startswith("kube_horizontalpodautoscaler_"):
+                assert m.get("namespace") == ("=", NAMESPACE), (where, metric, m)
+                for hpa in (fullname, f"keda-hpa-{fullname}"):
+                    assert re.fullmatch(m["horizontalpodautoscaler"][1], hpa), (hpa, m)
+            elif metric.startswith("pubsub_googleapis_com:"):
+                assert m.get("project_id") == ("=", project), (where, metric, m)
+                assert m["subscription_id"][0] == "=" and m["subscription_id"][1] in subs, (where, metric, m)
+    assert absent >= 2, "PushDispatchAbsent's absent() is not rendered (PrometheusRule and Rules)"
+    add = helm_template(sets=ALERT_SETS + ["alerts.additionalLabels.team=messaging"])
+    for r in scoped_rules(add, "PrometheusRule"):
+        if "alert" in r:
+            assert r["labels"]["team"] == "messaging" and r["labels"]["severity"] in ("page", "ticket"), r["labels"]
+
+
+@test
+def two_releases_in_one_namespace_never_mix():
+    """promtool runs tests/alerts/two-releases.test.yaml against the rules of releases pd and bulk."""
+    if PROMTOOL is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("promtool not found (PATH or TOOLS_DIR/bin) and CI=true: it must not skip")
+        raise Skip("no promtool (deploy/alerts/check.sh fetches it into .tools/bin)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for release, sub in (("pd", "push-requests-dispatch"), ("bulk", "push-requests-bulk-dispatch")):
+            docs = helm_template(sets=[f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true",
+                                       "config.project_id=acme-push-prod", f"config.pubsub.subscription={sub}"],
+                                 release=release)
+            groups = one(docs, "PrometheusRule")["spec"]["groups"]
+            (Path(tmp) / f"{release}.rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+        test_file = Path(tmp) / "two-releases.test.yaml"
+        test_file.write_text((HELM_DIR / "tests" / "alerts" / "two-releases.test.yaml").read_text())
+        proc = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True,
+                              check=False, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@test
+def runbook_base_url_is_required_and_used():
+    for s in ("alerts.prometheusRule.enabled=true", "alerts.gmp.enabled=true", "grafanaDashboard.enabled=true"):
+        err = helm_fails(sets=[s])
+        assert "runbookBaseUrl is empty" in err, err
+    err = helm_fails(sets=["runbookBaseUrl=docs/operations.md", "alerts.gmp.enabled=true"])
+    assert "runbookBaseUrl" in err, err
+    docs = helm_template(sets=ALERT_SETS)
+    urls = [r["annotations"]["runbook_url"] for r in scoped_rules(docs, "PrometheusRule") if "alert" in r]
+    assert urls and all(u.startswith(RUNBOOK + "#") for u in urls), urls
+
+
+@test
+def grafana_dashboard_configmap_for_the_sidecar():
+    docs = helm_template(sets=ALERT_SETS + ["grafanaDashboard.label=my_dashboards",
+                                           "grafanaDashboard.labelValue=push"])
+    cm = one(docs, "ConfigMap", f"{RELEASE}-push-dispatch-dashboard")
+    assert cm["metadata"]["labels"]["my_dashboards"] == "push", cm["metadata"]["labels"]
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    (body,) = cm["data"].values()
+    dash = json.loads(body)
+    source = json.loads(DASHBOARD_SOURCE.read_text())
+    assert len(dash["panels"]) == len(source["panels"])
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    for name in ("cluster", "namespace", "job"):
+        assert name in variables, f"no {name} variable"
+    assert variables["namespace"]["current"]["value"] == [NAMESPACE]
+    assert variables["job"]["current"]["value"] == [f"{RELEASE}-push-dispatch"]
+    assert [l["url"] for l in dash["links"]] == [RUNBOOK + "#runbook"], dash["links"]
+    assert "${RUNBOOK_BASE_URL}" not in body
+    other = one(helm_template(sets=ALERT_SETS, release="bulk"), "ConfigMap", "bulk-push-dispatch-dashboard")
+    assert json.loads(next(iter(other["data"].values())))["uid"] != dash["uid"], "two releases share a uid"
+    assert len(dash["uid"]) <= 40, dash["uid"]
+    default = one(helm_template(sets=ALERT_SETS), "ConfigMap", f"{RELEASE}-push-dispatch-dashboard")
+    assert default["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
 # ---------------------------------------------------------------- secrets
 
 
@@ -735,12 +889,16 @@ def binary_accepts_every_rendered_config():
 
 
 def main():
-    global HELM, BINARY
+    global HELM, BINARY, PROMTOOL
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--helm", default=os.environ.get("HELM", "helm"))
+    ap.add_argument("--promtool", default=os.environ.get("PROMTOOL"))
     ap.add_argument("--binary", default=os.environ.get("PUSH_DISPATCH_BIN", str(REPO / "target/debug/push-dispatch")))
     args = ap.parse_args()
     HELM = args.helm
+    tools_bin = Path(os.environ.get("TOOLS_DIR", REPO / ".tools")) / "bin"
+    PROMTOOL = args.promtool if args.promtool and args.promtool != "skip" else (
+        shutil.which("promtool") or (str(tools_bin / "promtool") if (tools_bin / "promtool").exists() else None))
     if Path(args.binary).is_file() and os.access(args.binary, os.X_OK):
         BINARY = Path(args.binary)
 

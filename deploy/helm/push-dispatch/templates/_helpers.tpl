@@ -240,3 +240,59 @@ the project defaults to config.project_id, the version to latest.
 {{- if $dns.extra }}{{ $peers = append $peers (printf "%d extra peers" (len $dns.extra)) }}{{ end }}
 {{- join ", " $peers }}
 {{- end }}
+
+{{/*
+The rule groups of files/push-dispatch.rules.yaml (the one source of the
+alert rules, also deploy/alerts/push-dispatch.rules.yaml) as a YAML list,
+with the file's scope markers replaced by this release's own selectors and
+${RUNBOOK_BASE_URL} by .Values.runbookBaseUrl. (list $ WHICH): WHICH is
+"all", "namespaced" (every group but Pub/Sub's) or "pubsub".
+*/}}
+{{- define "push-dispatch.ruleGroups" -}}
+{{- $root := index . 0 }}
+{{- $which := index . 1 }}
+{{- $v := $root.Values }}
+{{- $fullname := include "push-dispatch.fullname" $root }}
+{{- $ns := $root.Release.Namespace }}
+{{- $name := regexQuoteMeta $fullname }}
+{{- /* A Deployment's pods are FULLNAME-<pod-template-hash>-<5 chars>, both from Kubernetes' safe alphabet (no vowels), so the Job's FULLNAME-provision-xxxxx and a release named FULLNAME-canary do not match. */}}
+{{- $podChars := "bcdfghjklmnpqrstvwxz2456789" }}
+{{- $text := $root.Files.Get "files/push-dispatch.rules.yaml" }}
+{{- $text = $text | replace "job=~\".*push-dispatch.*\"" (printf "namespace=%q, job=%q" $ns $fullname) }}
+{{- $text = $text | replace "pod=~\".*push-dispatch.*\"" (printf "namespace=%q, pod=~%q" $ns (printf "%s-[%s]+-[%s]{5}" $name $podChars $podChars)) }}
+{{- $text = $text | replace "horizontalpodautoscaler=~\".*push-dispatch.*\"" (printf "namespace=%q, horizontalpodautoscaler=~%q" $ns (printf "%s|keda-hpa-%s" $name $name)) }}
+{{- $text = $text | replace "subscription_id=~\"push-requests.*-dispatch\"" (printf "project_id=%q, subscription_id=%q" $v.config.project_id $v.config.pubsub.subscription) }}
+{{- $text = $text | replace "subscription_id=~\"push-requests.*-dlq-inspect\"" (printf "project_id=%q, subscription_id=%q" $v.config.project_id $v.config.pubsub.dead_letter_subscription) }}
+{{- $text = $text | replace "${RUNBOOK_BASE_URL}" $v.runbookBaseUrl }}
+{{- if or (contains ".*push-dispatch.*" $text) (contains "push-requests.*-" $text) (contains "${RUNBOOK_BASE_URL}" $text) }}
+{{- fail "files/push-dispatch.rules.yaml has a scope marker the chart does not replace; see the file's header" }}
+{{- end }}
+{{- $doc := fromYaml $text }}
+{{- if hasKey $doc "Error" }}
+{{- fail (printf "files/push-dispatch.rules.yaml: %s" $doc.Error) }}
+{{- end }}
+{{- $groups := list }}
+{{- range $doc.groups }}
+{{- $pubsub := eq .name "push-dispatch.pubsub" }}
+{{- $keep := or (eq $which "all") (and (eq $which "pubsub") $pubsub) (and (eq $which "namespaced") (not $pubsub)) }}
+{{- if and $pubsub (not $v.alerts.pubsub) }}{{ $keep = false }}{{ end }}
+{{- if and (eq .name "push-dispatch.kubernetes") (not $v.alerts.kubeStateMetrics) }}{{ $keep = false }}{{ end }}
+{{- if $keep }}
+{{- $_ := set . "interval" (default $v.alerts.interval .interval) }}
+{{- range .rules }}
+{{- if and .alert $v.alerts.additionalLabels }}
+{{- $_ := set . "labels" (merge (deepCopy (default dict .labels)) $v.alerts.additionalLabels) }}
+{{- end }}
+{{- end }}
+{{- $groups = append $groups . }}
+{{- end }}
+{{- end }}
+{{- toYaml $groups }}
+{{- end }}
+
+{{/* runbookBaseUrl is required wherever alerts or the dashboard link to the runbook. */}}
+{{- define "push-dispatch.requireRunbookBaseUrl" -}}
+{{- if not .Values.runbookBaseUrl }}
+{{- fail "runbookBaseUrl is empty: alerts.* and grafanaDashboard link to the runbook as runbookBaseUrl + #anchor. Set it to where docs/operations.md of this version is served, e.g. https://github.com/YOUR-ORG/push-dispatch/blob/v0.1.0/docs/operations.md" }}
+{{- end }}
+{{- end }}
