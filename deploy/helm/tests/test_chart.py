@@ -404,17 +404,32 @@ def default_has_fixed_replicas_and_no_autoscaler():
 
 
 @test
-def hpa_scales_the_deployment_on_cpu_slowly_down():
+def hpa_scales_the_deployment_slowly_down_on_cpu_or_the_backlog():
     docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    values = values_file(HELM_DIR / "ci" / "all-features.yaml")
     dep = deployment(docs)
     assert "replicas" not in dep["spec"], "an autoscaled Deployment must not pin replicas"
     hpa = one(docs, "HorizontalPodAutoscaler")
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]), ref
-    metric = hpa["spec"]["metrics"][0]
-    assert metric["resource"]["name"] == "cpu", metric
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert set(metrics) == {"External", "Resource"}, metrics
+    ext = metrics["External"]["external"]
+    assert ext["metric"]["name"] == "pubsub.googleapis.com|subscription|num_undelivered_messages", ext
+    assert ext["metric"]["selector"]["matchLabels"] == {
+        "resource.labels.subscription_id": values["config"]["pubsub"]["subscription"]}, ext
+    assert ext["target"] == {"type": "AverageValue", "averageValue": "2000"}, ext
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
     assert not find(docs, "ScaledObject", required=False)
+    # CPU only (the default), backlog only, and neither (refused).
+    cpu = one(helm_template(sets=["autoscaling.enabled=true"]), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in cpu["spec"]["metrics"]] == ["Resource"], cpu["spec"]["metrics"]
+    backlog = one(helm_template(sets=["autoscaling.enabled=true", "autoscaling.pubsubBacklog.enabled=true",
+                                      "autoscaling.targetCPUUtilizationPercentage=null"]), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in backlog["spec"]["metrics"]] == ["External"], backlog["spec"]["metrics"]
+    err = helm_fails(sets=["autoscaling.enabled=true", "autoscaling.targetCPUUtilizationPercentage=null"])
+    assert "give the HPA a metric" in err, err
 
 
 def check_scaled_object(docs, values):
@@ -429,38 +444,69 @@ def check_scaled_object(docs, values):
     assert so["spec"]["maxReplicaCount"] >= so["spec"]["minReplicaCount"]
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "scale-down must be slow (APNs churn)"
-    (trigger,) = so["spec"]["triggers"]
-    assert trigger["type"] == "gcp-pubsub", trigger
+    trigger = so["spec"]["triggers"][0]
     cfg = values["config"]
-    want = f"projects/{cfg['project_id']}/subscriptions/{cfg['pubsub']['subscription']}"
-    assert trigger["metadata"]["subscriptionName"] == want, trigger["metadata"]
-    assert trigger["metadata"]["mode"] == values["keda"]["mode"]
-    for k in ("value", "activationValue"):
+    if values["keda"]["trigger"] == "prometheus":
+        assert trigger["type"] == "prometheus", trigger
+        md = trigger["metadata"]
+        assert md["serverAddress"] == (f"https://monitoring.googleapis.com/v1/projects/{cfg['project_id']}"
+                                       "/location/global/prometheus"), md
+        sel = f'project_id="{cfg["project_id"]}", subscription_id="{cfg["pubsub"]["subscription"]}"'
+        assert sel in md["query"], md["query"]
+        metric = ("subscription_oldest_unacked_message_age" if values["keda"]["mode"] == "OldestUnackedMessageAge"
+                  else "subscription_num_undelivered_messages")
+        assert f"pubsub_googleapis_com:{metric}{{" in md["query"], md["query"]
+        assert md["ignoreNullValues"] == "false", "an unreadable backlog must count towards the fallback"
+        assert trigger.get("metricType", "AverageValue") == "AverageValue", "fallback needs AverageValue"
+        keys = ("threshold", "activationThreshold")
+    else:
+        assert trigger["type"] == "gcp-pubsub", trigger
+        want = f"projects/{cfg['project_id']}/subscriptions/{cfg['pubsub']['subscription']}"
+        assert trigger["metadata"]["subscriptionName"] == want, trigger["metadata"]
+        assert trigger["metadata"]["mode"] == values["keda"]["mode"]
+        keys = ("value", "activationValue")
+    for k in keys:
         assert isinstance(trigger["metadata"][k], str), f"KEDA metadata {k} must be a string"
     return so, trigger
 
 
 @test
 def keda_scaled_object_on_the_subscription_backlog():
+    """Default trigger: prometheus against Cloud Monitoring's PromQL API, GMP's authentication."""
     f = HELM_DIR / "ci" / "keda.yaml"
     docs = helm_template(f)
     so, trigger = check_scaled_object(docs, values_file(f))
-    assert trigger["metadata"]["value"] == "10000"
+    assert trigger["metadata"]["threshold"] == "10000"
     auth = one(docs, "TriggerAuthentication")
-    assert auth["spec"]["podIdentity"]["provider"] == "gcp", auth["spec"]
+    assert auth["spec"] == {"podIdentity": {"provider": "gcp"}}, auth["spec"]
     assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"], "kind": "TriggerAuthentication"}
-    assert so["spec"]["fallback"]["replicas"] >= 1
+    assert "authModes" not in trigger["metadata"], "GMP takes no other auth mode than the GCP identity"
+    fallback = so["spec"]["fallback"]
+    assert fallback["replicas"] >= 1 and fallback["behavior"] == "currentReplicasIfHigher", fallback
+    assert [t["type"] for t in so["spec"]["triggers"]] == ["prometheus", "cpu"], "extraTriggers not appended"
+    age = one(helm_template(f, sets=["keda.mode=OldestUnackedMessageAge"]), "ScaledObject")["spec"]["triggers"][0]
+    assert age["metadata"]["query"].startswith("max(pubsub_googleapis_com:subscription_oldest_unacked_message_age{")
+    custom = one(helm_template(f, sets=["keda.prometheus.query=sum(x)", "keda.fallback.behavior=static"]),
+                 "ScaledObject")
+    assert custom["spec"]["triggers"][0]["metadata"]["query"] == "sum(x)"
+    assert custom["spec"]["fallback"]["behavior"] == "static"
+    err = helm_fails(f, sets=["keda.fallback.behavior=sometimes"])
+    assert "behavior" in err, err
 
 
 @test
-def keda_with_existing_cluster_trigger_authentication():
+def keda_deprecated_gcp_pubsub_trigger_with_existing_cluster_trigger_authentication():
     f = HELM_DIR / "ci" / "secret-manager-gcp.yaml"
     docs = helm_template(f)
-    _, trigger = check_scaled_object(docs, values_file(f))
+    so, trigger = check_scaled_object(docs, values_file(f))
     assert trigger["metadata"]["mode"] == "OldestUnackedMessageAge"
     assert trigger["authenticationRef"] == {"name": "keda-gcp-workload-identity",
                                             "kind": "ClusterTriggerAuthentication"}
     assert not find(docs, "TriggerAuthentication", required=False)
+    assert "fallback" not in so["spec"]
+    cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(f)]
+    notes = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+    assert "gcp-pubsub scaler is deprecated" in notes, notes
 
 
 # ---------------------------------------------------------------- metrics

@@ -214,6 +214,12 @@ the project defaults to config.project_id, the version to latest.
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
 {{- fail "autoscaling.enabled and keda.enabled are both true: a KEDA ScaledObject creates its own HorizontalPodAutoscaler, and two autoscalers on one Deployment fight. Enable only one." }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.pubsubBacklog.enabled) }}
+{{- fail "autoscaling.enabled with neither targetCPUUtilizationPercentage nor pubsubBacklog.enabled: give the HPA a metric" }}
+{{- end }}
+{{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
+{{- fail "keda.minReplicaCount exceeds keda.maxReplicaCount" }}
+{{- end }}
 {{- if not .Values.config.apps }}
 {{- fail "config.apps is empty: configure at least one app (the first is the default)" }}
 {{- end }}
@@ -295,4 +301,31 @@ ${RUNBOOK_BASE_URL} by .Values.runbookBaseUrl. (list $ WHICH): WHICH is
 {{- if not .Values.runbookBaseUrl }}
 {{- fail "runbookBaseUrl is empty: alerts.* and grafanaDashboard link to the runbook as runbookBaseUrl + #anchor. Set it to where docs/operations.md of this version is served, e.g. https://github.com/YOUR-ORG/push-dispatch/blob/v0.1.0/docs/operations.md" }}
 {{- end }}
+{{- end }}
+
+{{/* Cloud Monitoring's PromQL endpoint for KEDA's prometheus trigger. */}}
+{{- define "push-dispatch.kedaPrometheusServer" -}}
+{{- default (printf "https://monitoring.googleapis.com/v1/projects/%s/location/global/prometheus" .Values.config.project_id) .Values.keda.prometheus.serverAddress }}
+{{- end }}
+
+{{/* The backlog query of KEDA's prometheus trigger: one value for the dispatch subscription. */}}
+{{- define "push-dispatch.kedaBacklogQuery" -}}
+{{- if .Values.keda.prometheus.query }}
+{{- .Values.keda.prometheus.query }}
+{{- else }}
+{{- $sel := printf "project_id=%q, subscription_id=%q" .Values.config.project_id .Values.config.pubsub.subscription }}
+{{- if eq .Values.keda.mode "OldestUnackedMessageAge" }}
+{{- printf "max(pubsub_googleapis_com:subscription_oldest_unacked_message_age{%s})" $sel }}
+{{- else }}
+{{- printf "sum(pubsub_googleapis_com:subscription_num_undelivered_messages{%s})" $sel }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* What the HPA scales on, for NOTES. */}}
+{{- define "push-dispatch.hpaMetrics" -}}
+{{- $m := list }}
+{{- if .Values.autoscaling.pubsubBacklog.enabled }}{{ $m = append $m "the subscription backlog (External metric)" }}{{ end }}
+{{- if not (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) }}{{ $m = append $m "CPU" }}{{ end }}
+{{- join " and " $m }}
 {{- end }}
