@@ -329,3 +329,49 @@ ${RUNBOOK_BASE_URL} by .Values.runbookBaseUrl. (list $ WHICH): WHICH is
 {{- if not (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) }}{{ $m = append $m "CPU" }}{{ end }}
 {{- join " and " $m }}
 {{- end }}
+
+{{/* The most replicas the Deployment can have: the autoscaler's maximum, else replicaCount. */}}
+{{- define "push-dispatch.maxReplicas" -}}
+{{- if .Values.keda.enabled }}{{ .Values.keda.maxReplicaCount }}
+{{- else if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}
+{{- else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* New pods per rollout wave: maxSurge of the most replicas (a percentage rounds up, as Kubernetes does), at least 1. */}}
+{{- define "push-dispatch.rolloutSurge" -}}
+{{- $replicas := include "push-dispatch.maxReplicas" . | int }}
+{{- $surge := (.Values.updateStrategy.rollingUpdate | default dict).maxSurge | default 1 | toString }}
+{{- $n := 1 }}
+{{- if hasSuffix "%" $surge }}
+{{- $pct := trimSuffix "%" $surge | int }}
+{{- $n = div (add (mul $replicas $pct) 99) 100 | int }}
+{{- else }}
+{{- $n = $surge | int }}
+{{- end }}
+{{- max $n 1 }}
+{{- end }}
+
+{{- define "push-dispatch.rolloutWaves" -}}
+{{- $replicas := include "push-dispatch.maxReplicas" . | int }}
+{{- $surge := include "push-dispatch.rolloutSurge" . | int }}
+{{- div (add $replicas $surge -1) $surge }}
+{{- end }}
+
+{{/*
+The `helm upgrade --timeout` a rollout needs, in seconds: per wave the
+startup probe's whole budget, a readiness period, minReadySeconds and 30 s to
+schedule and pull; plus a minute; never under 5 minutes (Helm's default).
+*/}}
+{{- define "push-dispatch.upgradeTimeoutSeconds" -}}
+{{- $p := .Values.probes }}
+{{- $wave := add (mul $p.startup.periodSeconds $p.startup.failureThreshold) $p.readiness.periodSeconds .Values.minReadySeconds 30 }}
+{{- max 300 (add (mul (include "push-dispatch.rolloutWaves" . | int) $wave) 60) }}
+{{- end }}
+
+{{/* Non-empty when the pods may land on GKE Spot nodes (a toleration or nodeSelector for cloud.google.com/gke-spot). */}}
+{{- define "push-dispatch.onSpot" -}}
+{{- $spot := false }}
+{{- range .Values.tolerations }}{{ if eq (toString .key) "cloud.google.com/gke-spot" }}{{ $spot = true }}{{ end }}{{ end }}
+{{- if eq (toString (index .Values.nodeSelector "cloud.google.com/gke-spot")) "true" }}{{ $spot = true }}{{ end }}
+{{- if $spot }}true{{ end }}
+{{- end }}
