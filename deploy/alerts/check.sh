@@ -21,8 +21,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 tools=${TOOLS_DIR:-$repo/.tools}
+# The pinned tools of deploy/helm/tests/tools.sh when installed (its venv has
+# yamllint and PyYAML), else whatever the machine has.
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$tools/bin:$scripts_dir:$PATH"
+export PATH="$tools/venv/bin:$tools/bin:$scripts_dir:$PATH"
 
 rules=deploy/alerts/push-dispatch.rules.yaml
 tests=deploy/alerts/tests/push-dispatch.rules.test.yaml

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import validate_crs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 HELM_DIR = REPO / "deploy" / "helm"
 CHART = HELM_DIR / "push-dispatch"
@@ -37,6 +40,7 @@ CI_VALUES = sorted((HELM_DIR / "ci").glob("*.yaml"))
 RELEASE = "pd"
 NAMESPACE = "push"
 CONFIG_PATH = "/etc/push-dispatch/config.yaml"
+CLUSTER_SCOPED = {"GlobalRules"}
 
 HELM = "helm"
 BINARY = None
@@ -364,7 +368,10 @@ def labels_and_namespace_on_every_object():
             for k in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
                       "helm.sh/chart", "app.kubernetes.io/version"]:
                 assert k in md.get("labels", {}), f"{label}: {d['kind']} {md['name']} lacks label {k}"
-            assert md.get("namespace") == NAMESPACE, f"{label}: {d['kind']} {md['name']} namespace"
+            if d["kind"] in CLUSTER_SCOPED:
+                assert "namespace" not in md, f"{label}: cluster-scoped {d['kind']} {md['name']} has a namespace"
+            else:
+                assert md.get("namespace") == NAMESPACE, f"{label}: {d['kind']} {md['name']} namespace"
 
 
 # ---------------------------------------------------------------- service account
@@ -693,6 +700,57 @@ def grafana_dashboard_configmap_for_the_sidecar():
     assert len(dash["uid"]) <= 40, dash["uid"]
     default = one(helm_template(sets=ALERT_SETS), "ConfigMap", f"{RELEASE}-push-dispatch-dashboard")
     assert default["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# ---------------------------------------------------------------- custom resource schemas
+
+
+def cr_errors(doc):
+    """Schema errors of one custom resource against deploy/helm/tests/schemas/ (validate_crs.py)."""
+    import jsonschema
+    path, schema = validate_crs.schema_for(doc["apiVersion"], doc["kind"])
+    assert schema is not None, f"no schema {path.name} for {doc['kind']}"
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+@test
+def every_custom_resource_has_a_schema_and_matches_it():
+    """Each custom kind the chart can render is validated; a typo or a wrong type in one fails."""
+    kinds = set()
+    for label, values, docs in all_renders() + [("alerts", None, helm_template(sets=ALERT_SETS))]:
+        for d in docs:
+            if d["apiVersion"].rpartition("/")[0] in validate_crs.BUILTIN_GROUPS:
+                continue
+            kinds.add(d["kind"])
+            errors = cr_errors(d)
+            assert not errors, f"{label}: {d['kind']} {d['metadata']['name']}: {errors[:5]}"
+    want = {"ScaledObject", "TriggerAuthentication", "PodMonitoring", "ServiceMonitor", "SecretProviderClass",
+            "PrometheusRule", "Rules", "GlobalRules"}
+    assert want <= kinds, f"CI renders no {sorted(want - kinds)}: add them to a deploy/helm/ci/ values file"
+    cta = {"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication", "metadata": {"name": "x"},
+           "spec": {"podIdentity": {"provider": "gcp"}}}
+    assert not cr_errors(cta)
+
+    # Each mutation is one a reviewer could miss; each schema must refuse it.
+    docs = {d["kind"]: d for d in helm_template(HELM_DIR / "ci" / "all-features.yaml", sets=ALERT_SETS)}
+    docs.update({d["kind"]: d for d in helm_template(HELM_DIR / "ci" / "keda.yaml")})
+    mutations = [
+        ("ScaledObject", lambda d: d["spec"].__setitem__("minReplicaCont", 2)),
+        ("ScaledObject", lambda d: d["spec"]["fallback"].__setitem__("behavior", "sometimes")),
+        ("ScaledObject", lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("threshold", 10000)),
+        ("TriggerAuthentication", lambda d: d["spec"].__setitem__("podIdentty", {"provider": "gcp"})),
+        ("PodMonitoring", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
+        ("PodMonitoring", lambda d: d["spec"]["endpoints"][0].__setitem__("intervall", "30s")),
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("scrapeTimout", "10s")),
+        ("SecretProviderClass", lambda d: d["spec"].__setitem__("providr", "gke")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].__setitem__("expr", ["up"])),
+        ("Rules", lambda d: d["spec"]["groups"][0].pop("interval")),
+        ("GlobalRules", lambda d: d["metadata"].__setitem__("namespace", NAMESPACE)),
+    ]
+    for kind, mutate in mutations:
+        doc = json.loads(json.dumps(docs[kind]))
+        mutate(doc)
+        assert cr_errors(doc), f"{kind}: the schema accepts a broken object: {doc['spec']}"
 
 
 # ---------------------------------------------------------------- secrets
