@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Chart tests for deploy/helm/push-dispatch, run by `make helm-lint`.
 
-kubernetes-validate checks the built-in kinds against the Kubernetes schemas
-but skips custom resources (ScaledObject, TriggerAuthentication, PodMonitoring,
-ServiceMonitor, SecretProviderClass). These tests render the chart with helm
-for the default values and every file in deploy/helm/ci/, and assert what a
-schema cannot: the custom resources' fields, the security context and probes,
-the grace period against shutdown_grace, that the rendered config has the keys
-of the repository's config.yaml (and that values.yaml and values.schema.json
-stay in step with it), that the chart refuses HPA and KEDA together, and, when
-target/debug/push-dispatch exists, that the binary accepts every rendered
-config except for the key files that only exist in a pod.
+These tests render the chart with helm for the default values, every file in
+deploy/helm/ci/ and targeted --set variations, and assert what schemas
+cannot: the security context and probes, the grace period against
+shutdown_grace, that the rendered config has the keys of the repository's
+config.yaml (and that values.yaml and values.schema.json stay in step with it
+and with each other), NetworkPolicy DNS and both Google API egress modes,
+autoscaling (KEDA's prometheus and gcp-pubsub triggers, the HPA on CPU or
+the backlog), the alert rules rendered from the one rules file and scoped to
+the release (promtool runs two releases side by side when it is available;
+under CI=true it must be), the dashboard ConfigMap, every custom resource
+against the vendored schemas (schemas/, validate_crs.py) and that broken
+ones fail, rollouts (maxSurge, the upgrade timeout in NOTES, Spot), the
+Dockerfile's dependency layer, the chart's metadata against Cargo.toml, that
+no example host is linked, and, when target/debug/push-dispatch exists, that
+the binary accepts every rendered config except for the key files that only
+exist in a pod.
 
-Usage: test_chart.py [--helm PATH] [--binary PATH]
+Usage: test_chart.py [--helm PATH] [--promtool PATH] [--binary PATH]
 Prints one line per test and `test_chart: N passed, M failed[, K skipped]`;
 exits 1 on failure.
 """
@@ -963,6 +969,153 @@ def notes_warn_about_example_values():
     assert "rollout status deployment/pd-push-dispatch" in default
     assert "config.project_id is still the example" in default
     assert "WARNINGS" not in notes(HELM_DIR / "ci" / "all-features.yaml"), "all-features.yaml still warns"
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+@test
+def rollouts_surge_a_quarter_and_notes_give_a_timeout_that_scales():
+    strategy = deployment(helm_template())["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}, strategy
+
+    def notes(*sets):
+        cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        for x in sets:
+            cmd += ["--set", x]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+
+    def timeout(*sets):
+        m = re.search(r"--wait --timeout (\d+)s", notes(*sets))
+        assert m, "NOTES give no helm upgrade --timeout"
+        return int(m.group(1))
+
+    small, big = timeout(), timeout("keda.enabled=true", "keda.maxReplicaCount=40")
+    one_by_one = timeout("keda.enabled=true", "keda.maxReplicaCount=40", "updateStrategy.rollingUpdate.maxSurge=1")
+    assert 300 <= small < big < one_by_one, (small, big, one_by_one)
+    # 40 replicas, 25% surge: 4 waves of (2 s x 60 startup + 5 s readiness + 10 s minReady + 30 s) + 60 s.
+    assert big == 4 * (120 + 5 + 10 + 30) + 60, big
+    spot = notes("tolerations[0].key=cloud.google.com/gke-spot", "tolerations[0].operator=Exists")
+    assert "Spot nodes" in spot and "shutdown_grace is 30s" in spot, spot
+    assert "Spot nodes" not in notes("tolerations[0].key=cloud.google.com/gke-spot",
+                                      "tolerations[0].operator=Exists", "config.shutdown_grace=10s")
+
+
+# ---------------------------------------------------------------- repository
+
+
+def cargo_package_field(field):
+    m = re.search(rf'^{field} = "([^"]*)"', (REPO / "Cargo.toml").read_text(), re.M)
+    assert m, f"Cargo.toml has no {field}"
+    return m.group(1)
+
+
+@test
+def chart_metadata_follows_cargo_toml():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = cargo_package_field("version")
+    assert chart["version"] == version and chart["appVersion"] == version, (chart["version"], version)
+    repository = cargo_package_field("repository")
+    assert chart.get("home") == repository and chart.get("sources") == [repository], (chart.get("home"), repository)
+    assert chart.get("maintainers") and all(m.get("name") for m in chart["maintainers"]), chart.get("maintainers")
+    for f in ("LICENSE", "SECURITY.md", "deny.toml"):
+        assert (REPO / f).is_file(), f"{f} missing"
+    assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+
+
+EXAMPLE_HOSTS = re.compile(r"(?:[\w.-]+\.)?example\.(?:com|org|net|invalid)\b|github\.com/example\b", re.I)
+
+
+@test
+def nothing_points_at_an_example_host():
+    """deploy/, docs/ and the build files link no example host, except where they mirror Cargo.toml."""
+    repository = cargo_package_field("repository")
+    files = [REPO / "Makefile", REPO / "SECURITY.md", REPO / "deny.toml", REPO / ".dockerignore"]
+    files += [p for d in ("deploy", "docs", "scripts") for p in (REPO / d).rglob("*")
+              if p.is_file() and not p.is_symlink() and p.suffix in {".yaml", ".yml", ".json", ".md", ".sh", ".py",
+                                                                       ".tpl", ".txt", ""}]
+    hits = []
+    for f in files:
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for m in EXAMPLE_HOSTS.finditer(line):
+                if f.name == "Chart.yaml" and repository in line:
+                    continue  # home/sources mirror Cargo.toml (chart_metadata_follows_cargo_toml)
+                hits.append(f"{f.relative_to(REPO)}:{n}: {m.group(0)}")
+    assert not hits, "example hosts: " + "; ".join(hits[:20])
+    if EXAMPLE_HOSTS.search(repository):
+        print(f"note: Cargo.toml's repository is still the placeholder {repository}; Chart.yaml follows it")
+
+
+def value_paths(node, prefix=""):
+    """Key paths of values.yaml, stopping at free-form maps and lists."""
+    paths = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{prefix}.{k}" if prefix else k
+            paths.add(p)
+            paths |= value_paths(v, p)
+    return paths
+
+
+@test
+def values_yaml_and_schema_declare_the_same_keys():
+    """Outside `config:` (config_keys tests), values.yaml and values.schema.json stay in step."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema.get("additionalProperties") is False, "the schema's top level accepts unknown keys"
+
+    def declared(node, prefix=""):
+        out = set()
+        for k, sub in (node.get("properties") or {}).items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.add(p)
+            if sub.get("additionalProperties") is False:
+                out |= declared(sub, p)
+        return out
+
+    have = {p for p in declared(schema) if not p.startswith("config.") and p != "config"}
+    want = {p for p in value_paths(values) if not p.startswith("config.") and p != "config"}
+    # Free-form maps (labels, annotations, selectors, resources, ...) are not closed in the schema.
+    want = {p for p in want if any(p == h or p.startswith(h + ".") for h in have)}
+    missing = sorted(p for p in want if p not in have and not any(p.startswith(h + ".") and
+                     not _closed(schema, h) for h in have))
+    # Optional Kubernetes fields the schema types but values.yaml need not set.
+    passthrough = re.compile(r"^(probes\.\w+\.\w+|(\w+\.)?resources\.claims)$")
+    unknown = sorted(p for p in have if p not in value_paths(values) and p != "global" and not passthrough.match(p))
+    assert not missing, f"values.yaml keys the schema does not declare: {missing}"
+    assert not unknown, f"schema keys values.yaml does not have: {unknown}"
+
+
+def _closed(schema, path):
+    node = schema
+    for part in path.split("."):
+        node = (node.get("properties") or {}).get(part, {})
+    return node.get("additionalProperties") is False
+
+
+@test
+def image_builds_dependencies_in_their_own_layer():
+    lines = [l.strip() for l in (REPO / "deploy" / "Dockerfile").read_text().splitlines()
+             if l.strip() and not l.strip().startswith("#")]
+    stages = {}
+    current = None
+    for l in lines:
+        m = re.match(r"FROM \S+(?: AS (\w+))?", l)
+        if m:
+            current = m.group(1) or "runtime"
+            stages[current] = []
+        elif current:
+            stages[current].append(l)
+    builder = stages["builder"]
+    cook = next(i for i, l in enumerate(builder) if "cargo chef cook" in l)
+    first_source = next(i for i, l in enumerate(builder) if re.match(r"COPY (src|crates)\b", l))
+    assert cook < first_source, "cargo chef cook must run before the sources are copied"
+    assert any("--from=planner" in l and "recipe.json" in l for l in builder[:cook]), "cook needs the recipe"
+    assert not any("--mount=type=cache" in l for l in builder), "cache mounts do not reach a cold CI builder"
+    ignored = {l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
+               if l.strip() and not l.startswith("#")}
+    for must in ("target/", ".dev/", ".bench/", ".tools/", ".git", "*.p8"):
+        assert must in ignored, f".dockerignore does not cover {must}"
 
 
 # ---------------------------------------------------------------- the real binary
