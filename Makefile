@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos bench bench-scaling lint fmt build release buf-lint clean-dev docker helm-lint alerts-lint
+.PHONY: run test chaos bench bench-scaling lint deny fmt build release buf-lint clean-dev docker helm-lint alerts-lint chart
 
 CARGO ?= cargo
 DEV := .dev
@@ -24,11 +24,16 @@ bench:
 bench-scaling:
 	@scripts/bench-scaling.sh
 
-## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract
+## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract, cargo-deny (deny.toml)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@if command -v buf >/dev/null 2>&1; then cd proto && buf lint && echo "buf lint: clean"; else echo "buf not installed (pip install buf-bin): skipping buf lint"; fi
+	@scripts/deny.sh
+
+## deny: cargo-deny alone: licenses, bans, sources; advisories when the RustSec database can be fetched
+deny:
+	@scripts/deny.sh
 
 ## fmt: format the code
 fmt:
@@ -47,10 +52,12 @@ clean-dev:
 DOCKER ?= docker
 IMAGE ?= push-dispatch
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+REPOSITORY ?= $(shell sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 docker:
 	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "$(DOCKER) not found: make docker needs a container engine (DOCKER=podman works too)"; exit 1; }
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile -t $(IMAGE):$(VERSION) \
 		--build-arg VERSION=$(VERSION) \
+		--build-arg SOURCE=$(REPOSITORY) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 
@@ -61,3 +68,11 @@ helm-lint:
 ## alerts-lint: the alert rules and the Grafana dashboard: project checks, and promtool check/test rules (promtool from Debian's prometheus package)
 alerts-lint:
 	@deploy/alerts/check.sh
+
+## chart: package the Helm chart as dist/push-dispatch-VERSION.tgz, chart version and appVersion from Cargo.toml
+chart:
+	@deploy/helm/tests/tools.sh
+	@mkdir -p dist
+	.tools/bin/helm lint --strict deploy/helm/push-dispatch
+	.tools/bin/helm package deploy/helm/push-dispatch --version $(VERSION) --app-version $(VERSION) --destination dist
+	@case "$(REPOSITORY)" in *example*|*.invalid*|"") echo "note: Cargo.toml's repository ($(REPOSITORY)) is a placeholder: Chart.yaml home/sources and the image's source label follow it; set the real URL in both";; esac

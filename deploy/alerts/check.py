@@ -45,7 +45,18 @@ DASHBOARD = REPO / "deploy" / "grafana" / "push-dispatch.json"
 OPERATIONS = REPO / "docs" / "operations.md"
 METRICS_RS = REPO / "crates" / "worker" / "src" / "metrics.rs"
 README = REPO / "README.md"
-RUNBOOK_BASE = "https://github.com/example/push-dispatch/blob/main/docs/operations.md#"
+# The runbook link of every alert: a placeholder, not a host. The chart
+# replaces it with the value runbookBaseUrl; by hand, envsubst does.
+RUNBOOK_BASE = "${RUNBOOK_BASE_URL}#"
+# Scope markers (see the rules file's header): the chart replaces exactly
+# these matchers with its release's namespace, job, pods, autoscaler and
+# subscriptions. Every selector of the metric family on the left must carry
+# the marker on the right, or two releases would read each other's series.
+JOB_MARKER = ("job", "=~", ".*push-dispatch.*")
+POD_MARKER = ("pod", "=~", ".*push-dispatch.*")
+HPA_MARKER = ("horizontalpodautoscaler", "=~", ".*push-dispatch.*")
+SUBSCRIPTION_MARKERS = {("subscription_id", "=~", "push-requests.*-dispatch"),
+                        ("subscription_id", "=~", "push-requests.*-dlq-inspect")}
 
 # The worker's metrics: name -> (type, labels). Keep equal to README (Metrics).
 METRICS = {
@@ -85,6 +96,16 @@ LABEL_VALUES = {
         "answer_lost", "republish_failed", "grace_exceeded", "ack_unconfirmed"},
     ("push_dispatch_token_refreshes_total", "result"): {"ok", "error"},
 }
+# kube-state-metrics (v2 names, as GKE's managed package exports them too):
+# name -> labels an expression may match on.
+KSM = {
+    "kube_pod_container_status_waiting_reason": {"namespace", "pod", "container", "reason", "uid"},
+    "kube_pod_container_status_last_terminated_reason": {"namespace", "pod", "container", "reason", "uid"},
+    "kube_pod_container_status_restarts_total": {"namespace", "pod", "container", "uid"},
+    "kube_horizontalpodautoscaler_status_current_replicas": {"namespace", "horizontalpodautoscaler"},
+    "kube_horizontalpodautoscaler_spec_max_replicas": {"namespace", "horizontalpodautoscaler"},
+}
+KSM_HPA = {n for n in KSM if n.startswith("kube_horizontalpodautoscaler_")}
 # Labels the scrape adds (Prometheus, Prometheus Operator, GMP PodMonitoring).
 TARGET_LABELS = {"job", "instance", "namespace", "cluster", "pod", "container", "service",
                  "endpoint", "project_id", "location", "release"}
@@ -196,13 +217,45 @@ def base_metric(name):
     return name, ""
 
 
+def scope_problems(expr, where, recorded):
+    """Every selector of a worker metric, recording rule, kube-state-metrics
+    or Pub/Sub metric carries its scope marker, and every metric read at all
+    is read through a selector (a bare name would escape the chart's scoping)."""
+    problems = []
+    bare = strip_strings(expr)
+    bare = re.sub(r"\{[^{}]*\}", "{}", bare)
+    for m in re.finditer(r"(?<![\w:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?!\s*\()(\s*\{)?", bare):
+        name, braced = m.group(1), m.group(2)
+        scoped = base_metric(name)[0] in METRICS or name in recorded or name in GMP_PUBSUB or name in KSM \
+            or name == "up"
+        if scoped and not braced:
+            problems.append(f"{where}: {name} is read without a selector, so without its scope marker")
+    for name, matchers in selectors(expr):
+        if name is None:
+            continue
+        have = set(matchers)
+        if base_metric(name)[0] in METRICS or name in recorded or name == "up":
+            want, label = {JOB_MARKER}, 'job=~".*push-dispatch.*"'
+        elif name in KSM_HPA:
+            want, label = {HPA_MARKER}, 'horizontalpodautoscaler=~".*push-dispatch.*"'
+        elif name in KSM:
+            want, label = {POD_MARKER}, 'pod=~".*push-dispatch.*"'
+        elif name in GMP_PUBSUB:
+            want, label = SUBSCRIPTION_MARKERS, 'subscription_id=~"push-requests.*-dispatch" (or -dlq-inspect)'
+        else:
+            continue
+        if not have & want:
+            problems.append(f"{where}: {name} has no scope marker {label}")
+    return problems
+
+
 def expr_problems(expr, where, recorded):
     problems = []
     if expr.count("(") != expr.count(")"):
         problems.append(f"{where}: unbalanced parentheses")
     for name in sorted(metric_names(expr)):
         base, _ = base_metric(name)
-        if base in METRICS or name in recorded or name in GMP_PUBSUB or name == "up":
+        if base in METRICS or name in recorded or name in GMP_PUBSUB or name in KSM or name == "up":
             continue
         problems.append(f"{where}: unknown metric {name!r} (not in README Metrics, not a recording rule "
                         f"of the rules file, not a GMP Pub/Sub metric)")
@@ -214,6 +267,8 @@ def expr_problems(expr, where, recorded):
             allowed = METRICS[base][1] | TARGET_LABELS | ({"le"} if suffix == "_bucket" else set())
         elif name in GMP_PUBSUB:
             allowed = GMP_LABELS
+        elif name in KSM:
+            allowed = KSM[name] | {"cluster", "job", "instance"}
         else:
             continue
         for label, _op, value in matchers:
@@ -315,6 +370,7 @@ def check_rules(res):
     for _, r in rules:
         if "record" in r:
             problems += expr_problems(r["expr"], r["record"], recorded)
+            problems += scope_problems(r["expr"], r["record"], recorded)
     res.check(f"recording rules ({len(recorded)}): names, metrics, labels", problems)
 
     anchors, runbook = runbook_sections()
@@ -350,7 +406,9 @@ def check_rules(res):
             elif runbook[anchor] != a:
                 problems.append(f"{a}: links to the runbook section of {runbook[anchor]}")
         problems += expr_problems(r["expr"], a, recorded)
-    res.check(f"alerts ({len(alerts)}): for, severity, summary, description, runbook_url, metrics", problems)
+        problems += scope_problems(r["expr"], a, recorded)
+    res.check(f"alerts ({len(alerts)}): for, severity, summary, description, runbook_url, metrics, "
+              f"scope markers", problems)
 
     alert_names = {r["alert"] for r in alerts}
     sections = set(runbook.values())
@@ -391,15 +449,18 @@ def check_dashboard(res):
     ds = variables.get("datasource")
     if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         problems.append("no `datasource` variable of type datasource for prometheus")
-    for name, label in (("job", "job"), ("platform", "platform"), ("app", "app"),
-                        ("subscription", "subscription_id")):
+    for name, label in (("cluster", "cluster"), ("namespace", "namespace"), ("job", "job"),
+                        ("platform", "platform"), ("app", "app"), ("subscription", "subscription_id")):
         v = variables.get(name)
         q = v and (v.get("query") if isinstance(v.get("query"), str) else v.get("query", {}).get("query"))
         if not v or v.get("type") != "query" or not q or not re.match(rf"label_values\(.*,\s*{label}\)$", q):
             problems.append(f"no `{name}` variable from label_values(..., {label})")
         elif v.get("datasource", {}).get("uid") != "${datasource}":
             problems.append(f"variable {name} does not use ${{datasource}}")
-    res.check("dashboard: schemaVersion 39, description, variables", problems)
+    for link in dash.get("links", []):
+        if link.get("url") and not link["url"].startswith(RUNBOOK_BASE):
+            problems.append(f"link {link.get('title')!r} is {link['url']}, not {RUNBOOK_BASE}... (runbookBaseUrl)")
+    res.check("dashboard: schemaVersion 39, description, variables, runbook link", problems)
 
     problems = []
     panels = list(all_panels(dash))
@@ -450,6 +511,17 @@ def check_dashboard(res):
             if (t.get("datasource") or {}).get("uid") not in (None, "${datasource}"):
                 problems.append(f"{where} {t.get('refId')}: target datasource is not ${{datasource}}")
             used_vars |= set(re.findall(r"\$\{?(\w+)", expr))
+            for bare in re.findall(r"(?<![\w:])(push_dispatch_\w+)(?![\w{])(?!\s*\{)", strip_strings(expr)):
+                problems.append(f"{where} {t.get('refId')}: {bare} without a selector (cluster, namespace, job)")
+            for name, matchers in selectors(expr):
+                if name and base_metric(name)[0] in METRICS:
+                    have = {(label, op, value) for label, op, value in matchers}
+                    for want in (("cluster", "=~", "$cluster"), ("namespace", "=~", "$namespace"),
+                                 ("job", "=~", "$job")):
+                        if want not in have:
+                            problems.append(f"{where} {t.get('refId')}: {name} is not scoped by "
+                                            f'{want[0]}=~"{want[2]}"')
+
             problems += expr_problems(grafana_to_promql(expr), f"{where} {t.get('refId')}", set())
             shown |= {base_metric(n)[0] for n in metric_names(grafana_to_promql(expr))}
     undefined = sorted(v for v in used_vars if v not in variables and v not in GRAFANA_BUILTINS)

@@ -13,6 +13,7 @@
 #                     package (apt-get download + dpkg-deb, nothing is installed
 #                     system-wide; about 20 MB, a few seconds). PROMTOOL=/path uses
 #                     that binary; PROMTOOL=skip runs the Python checks only.
+#                     Under CI=true a promtool that cannot be had fails the run.
 # Prints one line per check and a closing `alerts-check: N passed, M failed`
 # (`, K skipped` when promtool was not available); exits 1 when a check failed.
 set -euo pipefail
@@ -20,8 +21,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 tools=${TOOLS_DIR:-$repo/.tools}
+# The pinned tools of deploy/helm/tests/tools.sh when installed (its venv has
+# yamllint and PyYAML), else whatever the machine has.
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$tools/bin:$scripts_dir:$PATH"
+export PATH="$tools/venv/bin:$tools/bin:$scripts_dir:$PATH"
 
 rules=deploy/alerts/push-dispatch.rules.yaml
 tests=deploy/alerts/tests/push-dispatch.rules.test.yaml
@@ -86,6 +89,10 @@ if [[ -z "$promtool" ]]; then
     promtool=$(command -v promtool)
   elif fetch_promtool "$tools/bin"; then
     promtool="$tools/bin/promtool"
+  elif [[ "${CI:-}" == true ]]; then
+    echo "FAIL promtool is not available (not on PATH, and Debian's prometheus package could not be fetched)"
+    echo "     CI=true: a missing tool fails, it is never skipped"
+    exit 1
   else
     promtool=skip
     echo "note: promtool is not available (not on PATH, and Debian's prometheus package could not be fetched);"
@@ -98,7 +105,12 @@ fi
 
 if command -v yamllint >/dev/null 2>&1; then
   step "yamllint deploy/alerts" \
-    yamllint --strict -c deploy/alerts/.yamllint.yaml "$rules" deploy/alerts/tests/ deploy/alerts/.yamllint.yaml
+    yamllint --strict -c deploy/alerts/.yamllint.yaml "$rules" deploy/alerts/tests/ deploy/alerts/.yamllint.yaml \
+    deploy/helm/tests/alerts/
+elif [[ "${CI:-}" == true ]]; then
+  failed=$((failed + 1))
+  failures+=("yamllint")
+  echo "FAIL yamllint is not installed (CI=true: a missing tool fails)"
 else
   skipped=$((skipped + 1))
   echo "skip yamllint deploy/alerts (yamllint not installed: pip install yamllint)"

@@ -6,12 +6,20 @@
 #   these scripts with shellcheck
 #   helm lint       default values and every deploy/helm/ci/*.yaml
 #   helm template + kubernetes-validate --strict, for each of those values and
-#                   each Kubernetes version in K8S_VERSIONS (default 1.30 1.33)
+#                   each Kubernetes version in K8S_VERSIONS (default 1.30 1.33):
+#                   the built-in kinds
+#   validate_crs.py the custom resources of each of those renders against the
+#                   JSON schemas vendored in deploy/helm/tests/schemas/
+#                   (SOURCES.md: which package and version each comes from)
+#   deploy/alerts/check.sh  the alert rules and the Grafana dashboard (yamllint,
+#                   project checks, promtool check/test rules), first: it
+#                   fetches promtool, which the chart tests use too
 #   test_chart.py   custom resources, security context, probes, config keys,
 #                   HPA/KEDA exclusion, and `push-dispatch check-config` on the
-#                   rendered config when target/debug/push-dispatch exists
-#   deploy/alerts/check.sh  the alert rules and the Grafana dashboard (yamllint,
-#                   project checks, promtool check/test rules when available)
+#                   rendered config when target/debug/push-dispatch exists,
+#                   alerts scoped per release (promtool on two releases)
+# Under CI=true a tool that cannot be had fails the run; nothing is skipped
+# silently.
 # Prints one line per check and a closing `helm-lint: N passed, M failed`;
 # exits 1 when any check failed.
 set -euo pipefail
@@ -22,8 +30,9 @@ start=$SECONDS
 
 tools=${TOOLS_DIR:-$repo/.tools}
 deploy/helm/tests/tools.sh "$tools"
-scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$tools/bin:$scripts_dir:$PATH"
+# The pinned Python tools live in their own venv (tools.sh): its python3 runs
+# the chart tests too, with PyYAML and jsonschema.
+export PATH="$tools/venv/bin:$tools/bin:$PATH"
 export HELM="$tools/bin/helm"
 
 chart=deploy/helm/push-dispatch
@@ -82,7 +91,8 @@ step "hadolint deploy/Dockerfile" hadolint --no-color deploy/Dockerfile
 step "yamllint chart values and ci values" \
   yamllint --strict -c deploy/helm/.yamllint.yaml \
   "$chart/Chart.yaml" "$chart/values.yaml" deploy/helm/ci/*.yaml deploy/helm/.yamllint.yaml
-step "shellcheck deploy/helm/tests/*.sh deploy/alerts/*.sh" shellcheck deploy/helm/tests/*.sh deploy/alerts/*.sh
+step "shellcheck deploy/helm/tests/*.sh deploy/alerts/*.sh" \
+  shellcheck deploy/helm/tests/*.sh deploy/helm/tests/schemas/*.sh deploy/alerts/*.sh
 step "values.schema.json is valid JSON" python3 -m json.tool "$chart/values.schema.json" /dev/null
 
 value_sets=("")
@@ -93,12 +103,14 @@ for values in "${value_sets[@]}"; do
   args=()
   [[ -n "$values" ]] && args=(--values "$values")
   step "helm lint --strict ($label)" helm lint --strict "$chart" "${args[@]}"
+  first_render=""
   for v in "${versions[@]}"; do
     rendered="$work/$(basename "${values:-default}" .yaml)-$v.yaml"
     if helm template "$release" "$chart" --namespace "$namespace" --kube-version "$v.0" "${args[@]}" \
       >"$rendered" 2>"$work/template.log"; then
       step "kubernetes-validate -k $v --strict ($label)" \
         kubernetes-validate -k "$v" --strict --quiet --no-warn "$rendered"
+      first_render=${first_render:-$rendered}
     else
       failed=$((failed + 1))
       failures+=("helm template ($label, $v)")
@@ -106,17 +118,10 @@ for values in "${value_sets[@]}"; do
       sed 's/^/     /' "$work/template.log"
     fi
   done
+  if [[ -n "$first_render" ]]; then
+    step "custom resources against their schemas ($label)" python3 deploy/helm/tests/validate_crs.py "$first_render"
+  fi
 done
-
-echo "chart tests (deploy/helm/tests/test_chart.py):"
-if python3 deploy/helm/tests/test_chart.py --helm "$HELM" | sed 's/^/     /'; then
-  passed=$((passed + 1))
-  echo "ok   chart tests"
-else
-  failed=$((failed + 1))
-  failures+=("chart tests")
-  echo "FAIL chart tests"
-fi
 
 echo "alert rules and dashboard (deploy/alerts/check.sh):"
 if TOOLS_DIR="$tools" deploy/alerts/check.sh | sed 's/^/     /'; then
@@ -126,6 +131,16 @@ else
   failed=$((failed + 1))
   failures+=("alert rules and dashboard")
   echo "FAIL alert rules and dashboard"
+fi
+
+echo "chart tests (deploy/helm/tests/test_chart.py):"
+if python3 deploy/helm/tests/test_chart.py --helm "$HELM" | sed 's/^/     /'; then
+  passed=$((passed + 1))
+  echo "ok   chart tests"
+else
+  failed=$((failed + 1))
+  failures+=("chart tests")
+  echo "FAIL chart tests"
 fi
 
 echo "helm-lint took $((SECONDS - start))s"

