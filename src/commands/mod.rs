@@ -78,18 +78,51 @@ pub async fn check_config(path: &Path, online: bool) -> Result<(), Failure> {
         }
         Err(issues) => return Err(Failure::Config(ConfigError::Invalid(issues).into())),
     }
+    for (i, app) in config.apps.iter().enumerate() {
+        if let Some(a) = &app.apns {
+            let how = if a.environment.is_some() {
+                "set"
+            } else {
+                "from the endpoint host"
+            };
+            println!(
+                "# apps[{i}].apns.environment: {} ({how}); feedback events name it",
+                a.effective_environment().as_str()
+            );
+        }
+    }
     if online {
-        check_providers(&config).await?;
+        let providers = check_providers(&config).await;
+        let pubsub = check_pubsub(&config).await;
+        let mut failed = Vec::new();
+        for result in [providers, pubsub] {
+            match result {
+                Ok(()) => {}
+                Err(Checked::Issues(issues)) => failed.extend(issues),
+                Err(Checked::Failed(f)) => return Err(f),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(Failure::Config(ConfigError::Invalid(failed).into()));
+        }
     }
     println!("# config OK: {}", path.display());
     Ok(())
 }
 
+/// Why an online check did not pass.
+enum Checked {
+    /// Problems to fix in the config or in IAM, each naming its key.
+    Issues(Vec<push_dispatch_config::ConfigIssue>),
+    /// The check itself could not run.
+    Failed(Failure),
+}
+
 /// `check-config --online`: one probe push per app and platform.
-async fn check_providers(config: &Config) -> Result<(), Failure> {
+async fn check_providers(config: &Config) -> Result<(), Checked> {
     // The probes' metrics are not served: a registry of their own.
     let metrics = Arc::new(Metrics::new(&mut Registry::default()));
-    let apps = apps_of(config, &metrics).await?;
+    let apps = apps_of(config, &metrics).await.map_err(Checked::Failed)?;
     let probes = push_dispatch_worker::preflight::probe_providers(&apps).await;
     for provider in apps.iter().flat_map(push_dispatch_worker::App::providers) {
         provider.dispatcher().close().await;
@@ -108,7 +141,73 @@ async fn check_providers(config: &Config) -> Result<(), Failure> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Config(ConfigError::Invalid(failed).into()))
+        Err(Checked::Issues(failed))
+    }
+}
+
+/// `check-config --online` on Pub/Sub: the worker's permissions
+/// (testIamPermissions), and whether anyone reads the feedback topic.
+async fn check_pubsub(config: &Config) -> Result<(), Checked> {
+    use push_dispatch_subscriber::iam::{self, IamCheck};
+    let clients = Clients::connect(config.pubsub.emulator_host.as_deref())
+        .await
+        .map_err(|e| Checked::Failed(runtime(e)))?;
+    let names = push_dispatch_subscriber::Names::from_config(config);
+    let mut issues = Vec::new();
+    match iam::preflight(&clients, &names)
+        .await
+        .map_err(|e| Checked::Failed(runtime(e)))?
+    {
+        IamCheck::Skipped => println!(
+            "# pubsub: IAM check skipped: this Pub/Sub (the emulator) does not implement IAM"
+        ),
+        IamCheck::Granted { resources } => println!(
+            "# pubsub: every permission the worker needs is granted ({resources} resources: consume on the subscription, publish on three topics)"
+        ),
+        IamCheck::Missing(missing) => {
+            for m in missing {
+                let key = if m.resource == names.subscription {
+                    "pubsub.subscription"
+                } else if m.resource == names.dead_letter_topic {
+                    "pubsub.dead_letter_topic"
+                } else if m.resource == names.requests_topic {
+                    "pubsub.requests_topic"
+                } else {
+                    "feedback.topic"
+                };
+                issues.push(push_dispatch_config::ConfigIssue {
+                    key: key.to_string(),
+                    problem: m.to_string(),
+                });
+            }
+        }
+    }
+    match iam::feedback_readers(&clients, &names.feedback_topic).await {
+        Ok(Some(readers)) if readers.drops_events() => println!(
+            "# WARNING feedback.topic: {} has no subscription and no message retention: Pub/Sub confirms TokenInvalidated events and drops them. Subscribe the routing service, or set feedback.retention and run provision",
+            names.feedback_topic
+        ),
+        Ok(Some(readers)) => println!(
+            "# feedback.topic: {} subscription(s), retention {}",
+            readers.subscriptions,
+            readers
+                .retention
+                .map_or("none".to_string(), |r| humantime::format_duration(r)
+                    .to_string())
+        ),
+        Ok(None) => println!(
+            "# feedback.topic: its subscriptions are not visible (no pubsub.topics.get; roles/pubsub.viewer grants it)"
+        ),
+        Err(e) if push_dispatch_subscriber::is_not_found(&e) => println!(
+            "# WARNING feedback.topic: {} does not exist; run `push-dispatch provision`",
+            names.feedback_topic
+        ),
+        Err(e) => return Err(Checked::Failed(runtime(e))),
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(Checked::Issues(issues))
     }
 }
 

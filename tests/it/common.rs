@@ -101,6 +101,8 @@ pub struct Settings {
     pub stub_options: &'static str,
     /// Replaces the whole `apps:` section (YAML list items, indented by 2).
     pub apps_yaml: Option<String>,
+    /// The body of a `feedback:` section (keys indented by 2), if any.
+    pub feedback_yaml: Option<String>,
 }
 
 impl Default for Settings {
@@ -115,6 +117,7 @@ impl Default for Settings {
             streams: 2,
             stub_options: "",
             apps_yaml: None,
+            feedback_yaml: None,
         }
     }
 }
@@ -194,9 +197,14 @@ telemetry:
   log_level: debug
 server:
   listen: 127.0.0.1:{port}
-apps:
+{feedback}apps:
 {apps}
 "#,
+            feedback = s
+                .feedback_yaml
+                .as_ref()
+                .map(|f| format!("feedback:\n{f}\n"))
+                .unwrap_or_default(),
             mda = s.max_delivery_attempts,
             rmin = s.retry_min_backoff,
             rmax = s.retry_max_backoff,

@@ -7,6 +7,7 @@
 mod chaos;
 mod cli;
 mod common;
+mod day_one;
 mod observability;
 mod pipeline;
 mod providers;

@@ -151,6 +151,12 @@ pub struct Metrics {
     /// (`messages_total{result="nacked"}`), it measures the duplicate
     /// windows the worker cannot see: lost acks, expired leases, killed pods.
     pub redeliveries: Counter,
+    /// `push_dispatch_feedback_subscriptions`: subscriptions on the feedback
+    /// topic, −1 when the worker may not see them.
+    pub feedback_subscriptions: Gauge,
+    /// `push_dispatch_feedback_retention_seconds`: the feedback topic's
+    /// message retention, 0 without, −1 when the worker may not see it.
+    pub feedback_retention: Gauge,
 }
 
 impl Metrics {
@@ -177,7 +183,12 @@ impl Metrics {
             max_outstanding: Gauge::default(),
             stream_up: Family::default(),
             redeliveries: Counter::default(),
+            feedback_subscriptions: Gauge::default(),
+            feedback_retention: Gauge::default(),
         };
+        // Unknown until first looked at.
+        m.feedback_subscriptions.set(-1);
+        m.feedback_retention.set(-1);
         let r = registry.sub_registry_with_prefix("push_dispatch");
         r.register(
             "messages",
@@ -276,6 +287,16 @@ impl Metrics {
             m.redeliveries.clone(),
         );
         r.register(
+            "feedback_subscriptions",
+            "Subscriptions on the feedback topic (-1: not visible to the worker)",
+            m.feedback_subscriptions.clone(),
+        );
+        r.register(
+            "feedback_retention_seconds",
+            "Message retention of the feedback topic (0: none, -1: not visible to the worker)",
+            m.feedback_retention.clone(),
+        );
+        r.register(
             "acks",
             "Acks sent, by kind (confirmed on exactly-once subscriptions)",
             m.acks.clone(),
@@ -288,6 +309,20 @@ impl Metrics {
         self.duplicate_risk
             .get_or_create(&WindowLabels { window })
             .inc();
+    }
+
+    /// Sets the feedback-topic gauges from what was seen (None: not visible).
+    pub fn feedback_readers(&self, seen: Option<&push_dispatch_subscriber::iam::FeedbackReaders>) {
+        let (subs, retention) = match seen {
+            Some(s) => (
+                i64::try_from(s.subscriptions).unwrap_or(i64::MAX),
+                s.retention
+                    .map_or(0, |r| i64::try_from(r.as_secs()).unwrap_or(i64::MAX)),
+            ),
+            None => (-1, -1),
+        };
+        self.feedback_subscriptions.set(subs);
+        self.feedback_retention.set(retention);
     }
 
     /// Counts one settled message.

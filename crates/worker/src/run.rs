@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use push_dispatch_config::Config;
+use push_dispatch_subscriber::iam::{FeedbackReaders, feedback_readers, is_permission_denied};
 use push_dispatch_subscriber::stream::{StreamExit, StreamSettings, StreamStates, spawn_streams};
 use push_dispatch_subscriber::{Clients, ConnectError, Names, is_not_found};
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,12 @@ pub async fn run(
     // circuit past open_for), refreshed until the drain ends.
     let refresher_stop = CancellationToken::new();
     let refresher = tokio::spawn(refresh_gauges(worker.clone(), refresher_stop.clone()));
+    let watcher = tokio::spawn(watch_feedback_readers(
+        clients.clone(),
+        names.feedback_topic.clone(),
+        metrics.clone(),
+        refresher_stop.clone(),
+    ));
     readiness.set_streams_up(true);
     tracing::info!(subscription = %names.subscription, streams = config.pubsub.streams, "pulling");
 
@@ -149,8 +156,13 @@ pub async fn run(
 
     readiness.set_streams_up(false);
     refresher_stop.cancel();
-    if let Err(e) = refresher.await {
-        tracing::error!(error = %e, "gauge refresher panicked");
+    for (task, what) in [
+        (refresher, "gauge refresher"),
+        (watcher, "feedback watcher"),
+    ] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "{what} panicked");
+        }
     }
     worker.close_dispatchers().await;
     tracing::info!(received = states.received(), "worker stopped");
@@ -160,21 +172,95 @@ pub async fn run(
     }
 }
 
-/// Start-up: the dispatch subscription must exist.
+/// What the start-up check of the dispatch subscription found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscriptionCheck {
+    /// It exists.
+    Exists,
+    /// The worker may not read it (`pubsub.subscriptions.get` is not in
+    /// roles/pubsub.subscriber): the check is skipped; the streams would
+    /// fail if it did not exist.
+    NotVisible,
+}
+
+/// Start-up: the dispatch subscription must exist, when we may see it.
 async fn check_subscription(clients: &Clients, subscription: &str) -> Result<(), RunError> {
-    match clients
+    let answer = clients
         .subscriptions
         .get_subscription()
         .set_subscription(subscription)
         .send()
         .await
-    {
-        Ok(_) => Ok(()),
+        .map(drop);
+    if judge_subscription(subscription, answer)? == SubscriptionCheck::NotVisible {
+        tracing::warn!(
+            subscription,
+            "cannot read the subscription (no pubsub.subscriptions.get, which roles/pubsub.subscriber does not grant); skipped the check that it exists: pulling will fail if it does not. Grant roles/pubsub.viewer on it to keep the check"
+        );
+    }
+    Ok(())
+}
+
+/// Sorts the answer to GetSubscription: NOT_FOUND is the clear "run
+/// provision" error, PERMISSION_DENIED skips the check, anything else fails.
+pub fn judge_subscription(
+    subscription: &str,
+    answer: Result<(), push_dispatch_subscriber::pubsub::Error>,
+) -> Result<SubscriptionCheck, RunError> {
+    match answer {
+        Ok(()) => Ok(SubscriptionCheck::Exists),
         Err(e) if is_not_found(&e) => Err(RunError::NoSubscription(subscription.to_string())),
+        Err(e) if is_permission_denied(&e) => Ok(SubscriptionCheck::NotVisible),
         Err(source) => Err(RunError::Pubsub {
             name: subscription.to_string(),
             source,
         }),
+    }
+}
+
+/// How often the feedback topic's readers are looked at again.
+const FEEDBACK_READERS_EVERY: Duration = Duration::from_secs(300);
+
+/// Watches who reads the feedback topic until `stop`: a topic with no
+/// subscription and no retention drops every event it confirms. Sets the
+/// gauges (−1 when the worker may not see it) and warns on a change.
+async fn watch_feedback_readers(
+    clients: Clients,
+    topic: String,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(FEEDBACK_READERS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Option<bool>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let seen = match feedback_readers(&clients, &topic).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, "cannot read the feedback topic's subscriptions");
+                continue;
+            }
+        };
+        metrics.feedback_readers(seen.as_ref());
+        let drops = seen.as_ref().map(FeedbackReaders::drops_events);
+        if last != Some(drops) {
+            match drops {
+                Some(true) => {
+                    tracing::warn!(topic = %topic, "the feedback topic has no subscription and no message retention: Pub/Sub confirms TokenInvalidated events and drops them. Subscribe the routing service, or set feedback.retention and run provision")
+                }
+                Some(false) => {
+                    tracing::info!(topic = %topic, subscriptions = seen.as_ref().map_or(0, |s| s.subscriptions), "the feedback topic is read or retained")
+                }
+                None => {
+                    tracing::info!(topic = %topic, "cannot see the feedback topic's subscriptions (no pubsub.topics.get: grant roles/pubsub.viewer on it to be warned when nobody reads it)")
+                }
+            }
+        }
+        last = Some(drops);
     }
 }
 
@@ -266,5 +352,36 @@ fn stream_failure(
             tracing::error!(error = %e, "stream task panicked");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use google_cloud_gax::error::rpc::{Code, Status};
+
+    fn error(code: Code) -> push_dispatch_subscriber::pubsub::Error {
+        push_dispatch_subscriber::pubsub::Error::service(Status::default().set_code(code))
+    }
+
+    #[test]
+    fn start_up_needs_no_get_permission_but_a_missing_subscription_still_stops_it() {
+        let sub = "projects/p/subscriptions/s";
+        assert_eq!(
+            judge_subscription(sub, Ok(())).expect("exists"),
+            SubscriptionCheck::Exists
+        );
+        assert_eq!(
+            judge_subscription(sub, Err(error(Code::PermissionDenied))).expect("skipped"),
+            SubscriptionCheck::NotVisible,
+            "roles/pubsub.subscriber alone must not crash-loop the worker"
+        );
+        let missing = judge_subscription(sub, Err(error(Code::NotFound))).expect_err("missing");
+        assert!(
+            missing.to_string().contains("push-dispatch provision"),
+            "{missing}"
+        );
+        let down = judge_subscription(sub, Err(error(Code::Unavailable))).expect_err("down");
+        assert!(matches!(down, RunError::Pubsub { .. }), "{down}");
     }
 }
