@@ -54,6 +54,24 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Stops the worker with SIGTERM, as Kubernetes does, so that a wrapper
+/// such as valgrind writes its output; SIGKILL if it has not exited within
+/// a minute.
+async fn stop(worker: &mut tokio::process::Child) {
+    if let Some(pid) = worker.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(60), worker.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = worker.kill().await;
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -307,7 +325,7 @@ apps:
     }
     let worker_time = t0.elapsed();
     let worker_cpu = push_dispatch_bench::cpu_seconds(&worker_stat) - cpu0;
-    let _ = worker.kill().await;
+    stop(&mut worker).await;
 
     // The emulator's ceiling: same messages, same streams, ack only.
     let ceiling_time = ceiling(
