@@ -238,7 +238,11 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     if !file_issues.is_empty() {
         return Err(Failure::Config(ConfigError::Invalid(file_issues).into()));
     }
-    let telemetry = push_dispatch_telemetry::init(&config.telemetry, &config.project_id)
+    let service = push_dispatch_telemetry::error_reporting::ServiceContext {
+        service: "push-dispatch".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let telemetry = push_dispatch_telemetry::init(&config.telemetry, &config.project_id, &service)
         .map_err(|e| Failure::Config(e.into()))?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));

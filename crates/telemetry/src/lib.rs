@@ -4,11 +4,13 @@
 //!   `time`, trace links) or readable text, filtered by `telemetry.log_level`.
 //! * [`otel`]: OpenTelemetry traces over OTLP, parent-based sampling.
 //! * [`propagation`]: W3C trace context in Pub/Sub attributes, in and out.
+//! * [`error_reporting`]: ERROR events and panics shaped for Error Reporting.
 //!
 //! [`init`] installs both as the global `tracing` subscriber; keep the
 //! returned [`Telemetry`] and call [`Telemetry::shutdown`] before exiting so
 //! that the last spans are exported.
 
+pub mod error_reporting;
 pub mod logging;
 pub mod otel;
 pub mod propagation;
@@ -59,8 +61,14 @@ impl Telemetry {
 }
 
 /// Installs logging (and tracing when `otlp_endpoint` is set) globally.
-/// Logs go to standard error. Call inside the tokio runtime.
-pub fn init(config: &TelemetryConfig, project_id: &str) -> Result<Telemetry, TelemetryError> {
+/// Logs go to standard error. Call inside the tokio runtime. With JSON logs,
+/// ERROR events and panics (a panic hook is installed) carry `service`'s
+/// Error Reporting fields.
+pub fn init(
+    config: &TelemetryConfig,
+    project_id: &str,
+    service: &error_reporting::ServiceContext,
+) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_new(&config.log_level).map_err(|source| TelemetryError::Filter {
             value: config.log_level.clone(),
@@ -82,7 +90,8 @@ pub fn init(config: &TelemetryConfig, project_id: &str) -> Result<Telemetry, Tel
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let dispatch = match config.log_format {
         LogFormat::Json => {
-            let format = logging::CloudLogging::new(project_id);
+            error_reporting::install_panic_hook(service.clone(), || Box::new(std::io::stderr()));
+            let format = logging::CloudLogging::new(project_id).with_service(service.clone());
             let dispatch = tracing::Dispatch::new(
                 registry.with(
                     tracing_subscriber::fmt::layer()

@@ -6,6 +6,10 @@
 //! Cloud Logging links each line to its trace in Cloud Trace. Fields of the
 //! enclosing spans are merged in (the innermost wins).
 //!
+//! With a service context ([`CloudLogging::with_service`]), ERROR events
+//! also carry what Error Reporting needs to group them (see
+//! [`crate::error_reporting`]).
+//!
 //! Device tokens are redacted by the code that logs them (first 8
 //! characters), and no secret is ever a field, so nothing here filters.
 
@@ -24,11 +28,14 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::error_reporting::{ReportLocation, ServiceContext, annotate};
+
 /// The Cloud Logging formatter; `project_id` names the trace resource.
 #[derive(Clone, Debug)]
 pub struct CloudLogging {
     project_id: String,
     dispatch: Arc<OnceLock<WeakDispatch>>,
+    service: Option<ServiceContext>,
 }
 
 impl CloudLogging {
@@ -37,7 +44,14 @@ impl CloudLogging {
         CloudLogging {
             project_id: project_id.to_string(),
             dispatch: Arc::new(OnceLock::new()),
+            service: None,
         }
+    }
+
+    /// ERROR events also become Error Reporting events of `service`.
+    pub fn with_service(mut self, service: ServiceContext) -> CloudLogging {
+        self.service = Some(service);
+        self
     }
 
     /// Tells the formatter which subscriber it runs in, so that it can read
@@ -141,6 +155,16 @@ where
             Value::from(humantime::format_rfc3339_nanos(SystemTime::now()).to_string()),
         );
         out.insert("target".into(), Value::from(meta.target()));
+        if *meta.level() == Level::ERROR
+            && let Some(service) = &self.service
+        {
+            let at = ReportLocation {
+                file: meta.file().unwrap_or("unknown").to_string(),
+                line: meta.line().unwrap_or(0),
+                function: meta.module_path().unwrap_or(meta.target()).to_string(),
+            };
+            annotate(&mut out, service, &at);
+        }
 
         let context = otel_context.unwrap_or_default();
         let span = context.span();

@@ -117,3 +117,43 @@ fn lines_inside_a_traced_span_link_to_the_trace() {
     );
     assert_eq!(out[0]["logging.googleapis.com/trace_sampled"], true);
 }
+
+#[test]
+fn error_events_are_shaped_for_error_reporting() {
+    use push_dispatch_telemetry::error_reporting::{REPORTED_ERROR_EVENT, ServiceContext};
+    let capture = Capture::default();
+    let service = ServiceContext {
+        service: "push-dispatch".into(),
+        version: "9.9.9".into(),
+    };
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(CloudLogging::new("my-project").with_service(service))
+            .with_writer(capture.clone()),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!("only a warning");
+        tracing::error!(stream = 2u64, "a streaming pull ended by itself");
+    });
+    let out = lines(&capture);
+    assert!(
+        out[0].get("@type").is_none(),
+        "warnings are not errors: {}",
+        out[0]
+    );
+    let e = &out[1];
+    assert_eq!(e["@type"], REPORTED_ERROR_EVENT);
+    assert_eq!(e["serviceContext"]["service"], "push-dispatch");
+    assert_eq!(e["serviceContext"]["version"], "9.9.9");
+    let at = &e["context"]["reportLocation"];
+    assert!(
+        at["filePath"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("logging.rs")),
+        "{e}"
+    );
+    assert!(at["lineNumber"].as_u64().is_some_and(|l| l > 0), "{e}");
+    assert_eq!(e["message"], "a streaming pull ended by itself");
+    assert_eq!(e["stream"], 2);
+}
