@@ -5,7 +5,9 @@
 //! every field parses with `ignore_unknown_fields=False`, enum values are
 //! names, timestamps are RFC 3339 in UTC, attributes match the body, and that
 //! `feedback.encoding: binary` parses with `ParseFromString` to the same
-//! fields.
+//! fields. The documented examples (docs/feedback.md, docs/producers.md) are
+//! checked the same way, and the producers' REST publish example is run
+//! against the emulator.
 //!
 //! The Python packages are pinned in `tests/contract/requirements.txt` and
 //! installed into `.tools/contract-py` by `scripts/contract-tools.sh` (which
@@ -20,7 +22,7 @@ use std::time::Duration;
 use crate::common::{Settings, TestEnv, apns_token};
 use prost::Message as _;
 use push_dispatch_proto::Encoding;
-use push_dispatch_proto::v1::TokenInvalidated;
+use push_dispatch_proto::v1::{PushRequest, TokenInvalidated};
 use push_dispatch_subscriber::pubsub::model::Message;
 
 fn repo() -> &'static Path {
@@ -342,4 +344,113 @@ fn the_contract_check_rejects_what_breaks_the_contract() {
         assert!(!ok, "{why}: the check must fail");
         assert!(stderr.contains(why), "expected {why:?} in:\n{stderr}");
     }
+}
+
+/// The ```json block after `<!-- contract: push.v1.NAME -->` in a doc.
+fn doc_example(doc: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(doc)).expect("read doc");
+    let marker = format!("<!-- contract: push.v1.{name} -->");
+    let start = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{doc}: no {marker}"));
+    let rest = &text[start..];
+    let body = &rest[rest.find("```json\n").expect("json block") + 8..];
+    body[..body.find("\n```").expect("block end")].to_string()
+}
+
+#[test]
+fn the_documented_examples_follow_the_contract() {
+    let Some(tools) = python_tools() else { return };
+    let (ok, stdout, stderr) =
+        contract_py(&tools, &["docs", "docs/feedback.md", "docs/producers.md"]);
+    assert!(ok, "a documented example breaks the contract:\n{stderr}");
+    let counts: HashMap<String, u32> = serde_json::from_str(&stdout).expect("counts");
+    assert!(
+        counts.get("TokenInvalidated").is_some_and(|n| *n >= 1),
+        "{counts:?}"
+    );
+    assert!(
+        counts.get("PushRequest").is_some_and(|n| *n >= 1),
+        "{counts:?}"
+    );
+
+    // The feedback example is exactly what the worker writes for that event.
+    let example: serde_json::Value =
+        serde_json::from_str(&doc_example("docs/feedback.md", "TokenInvalidated")).expect("json");
+    let event: TokenInvalidated = serde_json::from_value(example.clone()).expect("event");
+    let written: serde_json::Value = serde_json::from_slice(
+        &push_dispatch_feedback::encode_event(&event, Encoding::Json).expect("encode"),
+    )
+    .expect("json");
+    assert_eq!(
+        written, example,
+        "docs/feedback.md's example is not the worker's output"
+    );
+    assert_eq!(event.event_id.len(), 32);
+    assert!(expected_reasons().contains(event.reason().as_str_name()));
+
+    // The producers' example is a request (the_documented_rest_publish_is_delivered
+    // sends it through the worker).
+    let request: PushRequest =
+        serde_json::from_str(&doc_example("docs/producers.md", "PushRequest")).expect("request");
+    assert!(!request.targets.is_empty() && !request.request_id.is_empty());
+}
+
+/// The shell block after `<!-- contract: NAME -->` in a doc.
+fn doc_shell(doc: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(doc)).expect("read doc");
+    let marker = format!("<!-- contract: {name} -->");
+    let start = text
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{doc}: no {marker}"));
+    let rest = &text[start..];
+    let body = &rest[rest.find("```sh\n").expect("sh block") + 6..];
+    body[..body.find("\n```").expect("block end")].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_rest_publish_is_delivered() {
+    let env = TestEnv::new("contract-rest", Settings::default()).await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    let request = doc_example("docs/producers.md", "PushRequest");
+    let targets = serde_json::from_str::<PushRequest>(&request)
+        .expect("request")
+        .targets
+        .len();
+    std::fs::write(env.dir.path().join("request.json"), &request).expect("write");
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c"])
+        .arg(doc_shell("docs/producers.md", "rest-publish"))
+        .current_dir(env.dir.path())
+        // What the doc's variables stand for, here: the emulator takes any token.
+        .env("PUBSUB_API", format!("http://{}", env.emulator))
+        .env("PROJECT", &env.project)
+        .env("TOPIC", "push-requests")
+        .env("ACCESS_TOKEN", "emulator-ignores-it")
+        .output()
+        .expect("run the documented curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("messageIds"),
+        "the documented REST publish failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_metric(
+        "push_dispatch_sends_total",
+        &[("outcome", "delivered")],
+        targets as f64,
+    )
+    .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "acked")], 1.0)
+        .await;
+    assert_eq!(
+        env.metric(
+            "push_dispatch_messages_total",
+            &[("result", "dead_lettered")]
+        )
+        .await,
+        0.0
+    );
 }
