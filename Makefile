@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos bench bench-scaling callgrind lint deny fmt build release buf-lint clean-dev docker helm-lint alerts-lint chart
+.PHONY: run test chaos bench bench-scaling callgrind lint deny fmt build release buf-lint proto-baseline clean-dev docker helm-lint alerts-lint chart
 
 CARGO ?= cargo
 DEV := .dev
@@ -28,16 +28,24 @@ bench-scaling:
 callgrind:
 	@scripts/callgrind.sh
 
-## lint: rustfmt check, clippy with warnings as errors, buf lint of the contract, cargo-deny (deny.toml)
+## lint: rustfmt check, clippy with warnings as errors, buf lint and buf breaking of the contract (scripts/buf-check.sh), cargo-deny (deny.toml)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	@if command -v buf >/dev/null 2>&1; then cd proto && buf lint && echo "buf lint: clean"; else echo "buf not installed (pip install buf-bin): skipping buf lint"; fi
+	@scripts/buf-check.sh
 	@scripts/deny.sh
 
 ## deny: cargo-deny alone: licenses, bans, sources; advisories when the RustSec database can be fetched
 deny:
 	@scripts/deny.sh
+
+## buf-lint: only the contract's checks: buf lint, buf breaking against proto/baseline.binpb, and the breaking check's self-test
+buf-lint:
+	@scripts/buf-check.sh
+
+## proto-baseline: rewrite proto/baseline.binpb from proto/ (when a contract is released; commit it)
+proto-baseline:
+	@scripts/buf-check.sh baseline
 
 ## fmt: format the code
 fmt:

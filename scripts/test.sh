@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 run_tests() {
+  # The contract test's pinned Python packages (tests/contract/requirements.txt),
+  # installed once into .tools/contract-py. Exit 3 = python3 or pip missing
+  # outside CI: the contract tests then skip, saying so; under CI=true it fails.
+  scripts/contract-tools.sh >/dev/null || [[ $? -eq 3 ]]
   # Doc tests first: nextest does not run them, and its summary should close the run.
   cargo test --workspace --doc --quiet
   if cargo nextest --version >/dev/null 2>&1; then

@@ -7,6 +7,7 @@
 mod chaos;
 mod cli;
 mod common;
+mod contract;
 mod day_one;
 mod observability;
 mod pipeline;
