@@ -33,6 +33,23 @@ pub enum Admission {
     Rejected,
 }
 
+/// A change of a circuit's state, for the log line that says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Provider failures reached `failure_ratio` of at least `min_requests`
+    /// requests in the window: nothing is sent for `open_for`.
+    Opened {
+        /// Requests in the window.
+        requests: u32,
+        /// Provider-level failures among them.
+        failures: u32,
+    },
+    /// The half-open probe failed: open again for `open_for`.
+    Reopened,
+    /// The half-open probe succeeded: requests flow again.
+    Closed,
+}
+
 #[derive(Debug)]
 enum State {
     Closed,
@@ -105,24 +122,31 @@ impl Circuit {
         }
     }
 
-    /// Records the outcome of an admitted request.
-    pub fn record(&self, admission: Admission, outcome: &Outcome) {
-        self.record_at(Instant::now(), admission, outcome);
+    /// Records the outcome of an admitted request; returns the change of
+    /// state it caused, if any.
+    pub fn record(&self, admission: Admission, outcome: &Outcome) -> Option<Transition> {
+        self.record_at(Instant::now(), admission, outcome)
     }
 
-    fn record_at(&self, now: Instant, admission: Admission, outcome: &Outcome) {
+    fn record_at(
+        &self,
+        now: Instant,
+        admission: Admission,
+        outcome: &Outcome,
+    ) -> Option<Transition> {
         let failed = is_provider_failure(outcome);
         let mut inner = self.lock();
         if admission == Admission::Probe {
-            inner.state = if failed {
-                State::Open {
+            return Some(if failed {
+                inner.state = State::Open {
                     until: now + self.config.open_for,
-                }
+                };
+                Transition::Reopened
             } else {
                 inner.window = [(None, 0, 0); BUCKETS];
-                State::Closed
-            };
-            return;
+                inner.state = State::Closed;
+                Transition::Closed
+            });
         }
         // Count in the current bucket.
         let slot = (now_index(now, self.bucket)) % BUCKETS;
@@ -148,8 +172,10 @@ impl Circuit {
                 inner.state = State::Open {
                     until: now + self.config.open_for,
                 };
+                return Some(Transition::Opened { requests, failures });
             }
         }
+        None
     }
 
     /// Admits a request, like [`Circuit::admit`], as a guard that gives a
@@ -173,6 +199,11 @@ impl Circuit {
         if matches!(inner.state, State::HalfOpen { probing: true }) {
             inner.state = State::HalfOpen { probing: false };
         }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &CircuitConfig {
+        &self.config
     }
 
     /// Whether the circuit refuses requests now: open and within `open_for`,
@@ -202,10 +233,11 @@ impl Admitted<'_> {
         self.admission
     }
 
-    /// Records the outcome of the request that was sent.
-    pub fn record(mut self, outcome: &Outcome) {
+    /// Records the outcome of the request that was sent; returns the change
+    /// of state it caused, if any.
+    pub fn record(mut self, outcome: &Outcome) -> Option<Transition> {
         self.recorded = true;
-        self.circuit.record(self.admission, outcome);
+        self.circuit.record(self.admission, outcome)
     }
 }
 
@@ -368,5 +400,26 @@ mod tests {
         probe.record(&Outcome::Delivered);
         assert!(!c.is_open());
         assert_eq!(c.enter().admission(), Admission::Allowed);
+    }
+
+    #[test]
+    fn each_change_of_state_is_reported_once_with_its_numbers() {
+        let c = Circuit::new(CircuitConfig {
+            open_for: Duration::ZERO,
+            ..config()
+        });
+        let t = Instant::now();
+        let changes: Vec<_> = (0..10)
+            .filter_map(|_| c.record_at(t, Admission::Allowed, &server_error()))
+            .collect();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            matches!(changes[0], Transition::Opened { requests, failures } if requests == failures && requests >= 1)
+        );
+        let probe = c.enter();
+        assert_eq!(probe.record(&server_error()), Some(Transition::Reopened));
+        let probe = c.enter();
+        assert_eq!(probe.record(&Outcome::Delivered), Some(Transition::Closed));
+        assert_eq!(c.enter().record(&Outcome::Delivered), None);
     }
 }

@@ -118,6 +118,22 @@ impl Guard {
         (verdict, changed)
     }
 
+    /// Sends and suspicious answers in the window now (for the log line that
+    /// says why the guard tripped or released).
+    pub fn counts(&self) -> (u64, u64) {
+        let mut inner = self.lock();
+        self.expire(&mut inner, Instant::now());
+        inner
+            .buckets
+            .iter()
+            .fold((0u64, 0u64), |(s, x), b| (s + b.1, x + b.2))
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
     /// Whether the guard is tripped (for the gauge).
     pub fn is_tripped(&self) -> bool {
         self.lock().tripped

@@ -54,6 +54,16 @@ pub enum Settle {
     Nack,
 }
 
+impl Settle {
+    /// The `result` label of the settled message.
+    pub fn result(self) -> MessageResult {
+        match self {
+            Settle::Ack(r) => r,
+            Settle::Nack => MessageResult::Nacked,
+        }
+    }
+}
+
 /// The worker: the policy of SPEC §5 applied to each received message.
 #[derive(Debug)]
 pub struct Worker<O: Outbox> {
@@ -124,20 +134,15 @@ impl<O: Outbox> Worker<O> {
         let _inflight = InflightGuard::enter(&self.metrics.inflight);
         let attempt = lease.delivery_attempt();
         self.observe_receipt(&message, attempt);
-        let span = message_span(&message, attempt);
         let settle = tokio::select! {
-            s = self.process(&message, attempt).instrument(span.clone()) => s,
+            s = self.process(&message, attempt) => s,
             () = self.limits.shutdown.forced() => {
                 self.metrics.duplicate_risk(DuplicateWindow::GraceExceeded);
                 tracing::warn!(message_id = %message.message_id, "shutdown grace elapsed; nacking");
                 Settle::Nack
             }
         };
-        let result = match settle {
-            Settle::Ack(r) => r,
-            Settle::Nack => MessageResult::Nacked,
-        };
-        span.record("push.result", result.as_str());
+        let result = settle.result();
         tracing::debug!(message_id = %message.message_id, settle = ?settle, "settled");
         if settle == Settle::Nack {
             lease.nack();
@@ -175,8 +180,21 @@ impl<O: Outbox> Worker<O> {
     }
 
     /// Decides what to do with one message and publishes whatever must be
-    /// confirmed before the ack; returns how to settle it.
+    /// confirmed before the ack; returns how to settle it. Everything runs
+    /// in the message's span, which carries its id, its `request_id` and
+    /// `app` once decoded, and its result: every log line written meanwhile
+    /// carries them.
     pub async fn process(&self, message: &Message, delivery_attempt: Option<i32>) -> Settle {
+        let span = message_span(message, delivery_attempt);
+        let settle = self
+            .decide(message, delivery_attempt)
+            .instrument(span.clone())
+            .await;
+        span.record("push.result", settle.result().as_str());
+        settle
+    }
+
+    async fn decide(&self, message: &Message, delivery_attempt: Option<i32>) -> Settle {
         let ctx = MessageContext::of(message, delivery_attempt);
 
         // §5.7 not started yet when draining: hand it back at once.
@@ -200,13 +218,16 @@ impl<O: Outbox> Worker<O> {
             }
         };
         let app = &self.apps[checked.app_index];
-        tracing::debug!(message_id = %ctx.message_id, request_id = %request.request_id, duplicates = checked.duplicates.len(), "decoded");
+        let span = tracing::Span::current();
+        span.record("request_id", request.request_id.as_str());
+        span.record("app", app.name.as_str());
+        tracing::debug!(message_id = %ctx.message_id, duplicates = checked.duplicates.len(), "decoded");
 
         // §5.6 expired requests are not sent.
         let deadline = Deadline::of(&request, ctx.first_publish_time);
         if deadline.has_passed() {
             self.count_expired(app, &request);
-            tracing::info!(message_id = %ctx.message_id, request_id = %request.request_id, "request expired before sending");
+            tracing::info!(message_id = %ctx.message_id, "request expired before sending");
             return Settle::Ack(MessageResult::Expired);
         }
 
@@ -498,6 +519,8 @@ fn message_span(message: &Message, attempt: Option<i32>) -> tracing::Span {
         messaging.operation = "process",
         messaging.message.id = %message.message_id,
         messaging.gcp_pubsub.message.delivery_attempt = attempt.unwrap_or(0),
+        request_id = tracing::field::Empty,
+        app = tracing::field::Empty,
         push.result = tracing::field::Empty,
     );
     // The producer's trace (W3C traceparent, or Google's googclient_ keys).

@@ -21,7 +21,7 @@ use push_dispatch_proto::v1::{Platform, PushRequest};
 use push_dispatch_proto::{ConfiguredApp, redact_token};
 use tokio::sync::Semaphore;
 
-use crate::circuit::{Admission, Circuit};
+use crate::circuit::{Admission, Circuit, Transition};
 use crate::context::Deadline;
 use crate::guard::{Guard, Verdict};
 use crate::labels::{DuplicateWindow, RefreshResult, SendOutcome};
@@ -193,14 +193,59 @@ impl Provider {
         let tripped = self.guard.is_tripped();
         self.handles.guard_tripped.set(i64::from(tripped));
         let platform = self.platform().label();
+        let (sends, suspicious) = self.guard.counts();
+        let config = self.guard.config();
         if tripped {
             tracing::error!(
                 app = %self.app,
                 platform,
-                "invalidation guard tripped: most tokens look dead (BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix"
+                sends,
+                suspicious,
+                ratio = config.ratio,
+                min_samples = config.min_samples,
+                window = ?config.window,
+                "invalidation guard tripped: {suspicious} of {sends} answers in the window are BadDeviceToken, DeviceTokenNotForTopic or SENDER_ID_MISMATCH (over {}); check the endpoint, topic and project of this app. Dead-token reports are held and dead-lettered with push_error=invalidation_guard; replay them after the fix",
+                config.ratio
             );
         } else {
-            tracing::warn!(app = %self.app, platform, "invalidation guard released");
+            tracing::warn!(
+                app = %self.app,
+                platform,
+                sends,
+                suspicious,
+                ratio = config.ratio,
+                "invalidation guard released: {suspicious} of {sends} answers in the window are suspicious"
+            );
+        }
+    }
+
+    /// Logs a change of the circuit's state, with the numbers that decided it.
+    fn circuit_changed(&self, change: Transition) {
+        let platform = self.platform().label();
+        let config = self.circuit.config();
+        match change {
+            Transition::Opened { requests, failures } => tracing::warn!(
+                app = %self.app,
+                platform,
+                requests,
+                failures,
+                failure_ratio = config.failure_ratio,
+                open_for = ?config.open_for,
+                "circuit opened: {failures} of {requests} requests failed at the provider (5xx, timeouts, connection errors, quota); nothing is sent for {:?}, targets are carried forward",
+                config.open_for
+            ),
+            Transition::Reopened => tracing::warn!(
+                app = %self.app,
+                platform,
+                open_for = ?config.open_for,
+                "circuit probe failed: open again for {:?}",
+                config.open_for
+            ),
+            Transition::Closed => tracing::info!(
+                app = %self.app,
+                platform,
+                "circuit closed: the probe succeeded, sending again"
+            ),
         }
     }
 
@@ -263,7 +308,9 @@ impl Provider {
                 })
                 .await;
             drop(permit);
-            admitted.record(&outcome);
+            if let Some(change) = admitted.record(&outcome) {
+                self.circuit_changed(change);
+            }
             self.observe(&outcome, t0.elapsed(), retries + 1, token);
 
             let Outcome::Retryable { after, cause } = &outcome else {
