@@ -44,6 +44,47 @@ pub enum Command {
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Snapshot a subscription before a risky deploy; seek back after a bad one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `snapshot` subcommands (disaster recovery; docs/operations.md).
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a subscription: which of its messages are unacked now.
+    Create {
+        /// The snapshot's name.
+        name: String,
+        /// The subscription (short name); default: the dispatch subscription.
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// Seek a subscription back to a snapshot, or to a time: what was
+    /// acked after it is delivered again.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["name", "time"])))]
+    Seek {
+        /// The snapshot to seek to.
+        name: Option<String>,
+        /// Or a time (RFC 3339, e.g. 2026-12-03T10:00:00Z): messages
+        /// published after it are delivered again, as far as retention keeps them.
+        #[arg(long, value_parser = parse_rfc3339)]
+        time: Option<std::time::SystemTime>,
+        /// The subscription (short name); default: the dispatch subscription.
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// List the project's snapshots and when they expire.
+    List,
+    /// Delete a snapshot.
+    Delete {
+        /// The snapshot's name.
+        name: String,
+    },
+}
+
+fn parse_rfc3339(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s).map_err(|e| format!("{e}; write e.g. 2026-12-03T10:00:00Z"))
 }
 
 /// `dlq` subcommands.

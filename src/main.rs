@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { online } => commands::check_config(&cli.config, online).await,
             Command::Sandbox(args) => commands::sandbox(args).await,
             Command::Dlq(cmd) => commands::dlq(&cli.config, cmd).await,
+            Command::Snapshot(cmd) => commands::snapshot(&cli.config, cmd).await,
         }
     });
     match result {

@@ -5,9 +5,11 @@
 
 mod dlq;
 mod send;
+mod snapshot;
 
 pub use dlq::dlq;
 pub use send::send;
+pub use snapshot::snapshot;
 
 use std::path::Path;
 use std::sync::Arc;

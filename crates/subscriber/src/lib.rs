@@ -14,6 +14,7 @@
 //!   (the emulator enforces none of them).
 //! * [`iam`]: the worker's permissions asked of Pub/Sub (`testIamPermissions`),
 //!   and who reads the feedback topic.
+//! * [`snapshot`]: snapshots and seeks of a subscription, for disaster recovery.
 //! * [`dlq`]: unary pull, ack and release over Pub/Sub's REST API, for
 //!   `dlq peek` and `dlq replay` (the official crate exposes only streaming
 //!   pull, which suits a worker but not a one-shot inspection).
@@ -26,6 +27,7 @@ pub mod dlq;
 pub mod iam;
 pub mod provision;
 pub mod publish;
+pub mod snapshot;
 pub mod stream;
 
 pub use client::{Clients, ConnectError};
