@@ -180,17 +180,26 @@ async fn json_logs_follow_cloud_logging_and_never_hold_a_whole_token() {
         ])
         .await;
     let token = apns_token("a1b2");
-    env.publish_json(&format!(
-        r#"{{"targets":[{{"platform":"PLATFORM_APNS","token":"{token}"}},{{"platform":"PLATFORM_APNS","token":"not-hex"}}]}}"#
-    ))
-    .await;
+    let id = env
+        .publish_json(&format!(
+            r#"{{"requestId":"order-42","targets":[{{"platform":"PLATFORM_APNS","token":"{token}"}},{{"platform":"PLATFORM_APNS","token":"not-hex"}}]}}"#
+        ))
+        .await;
     env.wait_metric("push_dispatch_messages_total", &[], 1.0)
         .await;
     let log = worker.log_text();
     let mut severities = HashSet::new();
+    let mut of_the_message = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        // One request followed through the logs: every line written while
+        // its message was handled carries its request_id and app.
+        if v["messaging.message.id"] == id.as_str() {
+            of_the_message += 1;
+            assert_eq!(v["request_id"], "order-42", "{line}");
+            assert_eq!(v["app"], "default", "{line}");
+        }
         severities.insert(v["severity"].as_str().expect("severity").to_string());
         assert!(v["message"].is_string(), "{line}");
         assert!(
@@ -206,7 +215,34 @@ async fn json_logs_follow_cloud_logging_and_never_hold_a_whole_token() {
         severities.contains("WARNING"),
         "the dead letter is a warning: {severities:?}"
     );
+    assert!(of_the_message >= 2, "sent and dead-lettered lines: {log}");
     assert!(!log.contains(&token), "a whole device token was logged");
+    // /statusz: each app and platform, for the on-call engineer.
+    let (code, body) = crate::common::http_get(env.port, "/statusz")
+        .await
+        .expect("statusz");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["ready"], true, "{status}");
+    let providers = status["providers"].as_array().expect("providers");
+    let names: Vec<(String, String)> = providers
+        .iter()
+        .map(|p| {
+            (
+                p["app"].as_str().unwrap_or("").to_string(),
+                p["platform"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&("default".into(), "apns".into())),
+        "{status}"
+    );
+    assert!(names.contains(&("second".into(), "fcm".into())), "{status}");
+    assert!(
+        providers.iter().all(|p| p["circuit"] == "closed"),
+        "{status}"
+    );
     assert!(
         log.contains(&token[..8]),
         "its prefix is logged for correlation"

@@ -201,6 +201,16 @@ impl Circuit {
         }
     }
 
+    /// Its state now, as `/statusz` shows it: `closed`, `open` or
+    /// `half_open` (probing, or ready to probe).
+    pub fn state_label(&self) -> &'static str {
+        match self.lock().state {
+            State::Closed => "closed",
+            State::Open { until } if Instant::now() < until => "open",
+            State::Open { .. } | State::HalfOpen { .. } => "half_open",
+        }
+    }
+
     /// Its settings.
     pub fn config(&self) -> &CircuitConfig {
         &self.config

@@ -1,6 +1,9 @@
 //! The HTTP server for probes and metrics: `/healthz` (the process is alive),
-//! `/readyz` (the streams are up and we are not draining) and `/metrics`
-//! (Prometheus text).
+//! `/readyz` (the streams are up and we are not draining), `/metrics`
+//! (Prometheus text) and `/statusz` (JSON for the on-call engineer: each
+//! app and platform with its circuit, guard, rate limit, credential
+//! refreshes and last error). `/readyz` stays about Pub/Sub: a provider in
+//! trouble degrades its own targets, not the pod.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +17,24 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness, shared by the worker and the server.
-#[derive(Debug, Default)]
+/// What `/statusz` lists, provided by the running worker.
+pub type StatusSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Readiness and status, shared by the worker and the server.
+#[derive(Default)]
 pub struct Readiness {
     streams_up: AtomicBool,
     draining: AtomicBool,
+    status: std::sync::RwLock<Option<StatusSource>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("streams_up", &self.streams_up)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Readiness {
@@ -36,6 +52,28 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.streams_up.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
+
+    /// Where `/statusz` reads the providers from, once the worker runs.
+    pub fn set_status(&self, source: StatusSource) {
+        *self
+            .status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
+    }
+
+    /// The `/statusz` document.
+    pub fn status(&self) -> serde_json::Value {
+        let source = self
+            .status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        serde_json::json!({
+            "ready": self.is_ready(),
+            "draining": self.draining.load(Ordering::SeqCst),
+            "providers": source.map_or(serde_json::Value::Array(Vec::new()), |s| s()),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -50,6 +88,7 @@ pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/statusz", get(statusz))
         .with_state(ServerState {
             readiness,
             registry,
@@ -62,6 +101,13 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn statusz(State(state): State<ServerState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{:#}\n", state.readiness.status()),
+    )
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {

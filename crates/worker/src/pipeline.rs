@@ -115,6 +115,17 @@ impl<O: Outbox> Worker<O> {
         }
     }
 
+    /// Every provider's status, for `/statusz`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.apps
+                .iter()
+                .flat_map(App::providers)
+                .map(crate::provider::Provider::status)
+                .collect(),
+        )
+    }
+
     /// Brings up to date the gauges that otherwise only traffic updates
     /// (guard release, circuit past `open_for`), so that alerts on them
     /// resolve when no more pushes come. `run` calls it every few seconds.

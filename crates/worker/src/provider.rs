@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use push_dispatch_config::{CircuitConfig, GuardConfig};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
@@ -100,6 +100,8 @@ pub struct Provider {
     metrics: Arc<Metrics>,
     /// Token refreshes already counted in the metric: (ok, failed).
     refreshes_seen: (AtomicU64, AtomicU64),
+    /// The last answer that was not a delivery or a dead token, and when.
+    last_error: std::sync::Mutex<Option<(SystemTime, String)>>,
 }
 
 /// How a provider is set up, besides its dispatcher.
@@ -135,6 +137,7 @@ impl Provider {
             limit: settings.rate_limit.map(RateLimit::new),
             metrics,
             refreshes_seen: Default::default(),
+            last_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -346,8 +349,44 @@ impl Provider {
         TargetResult::NotSent(why)
     }
 
+    /// What `/statusz` shows of this provider: circuit, guard, rate limit,
+    /// credential refreshes and the last error.
+    pub fn status(&self) -> serde_json::Value {
+        let (sends, suspicious) = self.guard.counts();
+        let refreshes = self.dispatcher.token_refreshes();
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        serde_json::json!({
+            "app": self.app,
+            "platform": self.platform().label(),
+            "circuit": self.circuit.state_label(),
+            "guard": {
+                "tripped": self.guard.is_tripped(),
+                "sends": sends,
+                "suspicious": suspicious,
+                "window_seconds": self.guard.config().window.as_secs(),
+            },
+            "rate_limit": self.limit.as_ref().map(RateLimit::rate),
+            "credentials": {"refreshed": refreshes.ok, "failed": refreshes.failed},
+            "last_error": last_error.map(|(at, error)| serde_json::json!({
+                "at": humantime::format_rfc3339_seconds(at).to_string(),
+                "error": error,
+            })),
+        })
+    }
+
     /// Metrics, span fields and the debug line of one answer.
     fn observe(&self, outcome: &Outcome, took: Duration, attempts: u32, token: &str) {
+        if let Some(error) = describe_failure(outcome) {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((SystemTime::now(), error));
+        }
         self.count_refreshes();
         self.handles
             .circuit_open
@@ -381,6 +420,24 @@ impl Provider {
                 );
             }
         }
+    }
+}
+
+/// A failed answer in words, for `/statusz` (None for deliveries and dead tokens).
+fn describe_failure(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Delivered | Outcome::TokenInvalid { .. } => None,
+        Outcome::Rejected { reason } => Some(format!("refused: {reason}")),
+        Outcome::Retryable { cause, .. } => Some(match cause {
+            RetryCause::Status {
+                status,
+                provider_reason,
+            } => format!("{status} {provider_reason}"),
+            RetryCause::Timeout => "no answer within dispatch.request_timeout".to_string(),
+            RetryCause::Connection => "the connection broke with the request in flight".to_string(),
+            RetryCause::Unsent => "not sent: no connection, or the stream was refused".to_string(),
+            RetryCause::Credentials { problem } => problem.clone(),
+        }),
     }
 }
 

@@ -28,6 +28,11 @@ impl RateLimit {
         }
     }
 
+    /// Pushes per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Takes one token when the wait for it is at most `max_wait`:
     /// `Ok(wait)` with the token reserved (zero: send now; callers that wait
     /// and then send keep the rate), or `Err(wait)` with nothing taken, so

@@ -123,6 +123,10 @@ pub async fn run(
         },
     );
     streams_started(&metrics, config);
+    readiness.set_status({
+        let worker = worker.clone();
+        Arc::new(move || worker.status())
+    });
     // Gauges that only traffic would update otherwise (guard release,
     // circuit past open_for), refreshed until the drain ends.
     let refresher_stop = CancellationToken::new();
