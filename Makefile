@@ -1,5 +1,5 @@
 # push-dispatch — developer commands. `make run` and `make test` are the quick start.
-.PHONY: run test chaos bench bench-scaling callgrind lint deny fmt build release buf-lint proto-baseline clean-dev docker helm-lint alerts-lint chart
+.PHONY: run test chaos soak bench bench-scaling callgrind lint deny fmt build release buf-lint proto-baseline clean-dev docker helm-lint alerts-lint chart
 
 CARGO ?= cargo
 DEV := .dev
@@ -23,6 +23,10 @@ bench:
 ## bench-scaling: the scaling tables of BENCHMARKS.md (in flight, payload size, targets per request, streams)
 bench-scaling:
 	@scripts/bench-scaling.sh
+
+## soak: the release worker at a steady rate for SOAK_DURATION s (default 30 min) with sandbox faults; fails on RSS or p99 drift; CSV and PNG under .bench/soak (never in CI)
+soak:
+	@scripts/soak.sh
 
 ## callgrind: instructions per push (APNs, FCM) and per message (the worker process) under callgrind, profiling build
 callgrind:
