@@ -11,10 +11,10 @@
 
 pub mod apns;
 pub mod fcm;
-pub mod http;
 pub mod outcome;
 pub mod retry_after;
 pub mod stub;
+pub mod transport;
 
 use std::time::SystemTime;
 

@@ -11,7 +11,7 @@ use super::settings::ApnsSettings;
 use super::token::{Generation, ProviderToken, TokenError};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::http::{Pool, SendError, TransportError};
+use crate::transport::{Pool, SendError, TransportError};
 use crate::{Dispatcher, Outcome, Push, RejectReason};
 
 /// The APNs client could not be built.

@@ -8,7 +8,7 @@ use super::auth::{AuthError, BearerCache};
 use super::error::{ErrorBody, classify};
 use super::message::message;
 use super::settings::FcmSettings;
-use crate::http::{Pool, RawAnswer, TransportError};
+use crate::transport::{Pool, RawAnswer, TransportError};
 use crate::{Dispatcher, Outcome, Push, RetryCause};
 
 /// The FCM client could not be built.
