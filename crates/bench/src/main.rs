@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
+use push_dispatch_dispatch::fcm::credentials::BearerCache;
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push};
 use push_dispatch_proto::v1::{Notification, PushRequest};
@@ -136,33 +138,38 @@ async fn dispatcher(args: &Args, dir: &std::path::Path) -> anyhow::Result<Arc<dy
                 Some(k) => k.clone(),
                 None => creds()?.apns_key_file,
             };
-            Arc::new(ApnsClient::new(ApnsSettings {
-                endpoint: args.endpoint.trim_end_matches('/').to_string(),
-                key_file,
-                key_id: args.key_id.clone(),
-                team_id: args.team_id.clone(),
-                topic: args.topic.clone(),
-                connections: args.connections,
-                ca_file: args.ca_file.clone(),
-                request_timeout: timeout,
-            })?)
+            let credentials = ProviderToken::from_file(&key_file, &args.key_id, &args.team_id)?;
+            Arc::new(ApnsClient::new(
+                ApnsSettings {
+                    endpoint: args.endpoint.trim_end_matches('/').to_string(),
+                    key_file,
+                    key_id: args.key_id.clone(),
+                    team_id: args.team_id.clone(),
+                    topic: args.topic.clone(),
+                    connections: args.connections,
+                    ca_file: args.ca_file.clone(),
+                    request_timeout: timeout,
+                },
+                Arc::new(credentials),
+            )?)
         }
         Platform::Fcm => {
             let credentials_file = match &args.credentials_file {
                 Some(c) => c.clone(),
                 None => creds()?.service_account_file,
             };
-            Arc::new(
-                FcmClient::new(FcmSettings {
+            let credentials = BearerCache::new(Some(&credentials_file)).await?;
+            Arc::new(FcmClient::new(
+                FcmSettings {
                     endpoint: args.endpoint.trim_end_matches('/').to_string(),
                     project_id: args.project.clone(),
                     credentials_file: Some(credentials_file),
                     ca_file: args.ca_file.clone(),
                     connections: args.connections,
                     request_timeout: timeout,
-                })
-                .await?,
-            )
+                },
+                Arc::new(credentials),
+            )?)
         }
     })
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
+use push_dispatch_dispatch::fcm::credentials::BearerCache;
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
 use push_dispatch_proto::v1::{Notification, PushRequest, Reason};
@@ -60,7 +62,7 @@ impl World {
         } else {
             (self.sandbox.base_url(), None)
         };
-        ApnsClient::new(ApnsSettings {
+        apns_client(ApnsSettings {
             endpoint,
             key_file: self.creds.apns_key_file.clone(),
             key_id: self.creds.key_id.clone(),
@@ -70,7 +72,6 @@ impl World {
             ca_file,
             request_timeout: Duration::from_secs(10),
         })
-        .expect("apns client")
     }
 
     async fn fcm(&self, tls: bool) -> FcmClient {
@@ -82,7 +83,7 @@ impl World {
         } else {
             (self.sandbox.base_url(), None)
         };
-        FcmClient::new(FcmSettings {
+        fcm_client(FcmSettings {
             endpoint,
             project_id: PROJECT.into(),
             credentials_file: Some(self.creds.service_account_file.clone()),
@@ -91,8 +92,23 @@ impl World {
             request_timeout: Duration::from_secs(10),
         })
         .await
-        .expect("fcm client")
     }
+}
+
+/// An APNs client with the key its settings name, as the worker builds one.
+fn apns_client(settings: ApnsSettings) -> ApnsClient {
+    let credentials =
+        ProviderToken::from_file(&settings.key_file, &settings.key_id, &settings.team_id)
+            .expect("apns key");
+    ApnsClient::new(settings, Arc::new(credentials)).expect("apns client")
+}
+
+/// An FCM client with the credentials its settings name, as the worker builds one.
+async fn fcm_client(settings: FcmSettings) -> FcmClient {
+    let credentials = BearerCache::new(settings.credentials_file.as_deref())
+        .await
+        .expect("fcm credentials");
+    FcmClient::new(settings, Arc::new(credentials)).expect("fcm client")
 }
 
 fn apns_token(prefix: &str) -> String {
@@ -211,7 +227,7 @@ async fn apns_delivers_and_classifies_every_scripted_answer() {
 async fn a_wrong_topic_makes_tokens_look_dead() {
     let w = world(false, Faults::default()).await;
     // Same key, another bundle id: what a misconfigured deployment does.
-    let misconfigured = ApnsClient::new(ApnsSettings {
+    let misconfigured = apns_client(ApnsSettings {
         endpoint: w.sandbox.base_url(),
         key_file: w.creds.apns_key_file.clone(),
         key_id: w.creds.key_id.clone(),
@@ -220,8 +236,7 @@ async fn a_wrong_topic_makes_tokens_look_dead() {
         connections: 1,
         ca_file: None,
         request_timeout: Duration::from_secs(10),
-    })
-    .expect("client");
+    });
     assert_eq!(
         dead(&send(&misconfigured, &alert(), &apns_token("a1b2")).await),
         Some(Reason::DeviceTokenNotForTopic)
@@ -268,12 +283,11 @@ async fn fcm_delivers_and_classifies_every_scripted_answer_with_one_oauth_token(
         1,
         "the bearer token is cached"
     );
-    assert_eq!(fcm.token_fetches(), 1);
+    assert_eq!(fcm.token_refreshes().ok, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_service_account_key_is_used_without_a_restart() {
-    use push_dispatch_dispatch::fcm::auth::BearerCache;
     let w = world(false, Faults::default()).await;
     // A service account of the same shape whose key the OAuth endpoint does
     // not know: what a pod holds after the key was rotated and the old one
@@ -316,7 +330,7 @@ async fn apns_replaces_an_expired_provider_token_once_and_loses_no_send() {
         send(apns.as_ref(), &req, &apns_token("a1b2")).await,
         Outcome::Delivered
     );
-    assert_eq!(apns.token_refreshes(), 1);
+    assert_eq!(apns.token_refreshes().ok, 1);
 
     w.sandbox.set_faults(Faults {
         expire_provider_tokens: true,
@@ -335,7 +349,7 @@ async fn apns_replaces_an_expired_provider_token_once_and_loses_no_send() {
         assert_eq!(outcome.expect("task"), Outcome::Delivered);
     }
     assert_eq!(
-        apns.token_refreshes(),
+        apns.token_refreshes().ok,
         2,
         "one new generation for all 100 sends"
     );

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use push_dispatch_config::{Config, FeedbackEncoding};
 use push_dispatch_dispatch::Dispatcher;
-use push_dispatch_dispatch::apns::token::ProviderTokens;
+use push_dispatch_dispatch::apns::credentials::ProviderTokens;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
+use push_dispatch_dispatch::fcm::credentials::BearerCache;
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::StubDispatcher;
 use push_dispatch_feedback::{FeedbackPublisher, Sender};
@@ -61,11 +62,8 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                                 .get(&a.key_file, &a.key_id, &a.team_id)
                                 .map_err(|e| problem(&e))?;
                             Arc::new(
-                                ApnsClient::with_token(
-                                    ApnsSettings::from_config(a, timeout),
-                                    token,
-                                )
-                                .map_err(|e| problem(&e))?,
+                                ApnsClient::new(ApnsSettings::from_config(a, timeout), token)
+                                    .map_err(|e| problem(&e))?,
                             )
                         }
                     };
@@ -95,11 +93,18 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                             key: format!("{key}.endpoint"),
                             problem: e.to_string(),
                         })?),
-                        None => Arc::new(
-                            FcmClient::new(FcmSettings::from_config(f, timeout))
+                        None => {
+                            let credentials = BearerCache::new(f.credentials_file.as_deref())
                                 .await
+                                .map_err(|e| problem(&e))?;
+                            Arc::new(
+                                FcmClient::new(
+                                    FcmSettings::from_config(f, timeout),
+                                    Arc::new(credentials),
+                                )
                                 .map_err(|e| problem(&e))?,
-                        ),
+                            )
+                        }
                     };
                 let sender = Sender::Fcm {
                     project: f.project_id.clone(),

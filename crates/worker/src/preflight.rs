@@ -154,8 +154,8 @@ pub fn check_credentials(
     config: &Config,
 ) -> Result<Vec<CredentialCheck>, Vec<push_dispatch_config::ConfigIssue>> {
     use push_dispatch_config::ConfigIssue;
-    use push_dispatch_dispatch::apns::token::ProviderToken;
-    use push_dispatch_dispatch::fcm::auth::BearerCache;
+    use push_dispatch_dispatch::apns::credentials::ProviderToken;
+    use push_dispatch_dispatch::fcm::credentials::BearerCache;
     let mut checks = Vec::new();
     let mut issues = Vec::new();
     for (i, app) in config.apps.iter().enumerate() {

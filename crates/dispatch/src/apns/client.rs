@@ -1,14 +1,22 @@
 //! The APNs wire: `POST /3/device/{token}` over HTTP/2 with a provider token.
+//!
+//! [`ApnsClient::new`] takes the settings and the credentials (the provider
+//! token, shared by the clients of one key), exactly as
+//! `crate::fcm::FcmClient::new` does; connections are dialled on first use.
+//! A send builds the request ([`super::request::build`]), takes the current
+//! token generation, posts it through the transport pool and classifies the
+//! answer ([`super::error::classify`]). An `ExpiredProviderToken` answer
+//! replaces the generation it rejected, once, and the push is sent again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use push_dispatch_proto::v1::Platform;
 
+use super::credentials::{Generation, ProviderToken};
 use super::error::{ErrorBody, classify};
-use super::payload::{ApnsRequest, build};
+use super::request::{ApnsRequest, build};
 use super::settings::ApnsSettings;
-use super::token::{Generation, ProviderToken, TokenError};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::transport::{Pool, SendError, TransportError};
@@ -17,9 +25,6 @@ use crate::{Dispatcher, Outcome, Push, RejectReason};
 /// The APNs client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ApnsBuildError {
-    /// The key could not be loaded.
-    #[error(transparent)]
-    Token(#[from] TokenError),
     /// The transport could not be built.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -31,7 +36,7 @@ pub struct ApnsClient {
     settings: ApnsSettings,
     pool: Pool,
     /// Shared by every client of the same key (SPEC §6: one generation per key).
-    token: Arc<ProviderToken>,
+    credentials: Arc<ProviderToken>,
 }
 
 const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
@@ -48,19 +53,13 @@ struct Answer {
 }
 
 impl ApnsClient {
-    /// Loads the key and builds the connections (lazily connected).
-    pub fn new(settings: ApnsSettings) -> Result<ApnsClient, ApnsBuildError> {
-        let token =
-            ProviderToken::from_file(&settings.key_file, &settings.key_id, &settings.team_id)?;
-        Self::with_token(settings, Arc::new(token))
-    }
-
-    /// Builds the connections around a provider token that other clients of
-    /// the same key (apps of one Apple team) share: one generation, one
-    /// refresh and one `ExpiredProviderToken` replacement for all of them.
-    pub fn with_token(
+    /// Builds the connections (lazily connected) around the provider token
+    /// of the app's key. Clients of one key (apps of one Apple team) share
+    /// it: one generation, one refresh and one `ExpiredProviderToken`
+    /// replacement for all of them (see [`super::credentials::ProviderTokens`]).
+    pub fn new(
         settings: ApnsSettings,
-        token: Arc<ProviderToken>,
+        credentials: Arc<ProviderToken>,
     ) -> Result<ApnsClient, ApnsBuildError> {
         let pool = Pool::new(
             &settings.endpoint,
@@ -71,13 +70,8 @@ impl ApnsClient {
         Ok(ApnsClient {
             settings,
             pool,
-            token,
+            credentials,
         })
-    }
-
-    /// Provider tokens signed since start.
-    pub fn token_refreshes(&self) -> u64 {
-        self.token.refreshes()
     }
 
     /// The request headers of one attempt. Apple needs no `content-type`,
@@ -164,8 +158,8 @@ impl Dispatcher for ApnsClient {
 
     fn token_refreshes(&self) -> crate::TokenRefreshes {
         crate::TokenRefreshes {
-            ok: self.token.refreshes(),
-            failed: self.token.failures(),
+            ok: self.credentials.refreshes(),
+            failed: self.credentials.failures(),
         }
     }
 
@@ -174,11 +168,11 @@ impl Dispatcher for ApnsClient {
     }
 
     async fn send(&self, push: Push<'_>) -> Outcome {
-        let req = match build(push.request, &self.settings.topic, push.expires_at) {
+        let req = match build(push, &self.settings.topic) {
             Ok(r) => r,
             Err(reason) => return Outcome::Rejected { reason },
         };
-        let mut generation = match self.token.current() {
+        let mut generation = match self.credentials.current() {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign the APNs provider token");
@@ -190,7 +184,7 @@ impl Dispatcher for ApnsClient {
                 };
             }
         };
-        let Ok(uri) = self.pool.uri(&format!("/3/device/{}", push.token)) else {
+        let Ok(uri) = self.pool.uri(&req.path) else {
             // APNs would answer 400 BadDeviceToken to a token that cannot be a path.
             return classify(
                 400,
@@ -222,7 +216,7 @@ impl Dispatcher for ApnsClient {
             };
             if answer.status == 403 && answer.body.reason == "ExpiredProviderToken" && !replaced {
                 // Replace the generation it rejected (once) and try again now.
-                match self.token.rejected(generation.id) {
+                match self.credentials.rejected(generation.id) {
                     Ok(Some(g)) => {
                         generation = g;
                         replaced = true;

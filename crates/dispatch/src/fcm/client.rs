@@ -1,12 +1,20 @@
 //! The FCM wire: `POST {endpoint}/v1/projects/{project}/messages:send`.
+//!
+//! [`FcmClient::new`] takes the settings and the credentials (the OAuth
+//! bearer cache), exactly as `crate::apns::ApnsClient::new` does;
+//! connections are dialled on first use. A send builds the request
+//! ([`super::request::build`]), takes a bearer token, posts it through the
+//! transport pool and classifies the answer ([`super::error::classify`]). A
+//! 401 `UNAUTHENTICATED` drops the token it refused, once, and the push is
+//! sent again with a fresh one.
 
 use std::sync::Arc;
 
 use push_dispatch_proto::v1::Platform;
 
-use super::auth::{AuthError, BearerCache};
+use super::credentials::BearerCache;
 use super::error::{ErrorBody, classify};
-use super::message::message;
+use super::request::build;
 use super::settings::FcmSettings;
 use crate::transport::{Pool, RawAnswer, TransportError};
 use crate::{Dispatcher, Outcome, Push, RetryCause};
@@ -14,9 +22,6 @@ use crate::{Dispatcher, Outcome, Push, RetryCause};
 /// The FCM client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FcmBuildError {
-    /// The credentials could not be loaded.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
     /// The transport could not be built.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -37,20 +42,16 @@ pub enum FcmBuildError {
 pub struct FcmClient {
     uri: http::Uri,
     pool: Pool,
-    auth: Arc<BearerCache>,
+    credentials: Arc<BearerCache>,
 }
 
 impl FcmClient {
-    /// Loads the credentials and builds the connections (lazily connected).
-    pub async fn new(settings: FcmSettings) -> Result<FcmClient, FcmBuildError> {
-        let auth = BearerCache::new(settings.credentials_file.as_deref()).await?;
-        FcmClient::with_auth(settings, Arc::new(auth))
-    }
-
-    /// With a given bearer source (tests).
-    pub fn with_auth(
+    /// Builds the connections (lazily connected) around the bearer cache
+    /// of the app's credentials (a service-account file or ADC, see
+    /// [`BearerCache::new`]).
+    pub fn new(
         settings: FcmSettings,
-        auth: Arc<BearerCache>,
+        credentials: Arc<BearerCache>,
     ) -> Result<FcmClient, FcmBuildError> {
         let pool = Pool::new(
             &settings.endpoint,
@@ -63,12 +64,11 @@ impl FcmClient {
             project_id: settings.project_id.clone(),
             problem: e.to_string(),
         })?;
-        Ok(FcmClient { uri, pool, auth })
-    }
-
-    /// OAuth tokens fetched since start.
-    pub fn token_fetches(&self) -> u64 {
-        self.auth.fetches()
+        Ok(FcmClient {
+            uri,
+            pool,
+            credentials,
+        })
     }
 }
 
@@ -80,8 +80,8 @@ impl Dispatcher for FcmClient {
 
     fn token_refreshes(&self) -> crate::TokenRefreshes {
         crate::TokenRefreshes {
-            ok: self.auth.fetches(),
-            failed: self.auth.failures(),
+            ok: self.credentials.fetches(),
+            failed: self.credentials.failures(),
         }
     }
 
@@ -90,19 +90,13 @@ impl Dispatcher for FcmClient {
     }
 
     async fn send(&self, push: Push<'_>) -> Outcome {
-        let body = match serde_json::to_vec(&message(push.request, push.token, push.expires_at)) {
-            Ok(b) => bytes::Bytes::from(b),
-            Err(e) => {
-                return Outcome::Rejected {
-                    reason: crate::RejectReason::Unsendable {
-                        problem: format!("message not encodable: {e}"),
-                    },
-                };
-            }
+        let req = match build(push) {
+            Ok(r) => r,
+            Err(reason) => return Outcome::Rejected { reason },
         };
         let mut refreshed = false;
         loop {
-            let bearer = match self.auth.token().await {
+            let bearer = match self.credentials.token().await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "no FCM access token");
@@ -125,7 +119,7 @@ impl Dispatcher for FcmClient {
             };
             let result = self
                 .pool
-                .post(&self.uri, headers, &body, |a| a.status != 401)
+                .post(&self.uri, headers, &req.body, |a| a.status != 401)
                 .await;
             let RawAnswer {
                 status,
@@ -150,7 +144,7 @@ impl Dispatcher for FcmClient {
                 && !refreshed
             {
                 // Our token was refused: fetch a new one and try once more.
-                self.auth.invalidate(&bearer).await;
+                self.credentials.invalidate(&bearer).await;
                 refreshed = true;
                 continue;
             }

@@ -1,13 +1,17 @@
-//! Firebase Cloud Messaging HTTP v1 with an OAuth2 bearer from gcp_auth.
+//! Firebase Cloud Messaging HTTP v1 with an OAuth2 bearer token.
 //!
-//! Same shape as [`crate::apns`]: [`settings`], [`auth`] (the bearer token),
-//! [`message`] (PushRequest → FCM `Message` JSON), [`error`] (every
-//! documented error code and its [`crate::Outcome`]), [`client`] (the wire).
+//! Same five files, with the same meanings, as [`crate::apns`]:
+//! - [`settings`]: what the app's `fcm` config block gives;
+//! - [`credentials`]: the OAuth2 bearer token (service account or ADC);
+//! - [`request`]: `build`, a `Push` (request + registration token) → the
+//!   FCM request (the `messages:send` JSON body);
+//! - [`error`]: every documented error code and its [`crate::Outcome`];
+//! - [`client`]: the wire; `FcmClient::new(settings, credentials)`.
 
-pub mod auth;
 pub mod client;
+pub mod credentials;
 pub mod error;
-pub mod message;
+pub mod request;
 pub mod settings;
 
 pub use client::FcmClient;

@@ -1,4 +1,7 @@
-//! The OAuth2 bearer token for FCM (scope `firebase.messaging`).
+//! FCM credentials: the OAuth2 bearer token (scope `firebase.messaging`).
+//! [`BearerCache`] is what [`super::FcmClient::new`] takes, as the APNs
+//! client takes its provider token (`crate::apns::credentials`); a local
+//! failure to get a token is reported as [`crate::RetryCause::Credentials`].
 //!
 //! gcp_auth fetches it: from a service-account file (whose `token_uri` may
 //! point at a local stand-in), or from Application Default Credentials
@@ -28,8 +31,8 @@ struct LoadedFile {
 /// content too, to tell a rotation later.
 fn load_service_account(
     path: &std::path::Path,
-) -> Result<(Vec<u8>, Arc<dyn TokenProvider>), AuthError> {
-    let load = |source| AuthError::Load {
+) -> Result<(Vec<u8>, Arc<dyn TokenProvider>), CredentialsError> {
+    let load = |source| CredentialsError::Load {
         source_name: path.display().to_string(),
         source,
     };
@@ -56,7 +59,7 @@ pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// A bearer token could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub enum CredentialsError {
     /// The credentials could not be loaded.
     #[error("cannot load FCM credentials {source_name}: {source}")]
     Load {
@@ -85,12 +88,15 @@ pub struct Bearer {
 }
 
 impl Bearer {
-    fn new(token: Arc<Token>) -> Result<Bearer, AuthError> {
-        // Not marked sensitive: HPACK may index it, as for the APNs token. Only
-        // our own requests share the connection, so there is no compression
-        // oracle, and a 200-byte literal per request is measurable.
+    fn new(token: Arc<Token>) -> Result<Bearer, CredentialsError> {
+        // Built once per token and cloned per request (a refcount, no copy).
+        // h2 never puts `authorization` into the HPACK dynamic table,
+        // sensitive or not (see `crate::apns::credentials`): each request
+        // carries the value as a Huffman-encoded literal. Marking it
+        // sensitive would change only that literal's "never indexed" flag,
+        // not its cost. It is not marked.
         let authorization = http::HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
-            .map_err(|_| AuthError::Unusable)?;
+            .map_err(|_| CredentialsError::Unusable)?;
         Ok(Bearer {
             token,
             authorization,
@@ -130,7 +136,7 @@ impl std::fmt::Debug for BearerCache {
 
 impl BearerCache {
     /// From a service-account file, or ADC when `file` is `None`.
-    pub async fn new(file: Option<&std::path::Path>) -> Result<BearerCache, AuthError> {
+    pub async fn new(file: Option<&std::path::Path>) -> Result<BearerCache, CredentialsError> {
         match file {
             Some(path) => {
                 let (content, provider) = load_service_account(path)?;
@@ -144,7 +150,7 @@ impl BearerCache {
             None => Ok(BearerCache::with_provider(
                 gcp_auth::provider()
                     .await
-                    .map_err(|source| AuthError::Load {
+                    .map_err(|source| CredentialsError::Load {
                         source_name: "Application Default Credentials".into(),
                         source,
                     })?,
@@ -154,7 +160,7 @@ impl BearerCache {
 
     /// Loads a service-account file as [`BearerCache::new`] does (its JSON
     /// and private key), without fetching a token: for `check-config`.
-    pub fn check_file(path: &std::path::Path) -> Result<(), AuthError> {
+    pub fn check_file(path: &std::path::Path) -> Result<(), CredentialsError> {
         load_service_account(path).map(drop)
     }
 
@@ -175,7 +181,7 @@ impl BearerCache {
     }
 
     /// A valid bearer token; fetches (single flight) when needed.
-    pub async fn token(&self) -> Result<Bearer, AuthError> {
+    pub async fn token(&self) -> Result<Bearer, CredentialsError> {
         if let Some(t) = self.current.read().await.as_ref()
             && Self::fresh(t)
         {
@@ -197,8 +203,8 @@ impl BearerCache {
             .clone();
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, provider.token(&[FCM_SCOPE])).await;
         let token = match fetched
-            .map_err(|_| AuthError::Timeout(FETCH_TIMEOUT))
-            .and_then(|t| t.map_err(AuthError::Fetch))
+            .map_err(|_| CredentialsError::Timeout(FETCH_TIMEOUT))
+            .and_then(|t| t.map_err(CredentialsError::Fetch))
             .and_then(Bearer::new)
         {
             Ok(t) => t,
@@ -297,7 +303,7 @@ mod tests {
             .await
             .expect_err("no token from a hung endpoint");
         assert!(
-            matches!(err, AuthError::Timeout(t) if t == FETCH_TIMEOUT),
+            matches!(err, CredentialsError::Timeout(t) if t == FETCH_TIMEOUT),
             "{err}"
         );
         assert_eq!(started.elapsed(), FETCH_TIMEOUT);

@@ -1,12 +1,16 @@
-//! Mapping a `PushRequest` to an APNs request: the JSON payload (`aps` and
-//! custom data at top level) and the `apns-*` headers.
+//! Building the APNs request for one push: [`build`] turns a [`Push`] (the
+//! `PushRequest` and one device token) into an [`ApnsRequest`]: the path
+//! `/3/device/{token}`, the `apns-*` header values and the JSON payload
+//! (`aps` and custom data at top level), serialized once. [`payload`] gives
+//! the same payload as a JSON tree, for inspection. FCM's `build`
+//! (`crate::fcm::request`) has the same role.
 //!
 //! The push type is taken from `apns.push_type` or derived (alert when there
 //! is something to show, background otherwise); background forces priority 5
 //! as Apple requires. Each push type has its topic suffix. The payload limit
 //! (4 KiB, 5 KiB for VoIP) is checked here, before any request is made.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use push_dispatch_proto::v1::{
     ApnsPushType, InterruptionLevel, Notification, Priority, PushRequest,
@@ -14,7 +18,7 @@ use push_dispatch_proto::v1::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::RejectReason;
+use crate::{Push, RejectReason};
 
 /// Largest payload of ordinary pushes, in bytes.
 pub const MAX_PAYLOAD: usize = 4096;
@@ -24,6 +28,8 @@ pub const MAX_VOIP_PAYLOAD: usize = 5120;
 /// The request APNs will get for one device.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApnsRequest {
+    /// `/3/device/{token}`.
+    pub path: String,
     /// `apns-push-type`.
     pub push_type: &'static str,
     /// `apns-topic`.
@@ -249,12 +255,14 @@ pub fn payload(request: &PushRequest) -> Value {
     serde_json::to_value(payload_of(request)).unwrap_or(Value::Null)
 }
 
-/// Builds the APNs request for `request`; refuses payloads over the limit.
-pub fn build(
-    request: &PushRequest,
-    topic: &str,
-    expires_at: Option<SystemTime>,
-) -> Result<ApnsRequest, RejectReason> {
+/// Builds the APNs request of `push` for the app's `topic` (the bundle id);
+/// refuses payloads over the limit.
+pub fn build(push: Push<'_>, topic: &str) -> Result<ApnsRequest, RejectReason> {
+    let Push {
+        request,
+        token,
+        expires_at,
+    } = push;
     let push_type = push_type_of(request);
     let (name, suffix) = type_and_suffix(push_type);
     let body = serde_json::to_vec(&payload_of(request)).map_err(|e| RejectReason::Unsendable {
@@ -287,6 +295,7 @@ pub fn build(
         _ => None,
     };
     Ok(ApnsRequest {
+        path: format!("/3/device/{token}"),
         push_type: name,
         topic: format!("{topic}{suffix}"),
         priority,
@@ -301,6 +310,17 @@ mod tests {
     use super::*;
     use push_dispatch_proto::v1::ApnsOptions;
     use std::time::Duration;
+
+    const TOKEN: &str = "a1b2c3d4";
+
+    /// The push of `request` to [`TOKEN`], without expiry.
+    fn push(request: &PushRequest) -> Push<'_> {
+        Push {
+            request,
+            token: TOKEN,
+            expires_at: None,
+        }
+    }
 
     fn alert() -> PushRequest {
         PushRequest {
@@ -331,7 +351,8 @@ mod tests {
         assert_eq!(p["aps"]["mutable-content"], 1);
         assert_eq!(p["order"], "42");
         assert!(p["aps"].is_object(), "data cannot overwrite aps");
-        let req = build(&r, "com.example.app", None).expect("fits");
+        let req = build(push(&r), "com.example.app").expect("fits");
+        assert_eq!(req.path, format!("/3/device/{TOKEN}"));
         assert_eq!(req.push_type, "alert");
         assert_eq!(req.topic, "com.example.app");
         assert_eq!(req.priority, 10);
@@ -388,7 +409,7 @@ mod tests {
             }
         });
         assert_eq!(payload(&r), expected);
-        let body = build(&r, "t", None).expect("fits").body;
+        let body = build(push(&r), "t").expect("fits").body;
         let sent: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(sent, expected, "the bytes sent are the same payload");
         // An explicit category wins over click_action; an empty request has an empty aps.
@@ -408,7 +429,7 @@ mod tests {
             priority: Priority::High as i32,
             ..Default::default()
         };
-        let req = build(&r, "t", None).expect("fits");
+        let req = build(push(&r), "t").expect("fits");
         assert_eq!(req.push_type, "background");
         assert_eq!(req.priority, 5, "background forces 5");
         assert_eq!(payload(&r)["aps"]["content-available"], 1);
@@ -437,7 +458,7 @@ mod tests {
                 push_type: t as i32,
                 ..Default::default()
             });
-            let req = build(&r, "t", None).expect("fits");
+            let req = build(push(&r), "t").expect("fits");
             assert_eq!((req.push_type, req.topic.as_str()), (name, topic));
         }
     }
@@ -468,7 +489,14 @@ mod tests {
             nanos: 0,
         });
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let req = build(&r, "t", Some(at)).expect("fits");
+        let req = build(
+            Push {
+                expires_at: Some(at),
+                ..push(&r)
+            },
+            "t",
+        )
+        .expect("fits");
         assert_eq!(req.priority, 5);
         assert_eq!(req.collapse_id.as_deref(), Some("score"));
         assert_eq!(req.expiration, Some(1_800_000_000));
@@ -477,7 +505,7 @@ mod tests {
             nanos: 0,
         });
         assert_eq!(
-            build(&r, "t", None).expect("fits").expiration,
+            build(push(&r), "t").expect("fits").expiration,
             Some(0),
             "ttl 0 = now or never"
         );
@@ -487,7 +515,7 @@ mod tests {
     fn payload_limit_is_checked_before_sending() {
         let mut r = alert();
         r.data.insert("blob".into(), "x".repeat(4100));
-        let err = build(&r, "t", None).expect_err("too large");
+        let err = build(push(&r), "t").expect_err("too large");
         assert!(matches!(
             err,
             RejectReason::PayloadTooLarge { max: 4096, .. }
@@ -496,6 +524,6 @@ mod tests {
             push_type: ApnsPushType::Voip as i32,
             ..Default::default()
         });
-        assert!(build(&r, "t", None).is_ok(), "VoIP allows 5 KiB");
+        assert!(build(push(&r), "t").is_ok(), "VoIP allows 5 KiB");
     }
 }

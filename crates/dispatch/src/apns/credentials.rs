@@ -1,5 +1,8 @@
-//! The APNs provider token: an ES256 JWT (`kid`, `iss`, `iat`) shared by
-//! every connection of a key.
+//! APNs credentials: the provider token, an ES256 JWT (`kid`, `iss`, `iat`)
+//! signed with the team's `.p8` key and shared by every connection of a key.
+//! [`ProviderToken`] is what [`super::ApnsClient::new`] takes, as the FCM
+//! client takes its OAuth bearer (`crate::fcm::credentials`); a local failure
+//! to sign one is reported as [`crate::RetryCause::Credentials`].
 //!
 //! Apple wants the token refreshed between 20 and 60 minutes; refreshing more
 //! often trips `TooManyProviderTokenUpdates`. So one generation is signed at a
@@ -26,7 +29,7 @@ pub const MIN_AGE: Duration = Duration::from_secs(20 * 60);
 
 /// The key could not be loaded or a token signed.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub enum CredentialsError {
     /// The `.p8` file could not be read.
     #[error("cannot read the APNs key {path}: {source}")]
     Read {
@@ -107,13 +110,13 @@ impl ProviderToken {
         path: &std::path::Path,
         key_id: &str,
         team_id: &str,
-    ) -> Result<ProviderToken, TokenError> {
-        let pem = std::fs::read(path).map_err(|source| TokenError::Read {
+    ) -> Result<ProviderToken, CredentialsError> {
+        let pem = std::fs::read(path).map_err(|source| CredentialsError::Read {
             path: path.display().to_string(),
             source,
         })?;
         Self::from_pem(&pem, key_id, team_id).map_err(|e| match e {
-            TokenError::Key { source, .. } => TokenError::Key {
+            CredentialsError::Key { source, .. } => CredentialsError::Key {
                 path: path.display().to_string(),
                 source,
             },
@@ -122,8 +125,12 @@ impl ProviderToken {
     }
 
     /// Like [`ProviderToken::from_file`], from PEM bytes.
-    pub fn from_pem(pem: &[u8], key_id: &str, team_id: &str) -> Result<ProviderToken, TokenError> {
-        let key = EncodingKey::from_ec_pem(pem).map_err(|source| TokenError::Key {
+    pub fn from_pem(
+        pem: &[u8],
+        key_id: &str,
+        team_id: &str,
+    ) -> Result<ProviderToken, CredentialsError> {
+        let key = EncodingKey::from_ec_pem(pem).map_err(|source| CredentialsError::Key {
             path: "(in memory)".into(),
             source,
         })?;
@@ -142,7 +149,7 @@ impl ProviderToken {
         Ok(token)
     }
 
-    fn sign(&self, id: u64) -> Result<Generation, TokenError> {
+    fn sign(&self, id: u64) -> Result<Generation, CredentialsError> {
         let signed = self.sign_inner(id);
         if signed.is_err() {
             self.failures
@@ -151,7 +158,7 @@ impl ProviderToken {
         signed
     }
 
-    fn sign_inner(&self, id: u64) -> Result<Generation, TokenError> {
+    fn sign_inner(&self, id: u64) -> Result<Generation, CredentialsError> {
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -164,13 +171,20 @@ impl ProviderToken {
             },
             &self.key,
         )
-        .map_err(TokenError::Sign)?;
-        // Not marked sensitive: HPACK may then index it, so that each request
-        // carries a table index instead of re-encoding ~200 bytes (the
-        // profile showed Huffman-encoding it on every request). The token is
-        // a bearer for Apple only, who sees it on every request anyway.
-        let authorization = http::HeaderValue::from_str(&format!("bearer {jwt}"))
-            .map_err(|_| TokenError::Sign(jsonwebtoken::errors::ErrorKind::InvalidToken.into()))?;
+        .map_err(CredentialsError::Sign)?;
+        // Built once per generation and cloned per request (a refcount, no
+        // copy). h2 never puts `authorization` into the HPACK dynamic table,
+        // sensitive or not: its encoder skips value indexing for that name
+        // (h2 0.4 `hpack::Header::skip_value_index`, a list taken from
+        // nghttp2), so every request carries static name index 23 and the
+        // ~200-byte value as a Huffman-encoded literal "without indexing".
+        // Marking the value sensitive would only switch that literal to
+        // "never indexed" (which tells proxies not to index it either);
+        // the bytes encoded per request stay the same. It is not marked.
+        let authorization =
+            http::HeaderValue::from_str(&format!("bearer {jwt}")).map_err(|_| {
+                CredentialsError::Sign(jsonwebtoken::errors::ErrorKind::InvalidToken.into())
+            })?;
         Ok(Generation {
             authorization,
             jwt: jwt.into(),
@@ -182,7 +196,7 @@ impl ProviderToken {
 
     /// The token to send now; signs a new generation when the current one is
     /// [`REFRESH_AFTER`] old (or none exists).
-    pub fn current(&self) -> Result<Generation, TokenError> {
+    pub fn current(&self) -> Result<Generation, CredentialsError> {
         if let Some(g) = self.read()
             && g.issued.elapsed() < REFRESH_AFTER
         {
@@ -211,7 +225,7 @@ impl ProviderToken {
     /// `None` when the rejected generation was itself an early replacement
     /// younger than [`MIN_AGE`]: replacing it again so soon would trip
     /// `TooManyProviderTokenUpdates`, so the push fails as it is.
-    pub fn rejected(&self, id: u64) -> Result<Option<Generation>, TokenError> {
+    pub fn rejected(&self, id: u64) -> Result<Option<Generation>, CredentialsError> {
         let mut slot = self
             .current
             .write()
@@ -271,7 +285,7 @@ impl ProviderTokens {
         path: &std::path::Path,
         key_id: &str,
         team_id: &str,
-    ) -> Result<Arc<ProviderToken>, TokenError> {
+    ) -> Result<Arc<ProviderToken>, CredentialsError> {
         let id = (path.to_path_buf(), key_id.to_string(), team_id.to_string());
         if let Some(token) = self.by_key.get(&id) {
             return Ok(token.clone());
@@ -395,6 +409,6 @@ mod tests {
     #[test]
     fn a_bad_key_fails_at_load() {
         let err = ProviderToken::from_pem(b"not a key", "K", "T").expect_err("bad key");
-        assert!(matches!(err, TokenError::Key { .. }));
+        assert!(matches!(err, CredentialsError::Key { .. }));
     }
 }

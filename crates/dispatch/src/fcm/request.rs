@@ -1,6 +1,10 @@
-//! Mapping a `PushRequest` to an FCM v1 `Message` for one token:
+//! Building the FCM request for one push: [`build`] turns a [`Push`] (the
+//! `PushRequest` and one registration token) into an [`FcmRequest`], the
+//! `messages:send` body serialized once: a v1 `Message` with
 //! `notification`, string-only `data`, and the `android`, `apns` and
-//! `webpush` blocks for what does not map across platforms.
+//! `webpush` blocks for what does not map across platforms. [`message`]
+//! gives the same body as a JSON tree, for inspection. APNs' `build`
+//! (`crate::apns::request`) has the same role.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,9 +12,18 @@ use push_dispatch_proto::v1::{AndroidVisibility, Priority, PushRequest};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::{Push, RejectReason};
+
+/// The request FCM will get for one device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FcmRequest {
+    /// The JSON body of `messages:send` (shared, not copied, by every send of it).
+    pub body: bytes::Bytes,
+}
+
 /// `{"message": …}`, the body of `messages:send`.
 #[derive(Serialize)]
-pub struct Envelope<'a> {
+struct Envelope<'a> {
     message: Message<'a>,
 }
 
@@ -143,7 +156,7 @@ struct FcmOptions<'a> {
 
 /// The FCM message for one token, borrowed from the request and serialized
 /// straight to the body (no JSON tree). Empty blocks are left out.
-pub fn message<'a>(
+fn envelope<'a>(
     request: &'a PushRequest,
     token: &'a str,
     expires_at: Option<SystemTime>,
@@ -270,10 +283,22 @@ pub fn message<'a>(
     }
 }
 
-/// The message as a JSON tree (for inspection; the client serializes
-/// [`message`] directly).
-pub fn build(request: &PushRequest, token: &str, expires_at: Option<SystemTime>) -> Value {
-    serde_json::to_value(message(request, token, expires_at)).unwrap_or(Value::Null)
+/// Builds the FCM request of `push`.
+pub fn build(push: Push<'_>) -> Result<FcmRequest, RejectReason> {
+    match serde_json::to_vec(&envelope(push.request, push.token, push.expires_at)) {
+        Ok(body) => Ok(FcmRequest {
+            body: bytes::Bytes::from(body),
+        }),
+        Err(e) => Err(RejectReason::Unsendable {
+            problem: format!("message not encodable: {e}"),
+        }),
+    }
+}
+
+/// The body of `messages:send` as a JSON tree (for inspection; [`build`]
+/// serializes the same message without this tree).
+pub fn message(request: &PushRequest, token: &str, expires_at: Option<SystemTime>) -> Value {
+    serde_json::to_value(envelope(request, token, expires_at)).unwrap_or(Value::Null)
 }
 
 /// Whole seconds left before `expires_at`, or the request's ttl without one.
@@ -363,9 +388,14 @@ mod tests {
             "webpush": {"fcm_options": {"link": "https://example.com"}},
             "fcm_options": {"analytics_label": "lbl"}
         }});
-        assert_eq!(build(&r, "tok", None), expected);
-        let bytes = serde_json::to_vec(&message(&r, "tok", None)).expect("json");
-        let sent: Value = serde_json::from_slice(&bytes).expect("parse");
+        assert_eq!(message(&r, "tok", None), expected);
+        let sent = build(Push {
+            request: &r,
+            token: "tok",
+            expires_at: None,
+        })
+        .expect("encodes");
+        let sent: Value = serde_json::from_slice(&sent.body).expect("parse");
         assert_eq!(sent, expected, "the bytes sent are the same message");
     }
 
@@ -394,7 +424,7 @@ mod tests {
             ..Default::default()
         };
         r.data.insert("k".into(), "v".into());
-        let m = &build(&r, "tok", None)["message"];
+        let m = &message(&r, "tok", None)["message"];
         assert_eq!(m["token"], "tok");
         assert_eq!(m["notification"]["title"], "T");
         assert_eq!(m["notification"]["image"], "https://img");
@@ -412,7 +442,7 @@ mod tests {
 
     #[test]
     fn minimal_message_has_only_the_token() {
-        let m = build(&PushRequest::default(), "tok", None);
+        let m = message(&PushRequest::default(), "tok", None);
         assert_eq!(m, json!({"message": {"token": "tok"}}));
     }
 
@@ -426,7 +456,7 @@ mod tests {
             ..Default::default()
         };
         let at = SystemTime::now() + std::time::Duration::from_secs(100);
-        let ttl = build(&r, "t", Some(at))["message"]["android"]["ttl"]
+        let ttl = message(&r, "t", Some(at))["message"]["android"]["ttl"]
             .as_str()
             .expect("ttl")
             .to_string();
