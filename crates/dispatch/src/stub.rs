@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use push_dispatch_proto::v1::{Platform, Reason};
 
+use crate::apns::error::TOO_MANY_REQUESTS_DELAY;
 use crate::{Dispatcher, Outcome, Push, RetryCause};
 
 /// Endpoints with this prefix select the stub (e.g. `stub:latency=50ms`).
@@ -150,7 +151,8 @@ impl StubDispatcher {
                 Some(SystemTime::now()),
             ),
             "bad0" => dead(Reason::BadDeviceToken, "BadDeviceToken", None),
-            "0429" => retry(429, "TooManyRequests", None),
+            // As the APNs client classifies it: Apple sends no Retry-After.
+            "0429" => retry(429, "TooManyRequests", Some(TOO_MANY_REQUESTS_DELAY)),
             "0500" => retry(500, "InternalServerError", None),
             "0503" => retry(503, "ServiceUnavailable", None),
             "f1a0" => self.flaky(token),

@@ -136,7 +136,7 @@ pub struct ErrorBody {
 
 /// First retry delay when APNs says nothing (TooManyRequests is per device:
 /// back off a little more than for a server error).
-const TOO_MANY_REQUESTS_DELAY: Duration = Duration::from_secs(1);
+pub const TOO_MANY_REQUESTS_DELAY: Duration = Duration::from_secs(1);
 
 /// Classifies an answer. `retry_after` is the parsed `Retry-After` header.
 pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) -> Outcome {
