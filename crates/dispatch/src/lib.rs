@@ -1,13 +1,29 @@
 //! Sending one push to one device, and saying what came of it.
 //!
-//! The [`Dispatcher`] trait is the seam between the worker's policy and the
-//! providers: a dispatcher takes a request and one token, talks to its
-//! provider, and reports an [`Outcome`] — a fact, never a decision. Whether
-//! that means ack, nack, republish or dead-letter is the worker's business.
+//! What it is: the [`Dispatcher`] trait, the seam between the worker's
+//! policy and the providers. A dispatcher takes a request and one token,
+//! talks to its provider, and reports an [`Outcome`] — a fact, never a
+//! decision. Behind it:
+//! - [`apns`] and [`fcm`], the two provider clients, in identical folders:
+//!   `settings`, `credentials`, `request` (`build`: a [`Push`] → the
+//!   provider request), `error` (every documented answer → [`Outcome`]) and
+//!   `client` (`new(settings, credentials)`, the wire);
+//! - [`transport`], the HTTP/2 connection pool both clients share (h2 over
+//!   rustls, or h2c for local stand-ins), which keeps the facts that say
+//!   whether a resend can duplicate a push;
+//! - [`stub::StubDispatcher`], beside the real clients: it answers in
+//!   process by token prefix, exactly as the sandbox of SPEC §7 scripts it
+//!   (a test holds the two together). It is selected by the endpoint
+//!   `stub:` and serves pipeline tests and dry runs;
+//! - [`outcome`] and [`retry_after`], the vocabulary of answers.
 //!
-//! [`stub::StubDispatcher`] lives beside the real clients and answers in
-//! process by token prefix, exactly as the sandbox of SPEC §7 scripts it. It
-//! is selected by the endpoint `stub:` and serves pipeline tests and dry runs.
+//! What it is not: the worker's policy. Whether an outcome means ack, nack,
+//! republish, dead-letter or a feedback event, retries and their backoff,
+//! circuits, rate limits and metrics all live in the worker; a dispatcher
+//! retries only what HTTP/2 proves unsent, and an `ExpiredProviderToken` or
+//! a 401 once with fresh credentials. Nor does it load the config: the
+//! worker maps each app's parsed block to settings (`*Settings::from_config`)
+//! and loads the credentials the settings name.
 
 pub mod apns;
 pub mod fcm;
