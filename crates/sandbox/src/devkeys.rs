@@ -29,7 +29,7 @@ use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Map, Value, json};
 
-use crate::{ApnsSandboxConfig, FcmSandboxConfig};
+use crate::config::{ApnsSandboxConfig, FcmSandboxConfig};
 
 /// Key id of the generated APNs key (10 characters, like Apple's).
 pub const DEV_KEY_ID: &str = "SANDBOXK01";

@@ -23,12 +23,17 @@
 //! where a lenient fake would hide a client bug, and cheap on the accepted path
 //! so that it can be benchmarked against (≥ 100k APNs pushes/s on one core).
 //!
-//! Module map: `server` (listeners, connections, GOAWAY, one task per
-//! connection), `router` (shared state, paths to handlers, latency), `apns`,
-//! `fcm`, `oauth` (the three services), `jws` (compact JWS parsing shared by
-//! APNs and OAuth), `inspect` (deliveries ring, counters, `/sandbox/*`),
-//! `faults` (chaos flags), `tls` (self-signed leaf certificate), [`devkeys`]
-//! (development credentials without openssl).
+//! Module map, each module using only modules listed after it (no import
+//! circles): `server` (listeners, connections, GOAWAY, one task per
+//! connection), `router` (paths to handlers, latency; each handler is given
+//! only the parts it uses), `inspect` (the `/sandbox/*` control plane),
+//! `state` (the sandbox's shared state and each connection's), `apns`, `fcm`,
+//! `oauth` (the three services), `recorder` (deliveries ring, counters per
+//! outcome label, flaky counters), `jws` (compact JWS parsing shared by APNs
+//! and OAuth), `http_util` (bodies, JSON answers, the clock), [`devkeys`]
+//! (development credentials without openssl), `tls` (self-signed leaf
+//! certificate), `config` (what [`Sandbox::start`] takes), `faults` (chaos
+//! flags), `error` (why it fails).
 //!
 //! Throughput: the server runs on the caller's tokio runtime, one task per
 //! connection that also polls the connection's streams (see `server`), so a
@@ -50,138 +55,32 @@
 //! ```
 
 mod apns;
+mod config;
 pub mod devkeys;
+mod error;
 mod faults;
 mod fcm;
 mod http_util;
 mod inspect;
 mod jws;
 mod oauth;
+mod recorder;
 mod router;
 mod server;
+mod state;
 mod tls;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+pub use config::{ApnsSandboxConfig, FcmSandboxConfig, SandboxConfig};
+pub use error::SandboxError;
 pub use faults::{Faults, FaultsError};
-pub use inspect::{Delivery, Platform, Stats};
-
-/// Everything a sandbox needs to start: where to listen, which credentials the
-/// clients must use, and the initial fault flags.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SandboxConfig {
-    /// h2c (HTTP/2 prior knowledge) and HTTP/1.1 listener; port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// TLS listener (ALPN `h2`, `http/1.1`) with a self-signed leaf certificate, if any.
-    #[serde(default)]
-    pub tls_listen: Option<SocketAddr>,
-    /// Where to write the self-signed certificate as PEM (TLS only), for clients' `ca_file`.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// The APNs provider key and topic the APNs stand-in accepts.
-    pub apns: ApnsSandboxConfig,
-    /// The Firebase project and service account the FCM and OAuth stand-ins accept.
-    pub fcm: FcmSandboxConfig,
-    /// Initial fault flags; [`Faults::default`] injects none.
-    #[serde(default)]
-    pub faults: Faults,
-}
-
-impl SandboxConfig {
-    /// A config listening on `127.0.0.1:0` (h2c only, no TLS, no faults).
-    pub fn local(apns: ApnsSandboxConfig, fcm: FcmSandboxConfig) -> Self {
-        Self {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls_listen: None,
-            cert_file: None,
-            apns,
-            fcm,
-            faults: Faults::default(),
-        }
-    }
-}
-
-/// The APNs token-auth key the sandbox verifies provider tokens against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApnsSandboxConfig {
-    /// PKCS#8 PEM P-256 private key (`AuthKey_XXXXXXXXXX.p8`); its public key verifies JWTs.
-    pub key_file: PathBuf,
-    /// The JWT header `kid` the clients must send.
-    pub key_id: String,
-    /// The JWT claim `iss` the clients must send.
-    pub team_id: String,
-    /// The app's bundle id; `apns-topic` must be this (plus the push type's suffix).
-    pub topic: String,
-}
-
-/// The Firebase project and the service account whose assertions `/token` accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FcmSandboxConfig {
-    /// The only project id `messages:send` accepts (others answer SENDER_ID_MISMATCH).
-    pub project_id: String,
-    /// Google service-account JSON (`client_email`, `private_key`, `token_uri`, …).
-    pub service_account_file: PathBuf,
-}
-
-/// Why a sandbox could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    /// A config value is unusable; the message names the key.
-    #[error("sandbox config `{key}`: {reason}")]
-    Config {
-        /// The config key, e.g. `apns.topic`.
-        key: &'static str,
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// A listener could not be bound.
-    #[error("sandbox: cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The APNs `.p8` key could not be read or is not a PKCS#8 P-256 key.
-    #[error("sandbox config `apns.key_file` ({path}): {reason}")]
-    ApnsKey {
-        /// The key file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The service-account JSON could not be read or lacks a usable RSA key.
-    #[error("sandbox config `fcm.service_account_file` ({path}): {reason}")]
-    ServiceAccount {
-        /// The service-account file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The TLS certificate or server config could not be built.
-    #[error("sandbox TLS setup: {0}")]
-    Tls(String),
-    /// The certificate PEM could not be written to `cert_file`.
-    #[error("sandbox: cannot write certificate to {path}: {source}")]
-    WriteCert {
-        /// The `cert_file` path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use recorder::{Delivery, Platform, Stats};
 
 /// A running sandbox: its listeners and every task it spawned.
 ///
@@ -191,7 +90,7 @@ pub struct Sandbox {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     cert_pem: Option<String>,
-    state: Arc<router::State>,
+    state: Arc<state::State>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     _cancel_on_drop: DropGuard,
@@ -246,7 +145,7 @@ impl Sandbox {
             own_token_uris.push(format!("https://{t}/token"));
             own_token_uris.push(format!("https://localhost:{}/token", t.port()));
         }
-        let state = Arc::new(router::State::new(
+        let state = Arc::new(state::State::new(
             apns,
             fcm::Fcm::new(config.fcm.project_id.clone()),
             oauth::OAuth::new(sa, own_token_uris),

@@ -30,10 +30,10 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::SandboxError;
+use crate::error::SandboxError;
 use crate::http_util::{self, Body};
 use crate::jws;
-use crate::router::State;
+use crate::recorder::Recorder;
 
 /// `grant_type` of a JWT-bearer token request.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -286,11 +286,15 @@ fn timeframe() -> Refusal {
 }
 
 /// Answers `POST /token`.
-pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    oauth: &OAuth,
+    recorder: &Recorder,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         return refuse(
-            state,
+            recorder,
             StatusCode::METHOD_NOT_ALLOWED,
             Refusal("invalid_request", "Only POST is supported.".into()),
         );
@@ -302,7 +306,7 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
         .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
     if !form {
         return refuse(
-            state,
+            recorder,
             StatusCode::BAD_REQUEST,
             Refusal(
                 "invalid_request",
@@ -312,7 +316,7 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
     }
     let Ok(body) = http_util::read_body(body, BODY_LIMIT).await else {
         return refuse(
-            state,
+            recorder,
             StatusCode::BAD_REQUEST,
             Refusal("invalid_request", "Request body too large.".into()),
         );
@@ -329,14 +333,14 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
         Some(other) => {
             let desc = format!("Invalid grant_type: {other}");
             return refuse(
-                state,
+                recorder,
                 StatusCode::BAD_REQUEST,
                 Refusal("unsupported_grant_type", desc),
             );
         }
         None => {
             return refuse(
-                state,
+                recorder,
                 StatusCode::BAD_REQUEST,
                 Refusal(
                     "invalid_request",
@@ -347,7 +351,7 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
     }
     let Some(assertion) = get("assertion") else {
         return refuse(
-            state,
+            recorder,
             StatusCode::BAD_REQUEST,
             Refusal(
                 "invalid_request",
@@ -360,11 +364,10 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
         .authority()
         .map(|a| a.as_str())
         .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
-    match state.oauth.verify(assertion, authority) {
+    match oauth.verify(assertion, authority) {
         Ok(fcm_scope) => {
-            let token = state.oauth.issue(fcm_scope);
-            state
-                .recorder
+            let token = oauth.issue(fcm_scope);
+            recorder
                 .oauth_tokens_issued
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut resp = http_util::json_value(
@@ -379,17 +382,16 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Bo
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        Err(refusal) => refuse(state, StatusCode::BAD_REQUEST, refusal),
+        Err(refusal) => refuse(recorder, StatusCode::BAD_REQUEST, refusal),
     }
 }
 
 fn refuse(
-    state: &State,
+    recorder: &Recorder,
     status: StatusCode,
     Refusal(error, description): Refusal,
 ) -> Response<Body> {
-    state
-        .recorder
+    recorder
         .oauth_rejected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let body = json!({ "error": error, "error_description": description });

@@ -1,6 +1,7 @@
 //! Listeners and connections: accept loops, optional TLS handshakes, HTTP/2
-//! (prior knowledge or ALPN) with HTTP/1.1 fallback, per-connection state, the
-//! `goaway_every` fault and graceful shutdown.
+//! (prior knowledge or ALPN) with HTTP/1.1 fallback, the GOAWAY asked for by
+//! the `goaway_every` fault (counted in `state::ConnState`) and graceful
+//! shutdown.
 //!
 //! One task per connection drives both the connection and its streams: hyper
 //! hands each HTTP/2 stream to an executor, and the executor here
@@ -19,7 +20,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,13 +30,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apns::ConnAuth;
-use crate::router::{self, State};
+use crate::router;
+use crate::state::{ConnState, State};
 
 /// Streams per connection advertised in SETTINGS (APNs was observed at 1,000–1,500).
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1000;
@@ -45,27 +45,6 @@ const DRAIN: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rounds of "poll the connection, then its streams" per wake-up before yielding.
 const ROUNDS_PER_POLL: usize = 16;
-
-/// What one connection remembers.
-#[derive(Debug, Default)]
-pub(crate) struct ConnState {
-    /// APNs auth state: the one-stream gate and the current provider token.
-    pub apns: ConnAuth,
-    streams: AtomicU64,
-    goaway_sent: AtomicBool,
-    goaway: Notify,
-}
-
-impl ConnState {
-    /// Counts a stream; asks for a GOAWAY after every `every`-th.
-    pub(crate) fn count_stream(&self, every: u32, state: &State) {
-        let n = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(u64::from(every)) && !self.goaway_sent.swap(true, Ordering::AcqRel) {
-            state.recorder.goaways.fetch_add(1, Ordering::Relaxed);
-            self.goaway.notify_one();
-        }
-    }
-}
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 

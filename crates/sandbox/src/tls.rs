@@ -16,7 +16,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::SandboxError;
+use crate::error::SandboxError;
 
 /// A TLS acceptor and the PEM of the certificate it presents.
 pub(crate) struct TlsMaterial {
