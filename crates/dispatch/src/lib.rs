@@ -57,6 +57,9 @@ pub struct TokenRefreshes {
     pub ok: u64,
     /// Failed refreshes.
     pub failed: u64,
+    /// When the credential in use was signed or fetched (its age, on
+    /// `/statusz`), if one was.
+    pub last: Option<SystemTime>,
 }
 
 /// Sends a push to one device of one provider.

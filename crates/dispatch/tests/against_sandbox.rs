@@ -284,6 +284,15 @@ async fn fcm_delivers_and_classifies_every_scripted_answer_with_one_oauth_token(
         "the bearer token is cached"
     );
     assert_eq!(fcm.token_refreshes().ok, 1);
+    let fetched = fcm
+        .token_refreshes()
+        .last
+        .expect("when the token in use was fetched");
+    assert!(
+        fetched
+            .elapsed()
+            .is_ok_and(|age| age < std::time::Duration::from_secs(60))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,6 +340,10 @@ async fn apns_replaces_an_expired_provider_token_once_and_loses_no_send() {
         Outcome::Delivered
     );
     assert_eq!(apns.token_refreshes().ok, 1);
+    assert!(
+        apns.token_refreshes().last.is_some(),
+        "when the token in use was signed"
+    );
 
     w.sandbox.set_faults(Faults {
         expire_provider_tokens: true,

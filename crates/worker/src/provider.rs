@@ -370,7 +370,14 @@ impl Provider {
                 "window_seconds": self.guard.config().window.as_secs(),
             },
             "rate_limit": self.limit.as_ref().map(RateLimit::rate),
-            "credentials": {"refreshed": refreshes.ok, "failed": refreshes.failed},
+            "credentials": {
+                "refreshed": refreshes.ok,
+                "failed": refreshes.failed,
+                "age_seconds": refreshes
+                    .last
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .map(|age| age.as_secs()),
+            },
             "last_error": last_error.map(|(at, error)| serde_json::json!({
                 "at": humantime::format_rfc3339_seconds(at).to_string(),
                 "error": error,

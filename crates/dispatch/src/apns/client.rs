@@ -160,6 +160,7 @@ impl Dispatcher for ApnsClient {
         crate::TokenRefreshes {
             ok: self.credentials.refreshes(),
             failed: self.credentials.failures(),
+            last: self.credentials.last_refresh(),
         }
     }
 

@@ -92,6 +92,8 @@ pub struct ProviderToken {
     current: RwLock<Option<Generation>>,
     refreshes: std::sync::atomic::AtomicU64,
     failures: std::sync::atomic::AtomicU64,
+    /// When the generation in use was signed.
+    last: std::sync::Mutex<Option<SystemTime>>,
 }
 
 impl std::fmt::Debug for ProviderToken {
@@ -143,6 +145,7 @@ impl ProviderToken {
             current: RwLock::new(None),
             refreshes: std::sync::atomic::AtomicU64::new(0),
             failures: std::sync::atomic::AtomicU64::new(0),
+            last: std::sync::Mutex::new(None),
         };
         // Sign once now so that a bad key fails at startup, not on the first push.
         token.sign(0)?;
@@ -215,8 +218,7 @@ impl ProviderToken {
         let next_id = slot.as_ref().map_or(1, |g| g.id + 1);
         let generation = self.sign(next_id)?;
         *slot = Some(generation.clone());
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.refreshed();
         Ok(generation)
     }
 
@@ -237,8 +239,7 @@ impl ProviderToken {
                 let mut generation = self.sign(id + 1)?;
                 generation.early = true;
                 *slot = Some(generation.clone());
-                self.refreshes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.refreshed();
                 Ok(Some(generation))
             }
         }
@@ -247,6 +248,23 @@ impl ProviderToken {
     /// Signing failures since start (for metrics).
     pub fn failures(&self) -> u64 {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the generation in use was signed.
+    pub fn last_refresh(&self) -> Option<SystemTime> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn refreshed(&self) {
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SystemTime::now());
     }
 
     /// Tokens signed since start (for metrics).

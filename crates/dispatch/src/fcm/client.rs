@@ -82,6 +82,7 @@ impl Dispatcher for FcmClient {
         crate::TokenRefreshes {
             ok: self.credentials.fetches(),
             failed: self.credentials.failures(),
+            last: self.credentials.last_refresh(),
         }
     }
 

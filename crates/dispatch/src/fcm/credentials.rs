@@ -125,6 +125,8 @@ pub struct BearerCache {
     refresh: tokio::sync::Mutex<Option<LoadedFile>>,
     fetches: std::sync::atomic::AtomicU64,
     failures: std::sync::atomic::AtomicU64,
+    /// When the token in use was fetched.
+    last: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 impl std::fmt::Debug for BearerCache {
@@ -172,6 +174,7 @@ impl BearerCache {
             refresh: tokio::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
             failures: std::sync::atomic::AtomicU64::new(0),
+            last: std::sync::Mutex::new(None),
         }
     }
 
@@ -216,6 +219,11 @@ impl BearerCache {
         };
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::time::SystemTime::now());
         *self.current.write().await = Some(token.clone());
         Ok(token)
     }
@@ -268,6 +276,14 @@ impl BearerCache {
     /// Failed fetches since start (for metrics).
     pub fn failures(&self) -> u64 {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the token in use was fetched.
+    pub fn last_refresh(&self) -> Option<std::time::SystemTime> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Tokens fetched since start (for metrics).
