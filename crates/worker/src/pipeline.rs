@@ -230,9 +230,11 @@ impl<O: Outbox> Worker<O> {
         };
         let app = &self.apps[checked.app_index];
         let span = tracing::Span::current();
-        span.record("request_id", request.request_id.as_str());
-        span.record("app", app.name.as_str());
-        tracing::debug!(message_id = %ctx.message_id, duplicates = checked.duplicates.len(), "decoded");
+        // Display, not Debug: the values read the same in text and JSON logs.
+        span.record("request_id", tracing::field::display(&request.request_id));
+        span.record("app", tracing::field::display(&app.name));
+        // `request_id` also on this line: `make chaos` reconciles runs by it.
+        tracing::debug!(message_id = %ctx.message_id, request_id = %request.request_id, duplicates = checked.duplicates.len(), "decoded");
 
         // §5.6 expired requests are not sent.
         let deadline = Deadline::of(&request, ctx.first_publish_time);
