@@ -5,11 +5,13 @@
 //! * [`otel`]: OpenTelemetry traces over OTLP, parent-based sampling.
 //! * [`propagation`]: W3C trace context in Pub/Sub attributes, in and out.
 //! * [`error_reporting`]: ERROR events and panics shaped for Error Reporting.
+//! * [`capture`]: a writer that keeps what is logged, for tests.
 //!
 //! [`init`] installs both as the global `tracing` subscriber; keep the
 //! returned [`Telemetry`] and call [`Telemetry::shutdown`] before exiting so
 //! that the last spans are exported.
 
+pub mod capture;
 pub mod error_reporting;
 pub mod logging;
 pub mod otel;

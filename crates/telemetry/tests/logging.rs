@@ -2,41 +2,17 @@
 //! `time`, fields, and trace links inside a traced span.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::TracerProvider as _;
+use push_dispatch_telemetry::capture::Capture;
 use push_dispatch_telemetry::logging::CloudLogging;
 use push_dispatch_telemetry::propagation;
 use serde_json::Value;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 fn lines(capture: &Capture) -> Vec<Value> {
-    let text = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf-8");
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    capture.json_lines().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -1,25 +1,10 @@
 //! A panic becomes one Cloud Logging JSON line that Error Reporting picks
 //! up (its own test binary: the panic hook is process-wide).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use push_dispatch_telemetry::capture::Capture;
 use push_dispatch_telemetry::error_reporting::{
     REPORTED_ERROR_EVENT, ServiceContext, install_panic_hook,
 };
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn a_panic_is_one_json_line_for_error_reporting() {
@@ -38,7 +23,7 @@ fn a_panic_is_one_json_line_for_error_reporting() {
         .expect("thread");
     assert!(worker.join().is_err(), "it panicked");
     let _ = std::panic::take_hook();
-    let text = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf-8");
+    let text = capture.text();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "one line, not a multi-line report: {text}");
     let entry: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");

@@ -5,8 +5,7 @@
 //! with stub providers and the in-memory outbox under the Cloud Logging
 //! formatter, its output captured.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::registry::Registry;
@@ -17,6 +16,7 @@ use push_dispatch_proto::v1::{Platform, PushRequest, Target};
 use push_dispatch_proto::{Encoding, encode_message};
 use push_dispatch_subscriber::pubsub::model::Message;
 use push_dispatch_subscriber::wkt::Timestamp;
+use push_dispatch_telemetry::capture::Capture;
 use push_dispatch_telemetry::logging::CloudLogging;
 use push_dispatch_worker::metrics::Metrics;
 use push_dispatch_worker::outbox::MemoryOutbox;
@@ -25,35 +25,6 @@ use push_dispatch_worker::provider::{App, Provider, ProviderSettings};
 use push_dispatch_worker::{Shutdown, Worker, WorkerSettings};
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8");
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-}
 
 fn worker() -> Worker<MemoryOutbox> {
     let metrics = Arc::new(Metrics::new(&mut Registry::default()));
@@ -151,7 +122,7 @@ async fn every_line_of_a_failing_request_carries_its_request_id_and_app() {
         );
         worker.process(&m, Some(attempt)).await;
     }
-    let lines = capture.lines();
+    let lines = capture.json_lines().unwrap_or_else(|e| panic!("{e}"));
     let ours: Vec<&Value> = lines
         .iter()
         .filter(|l| l["messaging.message.id"].is_string())
