@@ -13,7 +13,8 @@
 # BIN_DIR (default target/profiling, built here with `--profile profiling`)
 # holds push-dispatch, push-dispatch-bench and push-dispatch-bench-e2e; point
 # it at another build (e.g. an older commit's) to compare two builds with the
-# same method. CALLGRIND_SKIP_E2E=1 measures per push only.
+# same method. CALLGRIND_SKIP_E2E=1 measures per push only,
+# CALLGRIND_SKIP_PUSH=1 per message only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ bin=${BIN_DIR:-target/profiling}
 if [[ -z "${BIN_DIR:-}" ]]; then
   cargo build --profile profiling --quiet -p push-dispatch -p push-dispatch-bench
 fi
+bin=$(cd "$bin" && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/callgrind.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 tls=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
@@ -53,12 +55,14 @@ push_ir() {
   total "$out"
 }
 
-echo "instructions per push (callgrind, (Ir(30,000) - Ir(10,000)) / 20,000, 512 in flight, TLS):"
-for platform in apns fcm; do
-  small=$(push_ir "$platform" 10000)
-  large=$(push_ir "$platform" 30000)
-  echo "  $platform: $(( (large - small) / 20000 ))   (Ir $small at 10,000, $large at 30,000)"
-done
+if [[ -z "${CALLGRIND_SKIP_PUSH:-}" ]]; then
+  echo "instructions per push (callgrind, (Ir(30,000) - Ir(10,000)) / 20,000, 512 in flight, TLS):"
+  for platform in apns fcm; do
+    small=$(push_ir "$platform" 10000)
+    large=$(push_ir "$platform" 30000)
+    echo "  $platform: $(( (large - small) / 20000 ))   (Ir $small at 10,000, $large at 30,000)"
+  done
+fi
 
 [[ -n "${CALLGRIND_SKIP_E2E:-}" ]] && exit 0
 if [[ -z "${PUBSUB_EMULATOR_HOST:-}" ]]; then
@@ -72,9 +76,9 @@ worker_ir() {
 #!/usr/bin/env bash
 # provision runs natively; run runs under callgrind.
 if [[ " \$* " == *" run "* ]]; then
-  exec valgrind --tool=callgrind --callgrind-out-file=$out "$PWD/$bin/push-dispatch" "\$@" 2>>"$dir/valgrind.log"
+  exec valgrind --tool=callgrind --callgrind-out-file=$out "$bin/push-dispatch" "\$@" 2>>"$dir/valgrind.log"
 fi
-exec "$PWD/$bin/push-dispatch" "\$@"
+exec "$bin/push-dispatch" "\$@"
 EOF
   chmod +x "$dir/worker.sh"
   "$bin/push-dispatch-bench-e2e" --requests "$requests" --streams 4 --worker-bin "$dir/worker.sh" \
