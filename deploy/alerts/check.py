@@ -44,7 +44,7 @@ RULES = REPO / "deploy" / "alerts" / "push-dispatch.rules.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "push-dispatch.json"
 OPERATIONS = REPO / "docs" / "operations.md"
 METRICS_RS = REPO / "crates" / "worker" / "src" / "metrics.rs"
-README = REPO / "README.md"
+README = REPO / "docs" / "reference.md"
 # The runbook link of every alert: a placeholder, not a host. The chart
 # replaces it with the value runbookBaseUrl; by hand, envsubst does.
 RUNBOOK_BASE = "${RUNBOOK_BASE_URL}#"
@@ -58,7 +58,7 @@ HPA_MARKER = ("horizontalpodautoscaler", "=~", ".*push-dispatch.*")
 SUBSCRIPTION_MARKERS = {("subscription_id", "=~", "push-requests.*-dispatch"),
                         ("subscription_id", "=~", "push-requests.*-dlq-inspect")}
 
-# The worker's metrics: name -> (type, labels). Keep equal to README (Metrics).
+# The worker's metrics: name -> (type, labels). Keep equal to docs/reference.md (Metrics).
 METRICS = {
     "push_dispatch_messages_total": ("counter", {"result"}),
     "push_dispatch_sends_total": ("counter", {"platform", "app", "outcome"}),
@@ -81,6 +81,8 @@ METRICS = {
     "push_dispatch_token_refreshes_total": ("counter", {"platform", "app", "result"}),
     "push_dispatch_stream_up": ("gauge", {"stream"}),
     "push_dispatch_redeliveries_total": ("counter", set()),
+    "push_dispatch_feedback_subscriptions": ("gauge", set()),
+    "push_dispatch_feedback_retention_seconds": ("gauge", set()),
 }
 # Closed label value sets (SPEC §8, README).
 LABEL_VALUES = {
@@ -257,7 +259,7 @@ def expr_problems(expr, where, recorded):
         base, _ = base_metric(name)
         if base in METRICS or name in recorded or name in GMP_PUBSUB or name in KSM or name == "up":
             continue
-        problems.append(f"{where}: unknown metric {name!r} (not in README Metrics, not a recording rule "
+        problems.append(f"{where}: unknown metric {name!r} (not in docs/reference.md Metrics, not a recording rule "
                         f"of the rules file, not a GMP Pub/Sub metric)")
     for name, matchers in selectors(expr):
         if name is None:
@@ -554,12 +556,12 @@ def dashboard_rules():
 
 # --------------------------------------------------------------------------- main
 def readme_note():
-    """Names METRICS has that README (Metrics) does not mention yet: a note, not a failure."""
+    """Names METRICS has that docs/reference.md (Metrics) does not mention yet: a note, not a failure."""
     text = README.read_text()
     section = text.split("## Metrics", 1)[-1].split("\n## ", 1)[0]
     missing = [m for m in METRICS if m not in section]
     if missing:
-        print(f"note: README (Metrics) does not list {', '.join(missing)} yet")
+        print(f"note: docs/reference.md (Metrics) does not list {', '.join(missing)} yet")
 
 
 def main():
