@@ -236,6 +236,7 @@ def run(emulator, project, metrics_port, worker):
         return {"data": base64.b64encode(json.dumps(req).encode()).decode()}
 
     rows, sent, start = [], 0, time.time()
+    publish_errors = 0
     batch = max(1, int(RATE / 20))  # 20 publishes per second
     next_sample = start + INTERVAL
     scrape = http(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -249,12 +250,24 @@ def run(emulator, project, metrics_port, worker):
             # One batch per turn, so that sampling goes on even when the
             # publisher cannot keep up (the samples then show the real rate).
             n = min(batch, behind)
-            http(publish, {"messages": [body(sent + k) for k in range(n)]})
-            sent += n
+            try:
+                http(publish, {"messages": [body(sent + k) for k in range(n)]})
+                sent += n
+            except OSError as e:
+                # The emulator's REST front end drops a connection now and
+                # then: count it, try again on the next turn.
+                publish_errors += 1
+                if publish_errors % 10 == 1:
+                    print(f"soak: publish failed ({e}); retrying", file=sys.stderr, flush=True)
+                time.sleep(0.05)
         if worker.poll() is not None:
             sys.exit(f"soak: the worker exited ({worker.returncode}); see {OUT}/worker.log")
         if now >= next_sample:
-            text = http(f"http://127.0.0.1:{metrics_port}/metrics")
+            try:
+                text = http(f"http://127.0.0.1:{metrics_port}/metrics")
+            except OSError:
+                next_sample += INTERVAL
+                continue
             rss, cpu, sockets = proc(worker.pid)
             settled = metric(text, "push_dispatch_messages_total")
             p_text, p_cpu, p_settled, p_t = prev
@@ -276,6 +289,7 @@ def run(emulator, project, metrics_port, worker):
             next_sample += INTERVAL
         if behind <= 0:
             time.sleep(0.01)
+    print(f"soak: {publish_errors} publish calls failed and were retried", flush=True)
     return judge(rows, sent)
 
 

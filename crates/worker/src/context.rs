@@ -57,8 +57,7 @@ impl<'a> MessageContext<'a> {
             first_publish_time,
             push_attempt: attrs
                 .get(attr::PUSH_ATTEMPT)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
+                .map_or(1, |v| parse_push_attempt(v.as_str())),
             delivery_attempt,
         }
     }
@@ -76,6 +75,18 @@ impl<'a> MessageContext<'a> {
     pub fn is_last_attempt(&self, max_delivery_attempts: i32) -> bool {
         self.delivery_attempt
             .is_some_and(|a| a >= max_delivery_attempts)
+    }
+}
+
+/// `push_attempt` as a producer (or a replay) may have written it: digits
+/// beyond `u32` saturate instead of reading as 1 (which would restart the
+/// republish count), and 0 or garbage read as 1, the original.
+fn parse_push_attempt(value: &str) -> u32 {
+    let digits = value.trim();
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse::<u32>().unwrap_or(u32::MAX).max(1)
+    } else {
+        1
     }
 }
 
@@ -201,6 +212,15 @@ mod tests {
             Some("2026-12-01T00:00:00Z")
         );
         assert!(ctx.is_last_attempt(5) && !ctx.is_last_attempt(6));
+        for (value, attempt) in [
+            ("0", 1),
+            ("x", 1),
+            ("", 1),
+            ("99999999999", u32::MAX),
+            (" 7 ", 7),
+        ] {
+            assert_eq!(parse_push_attempt(value), attempt, "{value:?}");
+        }
         let plain = Message::new().set_message_id("m9");
         let ctx = MessageContext::of(&plain, None);
         assert_eq!(

@@ -343,7 +343,7 @@ pub fn settle(
 
     // §5.4 some targets are final: carry the rest forward in a new request so
     // that the delivered ones are not sent again.
-    let next_attempt = ctx.push_attempt + 1;
+    let next_attempt = ctx.push_attempt.saturating_add(1);
     let exhausted = |detail: String| {
         Letter::DeadLetter(DeadLetter {
             code: PushError::RetriesExhausted,

@@ -301,17 +301,23 @@ pub fn message(request: &PushRequest, token: &str, expires_at: Option<SystemTime
     serde_json::to_value(envelope(request, token, expires_at)).unwrap_or(Value::Null)
 }
 
-/// Whole seconds left before `expires_at`, or the request's ttl without one.
+/// FCM's longest `android.ttl`: 28 days. A longer one is refused with
+/// INVALID_ARGUMENT, which would dead-letter every FCM target of a request
+/// that may wait longer (SPEC §9: clamp).
+pub const MAX_TTL_SECONDS: u64 = 2_419_200;
+
+/// Whole seconds left before `expires_at`, or the request's ttl without one,
+/// at most [`MAX_TTL_SECONDS`].
 fn remaining_ttl(request: &PushRequest, expires_at: Option<SystemTime>) -> Option<u64> {
     let ttl = request.ttl.as_ref()?;
-    match expires_at {
-        Some(at) => Some(
-            at.duration_since(SystemTime::now())
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        ),
-        None => Some(u64::try_from(ttl.seconds).unwrap_or(0)),
-    }
+    let secs = match expires_at {
+        Some(at) => at
+            .duration_since(SystemTime::now())
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        None => u64::try_from(ttl.seconds).unwrap_or(0),
+    };
+    Some(secs.min(MAX_TTL_SECONDS))
 }
 
 #[cfg(test)]
@@ -462,5 +468,25 @@ mod tests {
             .to_string();
         let secs: u64 = ttl.trim_end_matches('s').parse().expect("secs");
         assert!((98..=100).contains(&secs), "{ttl}");
+    }
+
+    #[test]
+    fn a_ttl_beyond_28_days_is_clamped_to_fcms_maximum() {
+        let r = PushRequest {
+            ttl: Some(push_dispatch_proto::pbjson_types::Duration {
+                seconds: 30 * 86_400,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            message(&r, "t", None)["message"]["android"]["ttl"],
+            "2419200s"
+        );
+        let at = SystemTime::now() + std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(
+            message(&r, "t", Some(at))["message"]["android"]["ttl"],
+            "2419200s"
+        );
     }
 }

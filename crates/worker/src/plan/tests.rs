@@ -422,3 +422,21 @@ fn poison_and_a_drain_before_the_start_settle_the_whole_message() {
         Settlement::Nack(NackCause::NothingFinal)
     );
 }
+
+#[test]
+fn a_push_attempt_beyond_any_count_is_dead_lettered_not_overflowed() {
+    let mut case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")]);
+    case.message = Message::new()
+        .set_message_id("m1")
+        .set_attributes([(attr::PUSH_ATTEMPT, "99999999999")]);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 1);
+    let (letters, end) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => assert_eq!(d.code, PushError::RetriesExhausted),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
