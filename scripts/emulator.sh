@@ -35,7 +35,8 @@ case "$cmd" in
   start)
     jar=$(find_jar)
     port=$(free_port)
-    java -Xmx512m -jar "$jar" --host=127.0.0.1 --port="$port" >"$dir/emulator.log" 2>&1 &
+    # shellcheck disable=SC2086 # EMULATOR_JAVA_OPTS is a list of options
+    java ${EMULATOR_JAVA_OPTS:--Xmx512m} -jar "$jar" --host=127.0.0.1 --port="$port" >"$dir/emulator.log" 2>&1 &
     echo $! >"$dir/emulator.pid"
     for _ in $(seq 1 150); do
       if curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1; then
