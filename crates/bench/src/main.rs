@@ -231,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 request: &request,
                 token: &token(args.platform, usize::MAX - i),
                 expires_at: None,
+                give_up: None,
             })
             .await;
         if outcome != Outcome::Delivered {
@@ -346,6 +347,7 @@ async fn measure(
                         request: &request,
                         token: &t,
                         expires_at: None,
+                        give_up: None,
                     })
                     .await;
                 let elapsed = t0.elapsed();

@@ -32,11 +32,12 @@ pub mod retry_after;
 pub mod stub;
 pub mod transport;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use push_dispatch_proto::v1::{Platform, PushRequest};
 
-pub use outcome::{Outcome, RejectReason, RetryCause};
+pub use outcome::{Outcome, QuotaScope, RejectReason, RetryCause};
+pub use tokio_util::sync::CancellationToken;
 
 /// One push to one device.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +48,11 @@ pub struct Push<'a> {
     pub token: &'a str,
     /// When the request stops being deliverable (first publish + ttl), if it has a ttl.
     pub expires_at: Option<SystemTime>,
+    /// While the send is still queued locally (for a connection, a stream or
+    /// a credential) and nothing was written, it gives up at once when this
+    /// is cancelled (the worker drains); once the request is written it
+    /// runs to its answer or its timeout.
+    pub give_up: Option<&'a CancellationToken>,
 }
 
 /// Provider credentials refreshed since start (APNs provider tokens signed,
@@ -73,8 +79,17 @@ pub trait Dispatcher: Send + Sync + std::fmt::Debug {
         TokenRefreshes::default()
     }
 
+    /// `Some(remaining)` while the dispatcher is stuck: every connection
+    /// slot, or the credential, is in its failure backoff, so a send now
+    /// would fail at once without reaching the provider. The worker hands
+    /// such targets back without queueing them.
+    fn backoff(&self) -> Option<Duration> {
+        None
+    }
+
     /// Sends the push and classifies the answer. Never fails: transport
-    /// errors are [`Outcome::Retryable`].
+    /// errors are [`Outcome::Retryable`]. The whole send, time queued for a
+    /// connection or a credential included, ends within the request timeout.
     async fn send(&self, push: Push<'_>) -> Outcome;
 
     /// Closes the provider connections and waits for their tasks. Called

@@ -53,11 +53,35 @@ pub enum RetryCause {
     /// stream id of a `GOAWAY`). A resend cannot duplicate the push.
     Unsent,
     /// A credential could not be obtained locally (the APNs key cannot sign
-    /// a provider token, no FCM OAuth token): nothing was sent.
+    /// a provider token, no FCM OAuth token, or the credential is in its
+    /// failure backoff): nothing was sent.
     Credentials {
         /// What failed, without key material.
         problem: String,
     },
+    /// No connection could be set up (TCP, TLS or the HTTP/2 handshake
+    /// failed or did not complete in time), or the connection slot is in its
+    /// failure backoff: nothing was sent.
+    Connect {
+        /// What failed.
+        problem: String,
+    },
+    /// The provider said a quota is exceeded (FCM `QUOTA_EXCEEDED`).
+    Quota {
+        /// Whose quota.
+        scope: QuotaScope,
+        /// The provider's reason string.
+        provider_reason: String,
+    },
+}
+
+/// Which quota a provider said was exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaScope {
+    /// One device's message rate: only that device must wait.
+    Device,
+    /// The sender's (project's) quota: every send of the app must slow down.
+    Project,
 }
 
 impl RetryCause {
@@ -68,9 +92,12 @@ impl RetryCause {
                 status,
                 provider_reason,
             } => *status >= 500 || provider_reason == "QUOTA_EXCEEDED",
-            RetryCause::Timeout | RetryCause::Connection | RetryCause::Unsent => true,
-            // Not (yet) provider-level: the issue on provider isolation makes it so.
-            RetryCause::Credentials { .. } => false,
+            RetryCause::Timeout
+            | RetryCause::Connection
+            | RetryCause::Unsent
+            | RetryCause::Credentials { .. }
+            | RetryCause::Connect { .. } => true,
+            RetryCause::Quota { scope, .. } => *scope == QuotaScope::Project,
         }
     }
 }

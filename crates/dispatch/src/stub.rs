@@ -235,6 +235,7 @@ mod tests {
             request,
             token,
             expires_at: None,
+            give_up: None,
         }
     }
 

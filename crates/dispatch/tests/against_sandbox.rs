@@ -132,6 +132,7 @@ async fn send(d: &dyn Dispatcher, request: &PushRequest, token: &str) -> Outcome
         request,
         token,
         expires_at: None,
+        give_up: None,
     })
     .await
 }

@@ -192,6 +192,7 @@ async fn same_script(platform: Platform, real: &dyn Dispatcher, script: Vec<Row>
             request: &request,
             token: &token,
             expires_at: None,
+            give_up: None,
         };
         for (attempt, expected) in row.answers.iter().enumerate() {
             let from_stub = class(&stub.send(push).await);

@@ -236,6 +236,7 @@ async fn probe(dispatcher: &dyn Dispatcher, request: &PushRequest, token: &str) 
         request,
         token,
         expires_at: None,
+        give_up: None,
     };
     match tokio::time::timeout(PROBE_TIMEOUT, dispatcher.send(push)).await {
         Ok(outcome) => verdict(&outcome),

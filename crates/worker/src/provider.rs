@@ -308,6 +308,7 @@ impl Provider {
                     request,
                     token,
                     expires_at: deadline.expires_at,
+                    give_up: Some(limits.shutdown.draining_ref()),
                 })
                 .await;
             drop(permit);
@@ -444,6 +445,11 @@ fn describe_failure(outcome: &Outcome) -> Option<String> {
             RetryCause::Connection => "the connection broke with the request in flight".to_string(),
             RetryCause::Unsent => "not sent: no connection, or the stream was refused".to_string(),
             RetryCause::Credentials { problem } => problem.clone(),
+            RetryCause::Connect { problem } => format!("no connection: {problem}"),
+            RetryCause::Quota {
+                scope,
+                provider_reason,
+            } => format!("429 {provider_reason} ({scope:?} quota)"),
         }),
     }
 }

@@ -54,6 +54,11 @@ impl Shutdown {
     pub fn draining_token(&self) -> CancellationToken {
         self.draining.clone()
     }
+
+    /// The drain as a borrowed token (a send's `give_up`).
+    pub fn draining_ref(&self) -> &CancellationToken {
+        &self.draining
+    }
 }
 
 #[cfg(test)]

@@ -262,6 +262,7 @@ pub fn build(push: Push<'_>, topic: &str) -> Result<ApnsRequest, RejectReason> {
         request,
         token,
         expires_at,
+        ..
     } = push;
     let push_type = push_type_of(request);
     let (name, suffix) = type_and_suffix(push_type);
@@ -319,6 +320,7 @@ mod tests {
             request,
             token: TOKEN,
             expires_at: None,
+            give_up: None,
         }
     }
 
@@ -492,6 +494,7 @@ mod tests {
         let req = build(
             Push {
                 expires_at: Some(at),
+                give_up: None,
                 ..push(&r)
             },
             "t",

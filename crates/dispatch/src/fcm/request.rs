@@ -399,6 +399,7 @@ mod tests {
             request: &r,
             token: "tok",
             expires_at: None,
+            give_up: None,
         })
         .expect("encodes");
         let sent: Value = serde_json::from_slice(&sent.body).expect("parse");
