@@ -126,6 +126,17 @@ pub struct DispatchConfig {
     pub max_in_process_wait: Duration,
     /// `push_attempt` limit for republished remainders.
     pub max_republish: u32,
+    /// Share of `concurrency` one app and platform may hold (its bulkhead).
+    pub provider_share: f64,
+    /// Smallest bulkhead of one app and platform, in sends.
+    pub provider_min: u32,
+    /// Longest wait for which a message is parked (its lease kept) before
+    /// it is nacked; longer waits republish the targets with `push_not_before`.
+    #[serde(with = "humantime_serde")]
+    pub max_park: Duration,
+    /// How often a request may be put off only to wait (rate limit, open
+    /// circuit, Retry-After) before it is dead-lettered.
+    pub max_deferrals: u32,
     /// Circuit breaker per provider and app.
     pub circuit: CircuitConfig,
 }
@@ -356,6 +367,10 @@ impl Default for DispatchConfig {
             request_timeout: Duration::from_secs(10),
             max_in_process_wait: Duration::from_secs(5),
             max_republish: 5,
+            provider_share: 0.25,
+            provider_min: 8,
+            max_park: Duration::from_secs(60),
+            max_deferrals: 10,
             circuit: CircuitConfig::default(),
         }
     }

@@ -268,6 +268,22 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     );
     v.range("dispatch.max_republish", d.max_republish, 0, 100, "");
     v.range(
+        "dispatch.provider_share",
+        d.provider_share,
+        0.01,
+        1.0,
+        " (the share of dispatch.concurrency one app and platform may hold)",
+    );
+    v.range("dispatch.provider_min", d.provider_min, 1, 100_000, "");
+    v.duration(
+        "dispatch.max_park",
+        d.max_park,
+        Duration::ZERO,
+        Duration::from_secs(600),
+        " (the lease is extended meanwhile; keep it well below the subscription's max lease extension)",
+    );
+    v.range("dispatch.max_deferrals", d.max_deferrals, 0, 1000, "");
+    v.range(
         "dispatch.circuit.failure_ratio",
         d.circuit.failure_ratio,
         0.01,

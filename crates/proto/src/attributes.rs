@@ -32,6 +32,13 @@ pub const PUSH_ATTEMPT: &str = "push_attempt";
 pub const FIRST_PUBLISH_TIME: &str = "push_first_publish_time";
 /// Pub/Sub delivery attempt at which we dead-lettered.
 pub const DELIVERY_ATTEMPT: &str = "push_delivery_attempt";
+/// RFC 3339 time before which a republished request must not be sent (a
+/// Retry-After, a rate limit or an open circuit that outlasted the worker's
+/// park); the worker honours it on receipt.
+pub const NOT_BEFORE: &str = "push_not_before";
+/// How many times this request was put off only to wait (not failures);
+/// absent = 0. Past `dispatch.max_deferrals` it is dead-lettered.
+pub const DEFERRALS: &str = "push_deferrals";
 /// A replayed request carries the id of the dead letter it came from.
 pub const REPLAYED_FROM: &str = "push_replayed_from";
 
@@ -179,12 +186,14 @@ pub fn carried(attributes: &HashMap<String, String>) -> (HashMap<String, String>
     (map, dropped)
 }
 
-/// Attributes a `dlq replay` drops: our error and attempt attributes,
+/// Attributes a `dlq replay` drops: our error, attempt and deferral attributes,
 /// Pub/Sub's dead-letter bookkeeping and its reserved keys.
 /// [`FIRST_PUBLISH_TIME`] stays, so that the request's ttl still counts from
 /// its first publish.
 pub fn is_cleared_on_replay(key: &str) -> bool {
-    is_error_attribute(key) || key == PUSH_ATTEMPT || is_pubsub_own(key)
+    is_error_attribute(key)
+        || matches!(key, PUSH_ATTEMPT | NOT_BEFORE | DEFERRALS)
+        || is_pubsub_own(key)
 }
 
 #[cfg(test)]

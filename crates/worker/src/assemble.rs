@@ -42,6 +42,18 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
             rate_limit,
             circuit: config.dispatch.circuit.clone(),
             guard: config.feedback.guard.clone(),
+            bulkhead: ProviderSettings::bulkhead_of(
+                config.dispatch.concurrency,
+                config.dispatch.provider_share,
+                config.dispatch.provider_min,
+            ),
+            // Parked messages hold flow-control budget: each app and
+            // platform may park its share of it.
+            max_parked: ProviderSettings::bulkhead_of(
+                config.pubsub.max_outstanding_messages,
+                config.dispatch.provider_share,
+                1,
+            ),
         };
         let apns = match &app.apns {
             None => None,

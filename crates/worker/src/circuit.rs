@@ -227,7 +227,20 @@ impl Circuit {
             State::HalfOpen { probing: true } => true,
         }
     }
+
+    /// How long until a refused request may be tried again: the rest of
+    /// `open_for`, or while a probe is out, a short while (its answer).
+    pub fn reopens_in(&self) -> Duration {
+        match self.lock().state {
+            State::Open { until } => until.saturating_duration_since(Instant::now()),
+            State::HalfOpen { probing: true } => PROBE_WAIT,
+            State::Closed | State::HalfOpen { probing: false } => Duration::ZERO,
+        }
+    }
 }
+
+/// How long a request refused while the half-open probe is out waits.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// One admitted (or refused) request of a [`Circuit`]; see [`Circuit::enter`].
 #[derive(Debug)]

@@ -32,6 +32,11 @@ pub struct MessageContext<'a> {
     pub push_attempt: u32,
     /// Pub/Sub's delivery attempt (None without a DeadLetterPolicy).
     pub delivery_attempt: Option<i32>,
+    /// `push_not_before`: not to be sent before this time (a wait carried
+    /// across a republish).
+    pub not_before: Option<SystemTime>,
+    /// `push_deferrals`: how often the request was put off only to wait.
+    pub deferrals: u32,
 }
 
 impl<'a> MessageContext<'a> {
@@ -59,7 +64,21 @@ impl<'a> MessageContext<'a> {
                 .get(attr::PUSH_ATTEMPT)
                 .map_or(1, |v| parse_push_attempt(v.as_str())),
             delivery_attempt,
+            not_before: attrs
+                .get(attr::NOT_BEFORE)
+                .and_then(|v| Timestamp::try_from(v.as_str()).ok())
+                .and_then(to_system_time),
+            deferrals: attrs
+                .get(attr::DEFERRALS)
+                .map_or(0, |v| parse_count(v.as_str())),
         }
+    }
+
+    /// Whether this is the request's first delivery: the original publish
+    /// (not a republished remainder) delivered for the first time. A `ttl`
+    /// of zero ("now or never") is sent only then.
+    pub fn is_first_delivery(&self) -> bool {
+        self.push_attempt <= 1 && self.deferrals == 0 && self.delivery_attempt.unwrap_or(1) <= 1
     }
 
     /// `push_first_publish_time` as written on what we publish (RFC 3339).
@@ -82,11 +101,16 @@ impl<'a> MessageContext<'a> {
 /// beyond `u32` saturate instead of reading as 1 (which would restart the
 /// republish count), and 0 or garbage read as 1, the original.
 fn parse_push_attempt(value: &str) -> u32 {
+    parse_count(value).max(1)
+}
+
+/// A count attribute: digits beyond `u32` saturate; garbage reads as 0.
+fn parse_count(value: &str) -> u32 {
     let digits = value.trim();
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse::<u32>().unwrap_or(u32::MAX).max(1)
+        digits.parse::<u32>().unwrap_or(u32::MAX)
     } else {
-        1
+        0
     }
 }
 
@@ -105,6 +129,8 @@ pub struct Deadline {
     /// zero ttl, which means "now or never" to APNs, nor without a known
     /// first publish time.
     enforced: bool,
+    /// A `ttl` of zero: sent only during the first delivery, expired after.
+    now_or_never: bool,
 }
 
 impl Deadline {
@@ -113,6 +139,7 @@ impl Deadline {
         let none = Deadline {
             expires_at: None,
             enforced: false,
+            now_or_never: false,
         };
         let Some(ttl) = &request.ttl else {
             return none;
@@ -131,7 +158,22 @@ impl Deadline {
         Deadline {
             expires_at: Some(expires_at),
             enforced: !ttl.is_zero() && first_publish.is_some(),
+            now_or_never: ttl.is_zero(),
         }
+    }
+
+    /// Whether the `ttl` is zero: now or never (SPEC §9). What is not final
+    /// during the first delivery is expired.
+    pub fn is_now_or_never(&self) -> bool {
+        self.now_or_never
+    }
+
+    /// Whether waiting `wait` from `now` would take the request past its ttl.
+    pub fn passes_during(&self, now: SystemTime, wait: std::time::Duration) -> bool {
+        self.now_or_never
+            || now
+                .checked_add(wait)
+                .is_some_and(|then| self.has_passed_at(then))
     }
 
     /// Whether the ttl has run out now.

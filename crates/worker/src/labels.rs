@@ -75,6 +75,9 @@ label_values! {
         CircuitOpen => "circuit_open",
         /// The rate limit would have waited too long (not sent).
         RateLimited => "rate_limited",
+        /// Every connection, or the credential, was in a failure backoff
+        /// (not sent: the provider is unreachable for now).
+        ProviderBackoff => "provider_backoff",
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`push_dispatch_proto::attributes`]. Pure.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use push_dispatch_proto::attributes::{self as attr, MAX_DETAIL_BYTES};
 use push_dispatch_proto::v1::PushRequest;
@@ -63,9 +64,22 @@ pub fn compose(
         Letter::Republish {
             indices,
             push_attempt,
+            wait,
+            deferrals,
         } => {
             let data = subset(ctx, request, indices, &mut attributes);
             attributes.insert(attr::PUSH_ATTEMPT.into(), push_attempt.to_string());
+            // Fresh scheduling: what the source carried does not apply.
+            attributes.remove(attr::NOT_BEFORE);
+            attributes.remove(attr::DEFERRALS);
+            if let Some(at) = wait.and_then(|w| SystemTime::now().checked_add(w))
+                && let Ok(t) = push_dispatch_subscriber::wkt::Timestamp::try_from(at)
+            {
+                attributes.insert(attr::NOT_BEFORE.into(), String::from(t));
+            }
+            if *deferrals > 0 {
+                attributes.insert(attr::DEFERRALS.into(), deferrals.to_string());
+            }
             attributes.insert(
                 attr::SOURCE_MESSAGE_ID.into(),
                 ctx.source_message_id.clone(),
@@ -215,12 +229,24 @@ mod tests {
             &Letter::Republish {
                 indices: vec![0, 1],
                 push_attempt: 3,
+                wait: Some(std::time::Duration::from_secs(30)),
+                deferrals: 2,
             },
             &ctx,
             Some(&request()),
         );
         let a = &out.attributes;
         assert_eq!(a[attr::PUSH_ATTEMPT], "3");
+        assert_eq!(a[attr::DEFERRALS], "2");
+        let not_before =
+            push_dispatch_subscriber::wkt::Timestamp::try_from(a[attr::NOT_BEFORE].as_str())
+                .ok()
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .expect("push_not_before is RFC 3339");
+        let ahead = not_before
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        assert!(ahead > std::time::Duration::from_secs(25), "{ahead:?}");
         assert_eq!(a[attr::SOURCE_MESSAGE_ID], "m1");
         assert_eq!(a[attr::FIRST_PUBLISH_TIME], "2026-12-01T00:00:00Z");
         assert!(!a.contains_key(attr::PUSH_ERROR));

@@ -126,6 +126,10 @@ pub struct Metrics {
     pub publish_failures: Family<PurposeLabels, Counter>,
     /// `push_dispatch_inflight_messages`.
     pub inflight: Gauge,
+    /// `push_dispatch_parked_messages`: messages waiting out a known wait
+    /// (Retry-After, rate limit, open circuit, `push_not_before`) with their
+    /// lease kept.
+    pub parked: Gauge,
     /// `push_dispatch_streams_running`.
     pub streams_running: Gauge,
     /// `push_dispatch_ack_failures_total`: exactly-once acks not confirmed.
@@ -172,6 +176,7 @@ impl Metrics {
             dead_letters: Family::default(),
             publish_failures: Family::default(),
             inflight: Gauge::default(),
+            parked: Gauge::default(),
             streams_running: Gauge::default(),
             ack_failures: Counter::default(),
             circuit_open: Family::default(),
@@ -230,6 +235,11 @@ impl Metrics {
             "inflight_messages",
             "Messages being processed",
             m.inflight.clone(),
+        );
+        r.register(
+            "parked_messages",
+            "Messages waiting out a known wait (Retry-After, rate limit, open circuit, push_not_before) with their lease kept",
+            m.parked.clone(),
         );
         r.register(
             "streams_running",

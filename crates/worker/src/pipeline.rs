@@ -28,16 +28,17 @@ use crate::metrics::{AckLabels, FeedbackLabels, Metrics, SendLabels};
 use crate::outbox::Outbox;
 use crate::plan::{
     AppIdentity, DeadLetter, Letter, NackCause, OutboxReport, Plan, Policy, Settlement, Targets,
-    Verdicts, hand_back, plan, poison, settle,
+    Verdicts, Wait, hand_back, plan, poison, settle, wait_hand_back,
 };
 use crate::provider::{App, SendLimits};
 use crate::shutdown::Shutdown;
-use crate::target::TargetResult;
+use crate::target::{NotSent, TargetResult};
 
 /// Worker settings taken from the config.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerSettings {
-    /// `pubsub.max_delivery_attempts` and `dispatch.max_republish`.
+    /// `pubsub.max_delivery_attempts`, `dispatch.max_republish`,
+    /// `dispatch.max_park` and `dispatch.max_deferrals`.
     pub policy: Policy,
     /// `dispatch.max_in_process_wait`.
     pub max_in_process_wait: Duration,
@@ -211,21 +212,21 @@ impl<O: Outbox> Worker<O> {
         // §5.7 not started yet when draining: hand it back at once.
         if self.limits.shutdown.is_draining() {
             let settlement = hand_back(&ctx, self.policy, NackCause::NotStarted);
-            return self.carry_out(settlement, &ctx, None).await;
+            return self.carry_out(settlement, &ctx, None, None).await;
         }
         // §5.2 poison fast path: undecodable or invalid as a whole.
         let request = match decode_request(&message.data, &message.attributes) {
             Ok(r) => r,
             Err(e) => {
                 let settlement = poison(e.code(), e.to_string());
-                return self.carry_out(settlement, &ctx, None).await;
+                return self.carry_out(settlement, &ctx, None, None).await;
             }
         };
         let checked = match check(&request, &self.apps) {
             Ok(c) => c,
             Err(e) => {
                 let settlement = poison(e.code(), e.to_string());
-                return self.carry_out(settlement, &ctx, Some(&request)).await;
+                return self.carry_out(settlement, &ctx, Some(&request), None).await;
             }
         };
         let app = &self.apps[checked.app_index];
@@ -243,8 +244,22 @@ impl<O: Outbox> Worker<O> {
             tracing::info!(message_id = %ctx.message_id, "request expired before sending");
             return Settle::Ack(MessageResult::Expired);
         }
+        // A ttl of zero is now or never: only the first delivery sends it.
+        if deadline.is_now_or_never() && !ctx.is_first_delivery() {
+            self.count_expired(app, &request);
+            tracing::info!(message_id = %ctx.message_id, "ttl 0 request delivered again: expired (now or never)");
+            return Settle::Ack(MessageResult::Expired);
+        }
+        // A wait carried across a republish (`push_not_before`).
+        if let Some(settle) = self
+            .honour_not_before(app, &request, &checked, &ctx, deadline)
+            .await
+        {
+            return settle;
+        }
 
         let sent = self.send_all(app, &request, &checked, deadline).await;
+        let sent = self.expire_unsendable(app, &request, sent, deadline);
         let verdicts = judge(app, &request, &sent);
         let identity = AppIdentity {
             name: &app.name,
@@ -263,7 +278,92 @@ impl<O: Outbox> Worker<O> {
         self.count_held(app, &request, &plan);
         let report = self.publish_plan(&plan, &ctx, &request).await;
         let settlement = settle(&plan, &report, &ctx, self.policy);
-        self.carry_out(settlement, &ctx, Some(&request)).await
+        self.carry_out(settlement, &ctx, Some(&request), Some(app))
+            .await
+    }
+
+    /// Waits until the request's `push_not_before`: in process within
+    /// `dispatch.max_in_process_wait`, parked (lease kept) within
+    /// `dispatch.max_park` if a park slot is free; otherwise hands the
+    /// message back. Returns how it was settled, or `None` to send it now.
+    async fn honour_not_before(
+        &self,
+        app: &App,
+        request: &PushRequest,
+        checked: &Checked,
+        ctx: &MessageContext<'_>,
+        deadline: Deadline,
+    ) -> Option<Settle> {
+        let now = SystemTime::now();
+        let remaining = ctx.not_before?.duration_since(now).ok()?;
+        if remaining.is_zero() {
+            return None;
+        }
+        if deadline.passes_during(now, remaining) {
+            self.count_expired(app, request);
+            tracing::info!(message_id = %ctx.message_id, "request would expire before its push_not_before: expired");
+            return Some(Settle::Ack(MessageResult::Expired));
+        }
+        let platform = checked
+            .sendable
+            .first()
+            .map_or(Platform::Unspecified, |&i| request.targets[i].platform());
+        let wait = Wait {
+            duration: remaining,
+            platform,
+        };
+        let permit = if remaining <= self.limits.max_in_process_wait {
+            None
+        } else if remaining <= self.policy.max_park
+            && let Some(permit) = app.provider(platform).and_then(|p| p.try_park())
+        {
+            Some(permit)
+        } else {
+            tracing::debug!(message_id = %ctx.message_id, wait = ?remaining, "push_not_before is later than the worker parks for; handing back");
+            let settlement = wait_hand_back(ctx, self.policy, request.targets.len(), wait);
+            return Some(
+                self.carry_out(settlement, ctx, Some(request), Some(app))
+                    .await,
+            );
+        };
+        let _parked = permit.map(|p| (p, ParkedGuard::enter(&self.metrics.parked)));
+        tracing::debug!(message_id = %ctx.message_id, wait = ?remaining, "waiting for push_not_before");
+        tokio::select! {
+            () = tokio::time::sleep(remaining) => None,
+            () = self.limits.shutdown.draining() => {
+                let settlement = wait_hand_back(ctx, self.policy, request.targets.len(), wait);
+                Some(self.carry_out(settlement, ctx, Some(request), Some(app)).await)
+            }
+        }
+    }
+
+    /// Counts as expired the targets that cannot be sent in time any more:
+    /// with a ttl of zero, whatever is not final after the first delivery;
+    /// otherwise a target whose known wait outlasts the ttl.
+    fn expire_unsendable(
+        &self,
+        app: &App,
+        request: &PushRequest,
+        mut sent: Vec<(usize, TargetResult)>,
+        deadline: Deadline,
+    ) -> Vec<(usize, TargetResult)> {
+        let now = SystemTime::now();
+        for (i, result) in &mut sent {
+            if !result.is_retryable()
+                || matches!(result, TargetResult::NotSent(NotSent::ShuttingDown))
+                    && !deadline.is_now_or_never()
+            {
+                continue;
+            }
+            let wait = result.wait().map(|w| w.max(crate::plan::MIN_WAIT));
+            if deadline.is_now_or_never() || wait.is_some_and(|w| deadline.passes_during(now, w)) {
+                if let Some(p) = app.provider(request.targets[*i].platform()) {
+                    p.count(SendOutcome::Expired);
+                }
+                *result = TargetResult::NotSent(NotSent::Expired);
+            }
+        }
+        sent
     }
 
     /// Sends every sendable target concurrently (bounded by the send slots).
@@ -350,6 +450,7 @@ impl<O: Outbox> Worker<O> {
         mut settlement: Settlement,
         ctx: &MessageContext<'_>,
         request: Option<&PushRequest>,
+        app: Option<&App>,
     ) -> Settle {
         loop {
             settlement = match settlement {
@@ -367,6 +468,24 @@ impl<O: Outbox> Worker<O> {
                         tracing::warn!(message_id = %ctx.message_id, "republish not confirmed; nacking (delivered targets may be resent)");
                     }
                     return Settle::Nack;
+                }
+                Settlement::Park { wait, parked, full } => {
+                    let permit = app
+                        .and_then(|a| a.provider(wait.platform))
+                        .and_then(|p| p.try_park());
+                    let Some(permit) = permit else {
+                        tracing::debug!(message_id = %ctx.message_id, "no park slot free; carrying the targets forward instead");
+                        settlement = *full;
+                        continue;
+                    };
+                    let _parked = (permit, ParkedGuard::enter(&self.metrics.parked));
+                    let wait = jittered(wait.duration);
+                    tracing::debug!(message_id = %ctx.message_id, wait = ?wait, "parked until the wait ends");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => *parked,
+                        // Parked messages are handed back at once on drain.
+                        () = self.limits.shutdown.draining() => Settlement::Nack(NackCause::Waited),
+                    }
                 }
                 Settlement::Publish {
                     letter,
@@ -423,6 +542,8 @@ impl<O: Outbox> Worker<O> {
             Letter::Republish {
                 indices,
                 push_attempt,
+                wait,
+                deferrals,
             } => match self.outbox.republish(message).await {
                 Ok(id) => {
                     // `carried` lists the positions (in this message's request) of the
@@ -432,7 +553,7 @@ impl<O: Outbox> Worker<O> {
                         .map(usize::to_string)
                         .collect::<Vec<_>>()
                         .join(",");
-                    tracing::info!(message_id = %ctx.message_id, republished_as = %id, targets = indices.len(), carried = %carried, push_attempt, "carried retryable targets forward");
+                    tracing::info!(message_id = %ctx.message_id, republished_as = %id, targets = indices.len(), carried = %carried, push_attempt, push_deferrals = deferrals, not_before_in = ?wait, "carried retryable targets forward");
                     true
                 }
                 Err(e) => {
@@ -539,6 +660,29 @@ fn message_span(message: &Message, attempt: Option<i32>) -> tracing::Span {
     // The producer's trace (W3C traceparent, or Google's googclient_ keys).
     let _ = span.set_parent(propagation::extract(&message.attributes));
     span
+}
+
+/// A park of `wait` plus up to a tenth of it (at most 5 s) of jitter, so
+/// that messages parked together do not come back together.
+fn jittered(wait: Duration) -> Duration {
+    let spread = (wait / 10).min(Duration::from_secs(5));
+    wait + spread.mul_f64(rand::random::<f64>())
+}
+
+/// One message in `push_dispatch_parked_messages`, while parked.
+struct ParkedGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl ParkedGuard {
+    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> ParkedGuard {
+        gauge.inc();
+        ParkedGuard(gauge.clone())
+    }
+}
+
+impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// One message in `push_dispatch_inflight_messages`, for as long as it lives.

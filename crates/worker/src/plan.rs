@@ -17,7 +17,7 @@
 //! last delivery attempt dead-letters it with a reason rather than nacking.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use push_dispatch_dispatch::Outcome;
 use push_dispatch_feedback::{DeadToken, Sender, token_invalidated};
@@ -36,6 +36,24 @@ pub struct Policy {
     pub max_delivery_attempts: i32,
     /// `dispatch.max_republish`.
     pub max_republish: u32,
+    /// `dispatch.max_park`: longest wait a message is parked for.
+    pub max_park: Duration,
+    /// `dispatch.max_deferrals`: how often a request may be put off only to wait.
+    pub max_deferrals: u32,
+}
+
+/// The shortest wait honoured for a known wait (a `Retry-After: 0`, or a
+/// date in the past, still waits this much; the worker adds jitter).
+pub const MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// A wait the carried targets must honour before their next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The longest known wait among them, at least [`MIN_WAIT`].
+    pub duration: Duration,
+    /// The platform of the target that waits longest: a parked message
+    /// takes one of that provider's park slots.
+    pub platform: Platform,
 }
 
 /// Which targets a dead letter holds.
@@ -70,6 +88,10 @@ pub enum Letter {
         indices: Vec<usize>,
         /// The new request's `push_attempt`.
         push_attempt: u32,
+        /// Not to be sent before now + this (`push_not_before`).
+        wait: Option<Duration>,
+        /// The new request's `push_deferrals`.
+        deferrals: u32,
     },
 }
 
@@ -85,6 +107,9 @@ pub enum NackCause {
     /// A remainder's republish was not confirmed: the delivered targets will
     /// be sent again on redelivery (a duplicate window of §5.4).
     RepublishUnconfirmed,
+    /// The message waited (parked, or its `push_not_before` is later than
+    /// the worker parks for): Pub/Sub redelivers it after its backoff.
+    Waited,
 }
 
 /// How a message ends.
@@ -94,6 +119,16 @@ pub enum Settlement {
     Ack(MessageResult),
     /// Nack it: Pub/Sub redelivers after the RetryPolicy backoff.
     Nack(NackCause),
+    /// Park the message for `wait` (keep its lease) if one of `platform`'s
+    /// park slots is free, then settle as `parked`; otherwise as `full`.
+    Park {
+        /// How long.
+        wait: Wait,
+        /// The ending after the wait.
+        parked: Box<Settlement>,
+        /// The ending when no park slot is free.
+        full: Box<Settlement>,
+    },
     /// Publish `letter`; then settle as `confirmed` or `unconfirmed`.
     Publish {
         /// What to publish.
@@ -172,6 +207,11 @@ pub struct Plan {
     pub retry: Vec<usize>,
     /// How many targets are final already (delivered, expired).
     pub finals: usize,
+    /// The wait the targets to retry must honour, if any is known.
+    pub wait: Option<Wait>,
+    /// Whether every target to retry was held back only to wait (rate
+    /// limit, open circuit, 429): no failure, so no attempt is used up.
+    pub only_waiting: bool,
 }
 
 /// What the Outbox confirmed of a [`Plan`].
@@ -215,6 +255,7 @@ pub fn plan(
         add(e.code(), e.index(), e.to_string());
     }
     let mut plan = Plan::default();
+    let mut waiting = true;
     let mut reported = std::collections::HashSet::new();
     for (index, result) in sent {
         let index = *index;
@@ -224,6 +265,16 @@ pub fn plan(
         }
         if result.is_retryable() {
             plan.retry.push(index);
+            waiting &= result.is_only_waiting();
+            if let Some(w) = result.wait() {
+                let w = w.max(MIN_WAIT);
+                if plan.wait.is_none_or(|current| w > current.duration) {
+                    plan.wait = Some(Wait {
+                        duration: w,
+                        platform: request.targets[index].platform(),
+                    });
+                }
+            }
             continue;
         }
         let TargetResult::Answered(outcome) = result else {
@@ -282,6 +333,7 @@ pub fn plan(
             Outcome::Delivered | Outcome::Retryable { .. } => {}
         }
     }
+    plan.only_waiting = waiting && !plan.retry.is_empty();
     plan.dead_letters = dead
         .into_iter()
         .map(|(code, (indices, details))| DeadLetter {
@@ -333,24 +385,59 @@ pub fn settle(
     if carry.is_empty() {
         return Settlement::Ack(MessageResult::Acked);
     }
+    // Only the targets held back to wait are carried: nothing failed.
+    let only_waiting = plan.only_waiting && carry.len() == plan.retry.len();
     carry.sort_unstable();
     carry.dedup();
 
-    // §5.3 nothing reached a final outcome: Pub/Sub retries the whole message.
     if finals == 0 {
-        return hand_back(ctx, policy, NackCause::NothingFinal);
+        // §5.3 nothing reached a final outcome: Pub/Sub retries the whole
+        // message, after the wait if one is known.
+        let Some(wait) = plan.wait else {
+            return hand_back(ctx, policy, NackCause::NothingFinal);
+        };
+        if ctx.is_last_attempt(policy.max_delivery_attempts) {
+            if !only_waiting {
+                return hand_back(ctx, policy, NackCause::NothingFinal);
+            }
+            // A wait is no failure: put it off rather than dead-letter it.
+            let put_off = carry_forward(carry, wait, true, ctx, policy);
+            return with_unconfirmed(put_off, exhausted_whole(ctx, policy));
+        }
+        let carried = carry_forward(carry, wait, only_waiting, ctx, policy);
+        let carried = with_unconfirmed(carried, Settlement::Nack(NackCause::RepublishUnconfirmed));
+        if wait.duration <= policy.max_park {
+            return Settlement::Park {
+                wait,
+                parked: Box::new(Settlement::Nack(NackCause::Waited)),
+                full: Box::new(carried),
+            };
+        }
+        return carried;
     }
 
     // §5.4 some targets are final: carry the rest forward in a new request so
     // that the delivered ones are not sent again.
+    if let Some(wait) = plan.wait {
+        let carried = carry_forward(carry.clone(), wait, only_waiting, ctx, policy);
+        let unconfirmed = if ctx.is_last_attempt(policy.max_delivery_attempts) {
+            Settlement::publish(
+                exhausted(
+                    &carry,
+                    format!(
+                        "targets still waiting on delivery attempt {} and their republish was not confirmed",
+                        policy.max_delivery_attempts
+                    ),
+                ),
+                Settlement::Ack(MessageResult::Acked),
+                Settlement::Nack(NackCause::RepublishUnconfirmed),
+            )
+        } else {
+            Settlement::Nack(NackCause::RepublishUnconfirmed)
+        };
+        return with_unconfirmed(carried, unconfirmed);
+    }
     let next_attempt = ctx.push_attempt.saturating_add(1);
-    let exhausted = |detail: String| {
-        Letter::DeadLetter(DeadLetter {
-            code: PushError::RetriesExhausted,
-            targets: Targets::Only(carry.clone()),
-            detail,
-        })
-    };
     if next_attempt > policy.max_republish {
         let detail = format!(
             "targets still failing at push_attempt {} (dispatch.max_republish {}: the original and {} republished remainders)",
@@ -359,7 +446,7 @@ pub fn settle(
             ctx.push_attempt.saturating_sub(1)
         );
         return Settlement::publish(
-            exhausted(detail),
+            exhausted(&carry, detail),
             Settlement::Ack(MessageResult::Acked),
             Settlement::Nack(NackCause::DeadLetterUnconfirmed),
         );
@@ -372,7 +459,7 @@ pub fn settle(
             policy.max_delivery_attempts
         );
         Settlement::publish(
-            exhausted(detail),
+            exhausted(&carry, detail),
             Settlement::Ack(MessageResult::Acked),
             Settlement::Nack(NackCause::RepublishUnconfirmed),
         )
@@ -383,10 +470,122 @@ pub fn settle(
         Letter::Republish {
             indices: carry,
             push_attempt: next_attempt,
+            wait: None,
+            deferrals: ctx.deferrals,
         },
         Settlement::Ack(MessageResult::Republished),
         republish_failed,
     )
+}
+
+/// A dead letter of `retries_exhausted` holding `carry`.
+fn exhausted(carry: &[usize], detail: String) -> Letter {
+    Letter::DeadLetter(DeadLetter {
+        code: PushError::RetriesExhausted,
+        targets: Targets::Only(carry.to_vec()),
+        detail,
+    })
+}
+
+/// The whole message dead-lettered as `retries_exhausted` because a
+/// deferral could not be published on its last delivery attempt.
+fn exhausted_whole(ctx: &MessageContext<'_>, policy: Policy) -> Settlement {
+    poison(
+        PushError::RetriesExhausted,
+        format!(
+            "still waiting on the last delivery attempt ({} of {}) and its deferral was not confirmed",
+            ctx.delivery_attempt.unwrap_or_default(),
+            policy.max_delivery_attempts
+        ),
+    )
+}
+
+/// Carries `carry` forward to be tried after `wait` (`push_not_before`).
+/// A carry that only waited keeps its `push_attempt` and counts a deferral
+/// (dead-lettered past `dispatch.max_deferrals`); one that failed uses up a
+/// republish (dead-lettered past `dispatch.max_republish`). The ending when
+/// the publish is not confirmed is left to [`with_unconfirmed`].
+fn carry_forward(
+    carry: Vec<usize>,
+    wait: Wait,
+    only_waiting: bool,
+    ctx: &MessageContext<'_>,
+    policy: Policy,
+) -> Settlement {
+    let (push_attempt, deferrals) = if only_waiting {
+        (ctx.push_attempt, ctx.deferrals.saturating_add(1))
+    } else {
+        (ctx.push_attempt.saturating_add(1), ctx.deferrals)
+    };
+    let given_up = if only_waiting && deferrals > policy.max_deferrals {
+        Some(format!(
+            "targets put off {} times only to wait (rate limit, open circuit or Retry-After; dispatch.max_deferrals {})",
+            ctx.deferrals, policy.max_deferrals
+        ))
+    } else if !only_waiting && push_attempt > policy.max_republish {
+        Some(format!(
+            "targets still failing at push_attempt {} (dispatch.max_republish {}: the original and {} republished remainders)",
+            ctx.push_attempt,
+            policy.max_republish,
+            ctx.push_attempt.saturating_sub(1)
+        ))
+    } else {
+        None
+    };
+    if let Some(detail) = given_up {
+        return Settlement::publish(
+            exhausted(&carry, detail),
+            Settlement::Ack(MessageResult::Acked),
+            Settlement::Nack(NackCause::DeadLetterUnconfirmed),
+        );
+    }
+    Settlement::publish(
+        Letter::Republish {
+            indices: carry,
+            push_attempt,
+            wait: Some(wait.duration),
+            deferrals,
+        },
+        Settlement::Ack(MessageResult::Republished),
+        // Replaced by `with_unconfirmed`.
+        Settlement::Nack(NackCause::RepublishUnconfirmed),
+    )
+}
+
+/// Sets the ending of a republish that Pub/Sub did not confirm.
+fn with_unconfirmed(settlement: Settlement, ending: Settlement) -> Settlement {
+    match settlement {
+        Settlement::Publish {
+            letter: letter @ Letter::Republish { .. },
+            confirmed,
+            ..
+        } => Settlement::Publish {
+            letter,
+            confirmed,
+            unconfirmed: Box::new(ending),
+        },
+        other => other,
+    }
+}
+
+/// Hands back a message that must wait `wait` before it is sent (its
+/// `push_not_before` lies beyond what the worker parks for, no park slot is
+/// free, or the worker drains while it is parked): nacked, so that Pub/Sub
+/// redelivers it after its backoff; on its last delivery attempt it is put
+/// off instead (republished with `push_deferrals` + 1 and the same
+/// `push_attempt`), never dead-lettered for a wait — past
+/// `dispatch.max_deferrals` it is.
+pub fn wait_hand_back(
+    ctx: &MessageContext<'_>,
+    policy: Policy,
+    targets: usize,
+    wait: Wait,
+) -> Settlement {
+    if !ctx.is_last_attempt(policy.max_delivery_attempts) {
+        return Settlement::Nack(NackCause::Waited);
+    }
+    let put_off = carry_forward((0..targets).collect(), wait, true, ctx, policy);
+    with_unconfirmed(put_off, exhausted_whole(ctx, policy))
 }
 
 /// Settles a message that cannot be a request at all (SPEC §5.2): the whole

@@ -92,6 +92,11 @@ pub struct SendLimits {
 pub struct Provider {
     app: String,
     dispatcher: Arc<dyn Dispatcher>,
+    /// Its bulkhead: sends in flight for this app and platform, so that a
+    /// stuck provider holds only its share of `dispatch.concurrency`.
+    bulkhead: Semaphore,
+    /// Messages parked waiting on this provider (SPEC §9), capped.
+    parked: Arc<Semaphore>,
     sender: Sender,
     circuit: Circuit,
     guard: Guard,
@@ -115,6 +120,26 @@ pub struct ProviderSettings {
     pub circuit: CircuitConfig,
     /// `feedback.guard`.
     pub guard: GuardConfig,
+    /// Sends in flight at most for this app and platform (its bulkhead).
+    pub bulkhead: usize,
+    /// Messages parked at most waiting on this app and platform.
+    pub max_parked: usize,
+}
+
+impl ProviderSettings {
+    /// The bulkhead of one app and platform: `share` of `concurrency`, at
+    /// least `min`, at most `concurrency` (SPEC §9).
+    pub fn bulkhead_of(concurrency: u32, share: f64, min: u32) -> usize {
+        let concurrency = concurrency.max(1);
+        let share = (f64::from(concurrency) * share).ceil();
+        // `share` is at most `concurrency` (a u32), so the cast cannot wrap.
+        let share = if share.is_finite() && share > 0.0 {
+            share as u32
+        } else {
+            1
+        };
+        share.max(min).min(concurrency) as usize
+    }
 }
 
 impl Provider {
@@ -131,6 +156,8 @@ impl Provider {
             app: app.to_string(),
             handles: metrics.send_handles(platform.label(), app),
             dispatcher,
+            bulkhead: Semaphore::new(settings.bulkhead.max(1)),
+            parked: Arc::new(Semaphore::new(settings.max_parked)),
             sender: settings.sender,
             circuit: Circuit::new(settings.circuit),
             guard: Guard::new(settings.guard),
@@ -154,6 +181,11 @@ impl Provider {
     /// Its dispatcher.
     pub fn dispatcher(&self) -> &Arc<dyn Dispatcher> {
         &self.dispatcher
+    }
+
+    /// A place to park a message waiting on this provider, if one is free.
+    pub fn try_park(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.parked.clone().try_acquire_owned().ok()
     }
 
     /// Counts one target under `outcome` without sending it.
@@ -275,7 +307,15 @@ impl Provider {
             // draining) is handed back when `admitted` is dropped.
             let admitted = self.circuit.enter();
             if admitted.admission() == Admission::Rejected {
-                return self.not_sent(NotSent::CircuitOpen);
+                return self.not_sent(NotSent::CircuitOpen {
+                    wait: self.circuit.reopens_in(),
+                });
+            }
+            // A stuck provider (every connection or its credential in a
+            // failure backoff) would fail at once: hand the target back
+            // without queueing for a send slot.
+            if let Some(wait) = self.dispatcher.backoff() {
+                return self.not_sent(NotSent::Backoff { wait });
             }
             if let Some(limit) = &self.limit {
                 // Wait for the rate limit only within the in-process budget;
@@ -290,11 +330,17 @@ impl Provider {
                     Err(wait) => return self.not_sent(NotSent::RateLimited { wait }),
                 }
             }
-            let permit = tokio::select! {
-                p = limits.slots.acquire() => p,
+            // Its own share first, then a process-wide slot: a provider
+            // that hangs holds at most its bulkhead.
+            let permits = tokio::select! {
+                p = async {
+                    let own = self.bulkhead.acquire().await?;
+                    let any = limits.slots.acquire().await?;
+                    Ok::<_, tokio::sync::AcquireError>((own, any))
+                } => p,
                 () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
             };
-            let Ok(permit) = permit else {
+            let Ok(permits) = permits else {
                 return TargetResult::NotSent(NotSent::ShuttingDown);
             };
             if deadline.has_passed() {
@@ -311,7 +357,7 @@ impl Provider {
                     give_up: Some(limits.shutdown.draining_ref()),
                 })
                 .await;
-            drop(permit);
+            drop(permits);
             if let Some(change) = admitted.record(&outcome) {
                 self.circuit_changed(change);
             }
@@ -324,7 +370,8 @@ impl Provider {
                 // The request may have reached the provider: a retry may resend it.
                 self.metrics.duplicate_risk(DuplicateWindow::AnswerLost);
             }
-            let wait = after.unwrap_or_else(|| backoff(retries));
+            // `Retry-After: 0` (or a date in the past) still waits a jittered minimum.
+            let wait = after.map_or_else(|| backoff(retries), |a| a.max(backoff(retries)));
             if shutdown.is_draining() || started.elapsed() + wait > limits.max_in_process_wait {
                 return TargetResult::Answered(outcome);
             }
@@ -340,7 +387,8 @@ impl Provider {
     fn not_sent(&self, why: NotSent) -> TargetResult {
         let label = match why {
             NotSent::Expired => Some(SendOutcome::Expired),
-            NotSent::CircuitOpen => Some(SendOutcome::CircuitOpen),
+            NotSent::CircuitOpen { .. } => Some(SendOutcome::CircuitOpen),
+            NotSent::Backoff { .. } => Some(SendOutcome::ProviderBackoff),
             NotSent::RateLimited { .. } => Some(SendOutcome::RateLimited),
             NotSent::ShuttingDown => None,
         };

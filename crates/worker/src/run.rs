@@ -95,6 +95,8 @@ pub async fn run(
                 max_delivery_attempts: i32::try_from(config.pubsub.max_delivery_attempts)
                     .unwrap_or(i32::MAX),
                 max_republish: config.dispatch.max_republish,
+                max_park: config.dispatch.max_park,
+                max_deferrals: config.dispatch.max_deferrals,
             },
             max_in_process_wait: config.dispatch.max_in_process_wait,
             concurrency: config.dispatch.concurrency as usize,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use push_dispatch_dispatch::Outcome;
+use push_dispatch_dispatch::{Outcome, RetryCause};
 
 use crate::labels::SendOutcome;
 
@@ -26,8 +26,19 @@ pub enum TargetResult {
 pub enum NotSent {
     /// The request's `ttl` ran out (SPEC §5.6): final, counted as expired.
     Expired,
-    /// The circuit of this provider and app is open (SPEC §5.8): carried forward.
-    CircuitOpen,
+    /// The circuit of this provider and app is open (SPEC §5.8): carried
+    /// forward, not before it may close.
+    CircuitOpen {
+        /// Until the circuit lets a request through again.
+        wait: Duration,
+    },
+    /// The provider is stuck: every connection, or its credential, is in a
+    /// failure backoff, so a send would fail at once. Handed back without
+    /// queueing for a send slot.
+    Backoff {
+        /// Until the next connection or credential attempt.
+        wait: Duration,
+    },
     /// This pod's rate limit would have made it wait longer than
     /// `dispatch.max_in_process_wait`: carried forward.
     RateLimited {
@@ -53,9 +64,44 @@ impl TargetResult {
             self,
             TargetResult::Answered(Outcome::Retryable { .. })
                 | TargetResult::NotSent(
-                    NotSent::CircuitOpen | NotSent::RateLimited { .. } | NotSent::ShuttingDown
+                    NotSent::CircuitOpen { .. }
+                        | NotSent::Backoff { .. }
+                        | NotSent::RateLimited { .. }
+                        | NotSent::ShuttingDown
                 )
         )
+    }
+
+    /// How long a carried target must wait before its next attempt, when
+    /// known: the provider's `Retry-After`, the rate limit's wait, the rest of
+    /// an open circuit or of a connection or credential backoff.
+    pub fn wait(&self) -> Option<Duration> {
+        match self {
+            TargetResult::Answered(Outcome::Retryable { after, .. }) => *after,
+            TargetResult::NotSent(
+                NotSent::CircuitOpen { wait }
+                | NotSent::Backoff { wait }
+                | NotSent::RateLimited { wait },
+            ) => Some(*wait),
+            _ => None,
+        }
+    }
+
+    /// Whether the target was held back only to wait — this pod's rate
+    /// limit, an open circuit, or the provider's 429 — rather than by a
+    /// failure. Such waits use up neither `dispatch.max_republish` nor
+    /// delivery attempts (they count as deferrals).
+    pub fn is_only_waiting(&self) -> bool {
+        match self {
+            TargetResult::NotSent(NotSent::CircuitOpen { .. } | NotSent::RateLimited { .. }) => {
+                true
+            }
+            TargetResult::Answered(Outcome::Retryable { cause, .. }) => matches!(
+                cause,
+                RetryCause::Quota { .. } | RetryCause::Status { status: 429, .. }
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -72,7 +118,6 @@ pub fn outcome_label(outcome: &Outcome) -> SendOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use push_dispatch_dispatch::RetryCause;
 
     #[test]
     fn final_and_retryable_are_exclusive_and_cover_what_needs_no_publish() {
@@ -88,7 +133,9 @@ mod tests {
             assert!(r.is_final_as_is() && !r.is_retryable(), "{r:?}");
         }
         for n in [
-            NotSent::CircuitOpen,
+            NotSent::CircuitOpen {
+                wait: Duration::from_secs(1),
+            },
             NotSent::ShuttingDown,
             NotSent::RateLimited {
                 wait: Duration::from_secs(1),

@@ -67,6 +67,8 @@ impl Default for Options {
 const POLICY: Policy = Policy {
     max_delivery_attempts: 5,
     max_republish: 3,
+    max_park: Duration::from_secs(60),
+    max_deferrals: 10,
 };
 
 impl Harness {
@@ -84,6 +86,8 @@ impl Harness {
             rate_limit: None,
             circuit: options.circuit.clone(),
             guard: options.guard.clone(),
+            bulkhead: 16,
+            max_parked: 4,
         };
         let app = App {
             name: "main".into(),
@@ -301,7 +305,7 @@ async fn transient_failures_are_nacked_and_dead_lettered_with_a_reason_on_the_la
     let h = Harness::new();
     let req = request(&[
         (Platform::Apns, &apns_token("0503")),
-        (Platform::Fcm, "quota-1"),
+        (Platform::Fcm, "unavailable-1"),
     ]);
     let m = h.message(&req);
     assert_eq!(h.process(&m, 4).await, Settle::Nack);

@@ -41,6 +41,8 @@ fn worker() -> Worker<MemoryOutbox> {
             min_samples: 2,
             window: Duration::from_secs(60),
         },
+        bulkhead: 8,
+        max_parked: 4,
     };
     let apns = Provider::new(
         "shop",
@@ -70,6 +72,8 @@ fn worker() -> Worker<MemoryOutbox> {
             policy: Policy {
                 max_delivery_attempts: 5,
                 max_republish: 3,
+                max_park: Duration::from_secs(60),
+                max_deferrals: 10,
             },
             max_in_process_wait: Duration::ZERO,
             concurrency: 16,

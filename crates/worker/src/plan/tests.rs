@@ -15,6 +15,8 @@ use crate::target::{NotSent, TargetResult};
 const POLICY: Policy = Policy {
     max_delivery_attempts: 5,
     max_republish: 3,
+    max_park: Duration::from_secs(60),
+    max_deferrals: 2,
 };
 
 fn apns() -> Sender {
@@ -126,6 +128,15 @@ impl Case {
         )
     }
 
+    fn with_attributes(mut self, attributes: &[(&str, &str)]) -> Case {
+        self.message = Message::new().set_message_id("m1").set_attributes(
+            attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        self
+    }
+
     fn settle(&self, plan: &Plan, report: &OutboxReport, attempt: i32) -> Settlement {
         let ctx = MessageContext::of(&self.message, Some(attempt));
         settle(plan, report, &ctx, POLICY)
@@ -206,7 +217,9 @@ fn unconfirmed_feedback_carries_the_dead_tokens_forward_never_the_delivered() {
         letters,
         vec![Letter::Republish {
             indices: vec![0],
-            push_attempt: 2
+            push_attempt: 2,
+            wait: None,
+            deferrals: 0,
         }]
     );
     assert_eq!(end, Settlement::Ack(MessageResult::Republished));
@@ -247,7 +260,9 @@ fn refused_targets_are_dead_lettered_by_code_and_siblings_still_count() {
         letters,
         vec![Letter::Republish {
             indices: vec![0],
-            push_attempt: 2
+            push_attempt: 2,
+            wait: None,
+            deferrals: 0,
         }]
     );
 }
@@ -257,7 +272,7 @@ fn nothing_final_hands_the_message_back_and_on_the_last_attempt_dead_letters_it(
     let case = Case::new(&[(Platform::Apns, "a"), (Platform::Fcm, "b")]);
     let sent = [
         (0, failing()),
-        (1, TargetResult::NotSent(NotSent::CircuitOpen)),
+        (1, TargetResult::NotSent(NotSent::ShuttingDown)),
     ];
     let plan = case.plan(&sent, Verdicts::REPORT, 1);
     assert_eq!(plan.retry, vec![0, 1]);
@@ -295,7 +310,9 @@ fn a_partial_success_republishes_the_rest_once_confirmed_then_acks() {
         letters,
         vec![Letter::Republish {
             indices: vec![1],
-            push_attempt: 2
+            push_attempt: 2,
+            wait: None,
+            deferrals: 0,
         }]
     );
     assert_eq!(end, Settlement::Ack(MessageResult::Republished));
@@ -439,4 +456,203 @@ fn a_push_attempt_beyond_any_count_is_dead_lettered_not_overflowed() {
         other => panic!("{other:?}"),
     }
     assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
+
+fn limited(secs: u64) -> TargetResult {
+    TargetResult::NotSent(NotSent::RateLimited {
+        wait: Duration::from_secs(secs),
+    })
+}
+
+fn told_to_wait(secs: u64) -> TargetResult {
+    TargetResult::Answered(Outcome::Retryable {
+        after: Some(Duration::from_secs(secs)),
+        cause: RetryCause::Status {
+            status: 429,
+            provider_reason: "TooManyRequests".into(),
+        },
+    })
+}
+
+fn unavailable_for(secs: u64) -> TargetResult {
+    TargetResult::Answered(Outcome::Retryable {
+        after: Some(Duration::from_secs(secs)),
+        cause: RetryCause::Status {
+            status: 503,
+            provider_reason: "ServiceUnavailable".into(),
+        },
+    })
+}
+
+#[test]
+fn the_longest_known_wait_is_kept_and_a_zero_retry_after_still_waits_the_minimum() {
+    let case = Case::new(&[(Platform::Apns, "a"), (Platform::Fcm, "b")]);
+    let plan = case.plan(
+        &[(0, told_to_wait(3)), (1, limited(7))],
+        Verdicts::REPORT,
+        1,
+    );
+    assert_eq!(
+        plan.wait,
+        Some(Wait {
+            duration: Duration::from_secs(7),
+            platform: Platform::Fcm
+        })
+    );
+    assert!(plan.only_waiting);
+    let plan = case.plan(&[(0, told_to_wait(0)), (1, failing())], Verdicts::REPORT, 1);
+    assert_eq!(plan.wait.map(|w| w.duration), Some(MIN_WAIT));
+    assert!(!plan.only_waiting, "a 503 is a failure, not a wait");
+}
+
+#[test]
+fn nothing_final_with_a_short_wait_parks_then_nacks_or_carries_forward_when_no_slot_is_free() {
+    let case = Case::new(&[(Platform::Fcm, "a")]);
+    let plan = case.plan(&[(0, told_to_wait(20))], Verdicts::REPORT, 1);
+    let s = case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1);
+    let Settlement::Park { wait, parked, full } = s else {
+        panic!("{s:?}");
+    };
+    assert_eq!(wait.duration, Duration::from_secs(20));
+    assert_eq!(*parked, Settlement::Nack(NackCause::Waited));
+    // No park slot: carried forward with push_not_before, attempt unchanged.
+    let (letters, end) = walk(*full, true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 1,
+            wait: Some(Duration::from_secs(20)),
+            deferrals: 1,
+        }]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+}
+
+#[test]
+fn a_wait_beyond_max_park_is_republished_with_not_before_and_a_failure_uses_a_republish() {
+    let case = Case::new(&[(Platform::Apns, "a")]);
+    let plan = case.plan(&[(0, limited(120))], Verdicts::REPORT, 1);
+    let (letters, _) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 1,
+            wait: Some(Duration::from_secs(120)),
+            deferrals: 1,
+        }]
+    );
+    // A 503 with a long Retry-After is a failure: it uses up a republish.
+    let plan = case.plan(&[(0, unavailable_for(120))], Verdicts::REPORT, 1);
+    let (letters, _) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 2,
+            wait: Some(Duration::from_secs(120)),
+            deferrals: 0,
+        }]
+    );
+}
+
+#[test]
+fn a_wait_on_the_last_delivery_attempt_is_put_off_not_dead_lettered() {
+    let case = Case::new(&[(Platform::Apns, "a")]);
+    let plan = case.plan(&[(0, limited(10))], Verdicts::REPORT, 5);
+    let report = OutboxReport::all_confirmed(&plan);
+    let (letters, end) = walk(case.settle(&plan, &report, 5), true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0],
+            push_attempt: 1,
+            wait: Some(Duration::from_secs(10)),
+            deferrals: 1,
+        }]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+    // Its deferral unconfirmed: dead-lettered with a reason, never a bare nack.
+    let (letters, end) = walk(case.settle(&plan, &report, 5), false);
+    assert!(
+        matches!(&letters[1], Letter::DeadLetter(d) if d.code == PushError::RetriesExhausted),
+        "{letters:?}"
+    );
+    assert_eq!(end, Settlement::Nack(NackCause::DeadLetterUnconfirmed));
+}
+
+#[test]
+fn past_max_deferrals_a_waiting_target_is_dead_lettered() {
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "a")])
+        .with_attributes(&[(attr::DEFERRALS, "2")]);
+    let plan = case.plan(&[(0, delivered()), (1, limited(10))], Verdicts::REPORT, 1);
+    let (letters, end) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    match &letters[..] {
+        [Letter::DeadLetter(d)] => {
+            assert_eq!(d.code, PushError::RetriesExhausted);
+            assert_eq!(d.targets, Targets::Only(vec![1]));
+            assert!(d.detail.contains("max_deferrals"), "{}", d.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn a_partial_success_with_a_wait_republishes_the_rest_not_before_the_wait() {
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Fcm, "q")]);
+    let plan = case.plan(
+        &[(0, delivered()), (1, told_to_wait(30))],
+        Verdicts::REPORT,
+        1,
+    );
+    let (letters, end) = walk(
+        case.settle(&plan, &OutboxReport::all_confirmed(&plan), 1),
+        true,
+    );
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![1],
+            push_attempt: 1,
+            wait: Some(Duration::from_secs(30)),
+            deferrals: 1,
+        }]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+}
+
+#[test]
+fn a_handed_back_wait_nacks_and_on_the_last_attempt_puts_the_request_off() {
+    let case = Case::new(&[(Platform::Apns, "a"), (Platform::Apns, "b")]);
+    let wait = Wait {
+        duration: Duration::from_secs(90),
+        platform: Platform::Apns,
+    };
+    let ctx = MessageContext::of(&case.message, Some(2));
+    assert_eq!(
+        wait_hand_back(&ctx, POLICY, 2, wait),
+        Settlement::Nack(NackCause::Waited)
+    );
+    let ctx = MessageContext::of(&case.message, Some(5));
+    let (letters, _) = walk(wait_hand_back(&ctx, POLICY, 2, wait), true);
+    assert_eq!(
+        letters,
+        vec![Letter::Republish {
+            indices: vec![0, 1],
+            push_attempt: 1,
+            wait: Some(Duration::from_secs(90)),
+            deferrals: 1,
+        }]
+    );
 }
