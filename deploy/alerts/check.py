@@ -69,6 +69,7 @@ METRICS = {
     "push_dispatch_dead_letters_total": ("counter", {"reason"}),
     "push_dispatch_publish_failures_total": ("counter", {"reason"}),
     "push_dispatch_inflight_messages": ("gauge", set()),
+    "push_dispatch_parked_messages": ("gauge", set()),
     "push_dispatch_streams_running": ("gauge", set()),
     "push_dispatch_outstanding_messages": ("gauge", set()),
     "push_dispatch_max_outstanding_messages": ("gauge", set()),
@@ -88,7 +89,7 @@ METRICS = {
 LABEL_VALUES = {
     ("push_dispatch_sends_total", "outcome"): {
         "delivered", "token_invalid", "retryable", "rejected", "expired", "circuit_open",
-        "rate_limited"},
+        "rate_limited", "provider_backoff"},
     ("push_dispatch_sends_total", "platform"): {"apns", "fcm"},
     ("push_dispatch_messages_total", "result"): {
         "acked", "nacked", "dead_lettered", "expired", "republished"},

@@ -217,14 +217,17 @@ async fn a_malformed_token_is_dead_lettered_while_its_siblings_reach_the_sandbox
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_retry_after_beyond_the_in_process_budget_hands_back_to_pubsub() {
+async fn a_retry_after_beyond_the_in_process_budget_is_honoured_across_a_redelivery() {
     let dir = tempfile::tempdir().expect("dir");
-    // `quota-` answers 429 QUOTA_EXCEEDED with Retry-After: 30 s.
+    // `quota-` answers 429 QUOTA_EXCEEDED with Retry-After: 3 s here.
     let (sandbox, creds) = start_sandbox(
         dir.path(),
         "com.example.app",
         "quota-firebase",
-        Faults::default(),
+        Faults {
+            retry_after_secs: 3,
+            ..Faults::default()
+        },
     )
     .await;
     let env = TestEnv::new(
@@ -237,7 +240,7 @@ async fn a_retry_after_beyond_the_in_process_budget_hands_back_to_pubsub() {
                 "com.example.app",
                 "quota-firebase",
             )),
-            max_in_process_wait: "5s",
+            max_in_process_wait: "1s",
             ..Settings::default()
         },
     )
@@ -246,13 +249,27 @@ async fn a_retry_after_beyond_the_in_process_budget_hands_back_to_pubsub() {
     let _worker = env.start_worker().await;
     env.publish_json(r#"{"targets":[{"platform":"PLATFORM_FCM","token":"quota-1"}]}"#)
         .await;
-    env.wait_metric("push_dispatch_messages_total", &[("result", "nacked")], 2.0)
+    let retryable = [("outcome", "retryable")];
+    env.wait_metric("push_dispatch_sends_total", &retryable, 1.0)
+        .await;
+    let answered = std::time::Instant::now();
+    // The 3 s wait is beyond the 1 s in-process budget: the message is parked
+    // (lease kept), not nacked at once, and not retried in process.
+    env.wait_metric("push_dispatch_parked_messages", &[], 1.0)
+        .await;
+    env.wait_metric("push_dispatch_messages_total", &[("result", "nacked")], 1.0)
+        .await;
+    let nacked_after = answered.elapsed();
+    assert!(
+        nacked_after >= Duration::from_millis(2500),
+        "nacked {nacked_after:?} after the 429: the Retry-After was not kept"
+    );
+    // Redelivered and sent again only then: one send per delivery.
+    env.wait_metric("push_dispatch_sends_total", &retryable, 2.0)
         .await;
     let m = env.metrics().await;
     let nacked = common::metric_value(&m, "push_dispatch_messages_total", &[("result", "nacked")]);
-    let sends = common::metric_value(&m, "push_dispatch_sends_total", &[("outcome", "retryable")]);
-    // One send per delivery: the 30 s Retry-After is not waited out in
-    // process (and not ignored either, which would retry within 5 s).
+    let sends = common::metric_value(&m, "push_dispatch_sends_total", &retryable);
     assert!(
         sends <= nacked + 1.0,
         "{sends} sends for {nacked} nacks: Retry-After not honoured"
