@@ -7,6 +7,12 @@
 //! process: each stream gets an equal share, so the process never leases
 //! more than the configured total.
 //!
+//! The budget is also enforced here, in the client: the SDK only tells the
+//! server, and the emulator ignores it. A stream takes a message permit
+//! before it asks for the next message and that message's bytes once it has
+//! it; both are held until the message is settled (its task ends), so
+//! messages parked waiting out a Retry-After count against the budget.
+//!
 //! Each stream runs in its own task and is never raced in a `select!`
 //! (cancelling `next()` while a stream opens can lose that pull's messages).
 //! Shutdown goes through the SDK's shutdown token: `next()` then returns
@@ -22,6 +28,7 @@ use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -169,12 +176,46 @@ where
         let cancel = cancel.clone();
         let states = states.clone();
         let handle = handle.clone();
+        let budget = Budget::new(messages, bytes);
         set.spawn(async move {
-            let exit = run_stream(index, stream, cancel, states, handle).await;
+            let exit = run_stream(index, stream, cancel, states, budget, handle).await;
             (index, exit)
         });
     }
     set
+}
+
+/// One stream's flow-control budget, held by the messages it handed out.
+struct Budget {
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+impl Budget {
+    fn new(messages: i64, bytes: i64) -> Budget {
+        let messages = usize::try_from(messages).unwrap_or(1).max(1);
+        // A message larger than the whole share takes all of it, not more.
+        let max_bytes = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        Budget {
+            messages: Arc::new(Semaphore::new(messages)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
+        }
+    }
+
+    /// A place for one more message (waits while the budget is spent).
+    async fn message(&self) -> Option<OwnedSemaphorePermit> {
+        self.messages.clone().acquire_owned().await.ok()
+    }
+
+    /// Room for `len` bytes (waits while the budget is spent).
+    async fn bytes(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = u32::try_from(len)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes);
+        self.bytes.clone().acquire_many_owned(want).await.ok()
+    }
 }
 
 async fn run_stream<H, F>(
@@ -182,6 +223,7 @@ async fn run_stream<H, F>(
     mut stream: google_cloud_pubsub::subscriber::MessageStream,
     cancel: CancellationToken,
     states: Arc<StreamStates>,
+    budget: Budget,
     handle: H,
 ) -> StreamExit
 where
@@ -207,21 +249,28 @@ where
 
     let mut tasks = JoinSet::new();
     let exit = loop {
+        // Settled messages give their place back; wait for one if none is free.
+        while let Some(done) = tasks.try_join_next() {
+            log_task_end(index, done);
+        }
+        let place = budget.message().await;
         match stream.next().await {
             Some(Ok((message, handler))) => {
                 states.received.fetch_add(1, Ordering::Relaxed);
+                let room = budget.bytes(message.data.len()).await;
                 let received = Received {
                     message,
                     lease: Lease { handler },
                     stream: index,
                 };
+                let work = handle(received);
                 // Boxed: a task stores its future inline and rewrites that
                 // whole slot when it finishes, so a large handler future
                 // would be copied several times per message.
-                tasks.spawn(Box::pin(handle(received)));
-                while let Some(done) = tasks.try_join_next() {
-                    log_task_end(index, done);
-                }
+                tasks.spawn(Box::pin(async move {
+                    let _held = (place, room);
+                    work.await;
+                }));
             }
             Some(Err(e)) => {
                 tracing::error!(stream = index, error = %e, "streaming pull failed permanently");
