@@ -77,6 +77,7 @@ METRICS = {
     "push_dispatch_acks_total": ("counter", {"kind"}),
     "push_dispatch_circuit_open": ("gauge", {"platform", "app"}),
     "push_dispatch_invalidation_guard_tripped": ("gauge", {"platform", "app"}),
+    "push_dispatch_send_rate_limit": ("gauge", {"platform", "app"}),
     "push_dispatch_invalidation_guard_held_total": ("counter", {"platform", "app"}),
     "push_dispatch_duplicate_risk_total": ("counter", {"window"}),
     "push_dispatch_token_refreshes_total": ("counter", {"platform", "app", "result"}),

@@ -167,6 +167,7 @@ async fn dispatcher(args: &Args, dir: &std::path::Path) -> anyhow::Result<Arc<dy
                     ca_file: args.ca_file.clone(),
                     connections: args.connections,
                     request_timeout: timeout,
+                    quota_wait: push_dispatch_dispatch::fcm::DEFAULT_QUOTA_WAIT,
                 },
                 Arc::new(credentials),
             )?)

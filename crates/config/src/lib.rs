@@ -124,6 +124,11 @@ pub struct DispatchConfig {
     /// Longest backoff waited in process before handing back to Pub/Sub.
     #[serde(with = "humantime_serde")]
     pub max_in_process_wait: Duration,
+    /// How long a target waits after an FCM `QUOTA_EXCEEDED` that came
+    /// without `Retry-After` (FCM's advice: at least a minute). A
+    /// `Retry-After` from FCM is honoured as given instead.
+    #[serde(with = "humantime_serde")]
+    pub quota_wait: Duration,
     /// `push_attempt` limit for republished remainders.
     pub max_republish: u32,
     /// Share of `concurrency` one app and platform may hold (its bulkhead).
@@ -366,6 +371,7 @@ impl Default for DispatchConfig {
             concurrency: 512,
             request_timeout: Duration::from_secs(10),
             max_in_process_wait: Duration::from_secs(5),
+            quota_wait: Duration::from_secs(60),
             max_republish: 5,
             provider_share: 0.25,
             provider_min: 8,

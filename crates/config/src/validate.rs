@@ -266,6 +266,13 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
         Duration::from_secs(300),
         "",
     );
+    v.duration(
+        "dispatch.quota_wait",
+        d.quota_wait,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        " (FCM asks for at least a minute after QUOTA_EXCEEDED)",
+    );
     v.range("dispatch.max_republish", d.max_republish, 0, 100, "");
     v.range(
         "dispatch.provider_share",

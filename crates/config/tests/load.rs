@@ -50,6 +50,26 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(config.feedback.encoding, FeedbackEncoding::Json);
     let fcm = config.apps[0].fcm.as_ref().expect("fcm block");
     assert_eq!(fcm.endpoint, "https://fcm.googleapis.com");
+    assert_eq!(config.dispatch.quota_wait, Duration::from_secs(60));
+}
+
+#[test]
+fn quota_wait_is_a_duration_of_at_least_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[("PUSH_DISPATCH_DISPATCH__QUOTA_WAIT", "2m")]),
+    )
+    .expect("loads");
+    assert_eq!(config.dispatch.quota_wait, Duration::from_secs(120));
+    let text = format!("{MINIMAL}dispatch:\n  quota_wait: 500ms\n");
+    let issues = issues_of(&text);
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.contains("dispatch.quota_wait") && i.contains("between 1s and 1h")),
+        "{issues:?}"
+    );
 }
 
 #[test]

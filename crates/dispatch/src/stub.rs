@@ -6,9 +6,16 @@
 //! | `dead` | 410 Unregistered | `unregistered-` | 404 UNREGISTERED |
 //! | `bad0` | 400 BadDeviceToken | `invalid-` | 400 INVALID_ARGUMENT |
 //! | `0429` | 429 TooManyRequests | `mismatch-` | 403 SENDER_ID_MISMATCH |
-//! | `0500` | 500 InternalServerError | `quota-` | 429 QUOTA_EXCEEDED + Retry-After |
+//! | `0500` | 500 InternalServerError | `quota-` | 429 QUOTA_EXCEEDED (project) + Retry-After |
 //! | `0503` | 503 ServiceUnavailable | `unavailable-` | 503 UNAVAILABLE |
 //! | `f1a0` | 503 twice per token, then 200 | `flaky-` | 503 twice, then 200 |
+//! | | | `quota-device-` | 429 QUOTA_EXCEEDED (device message rate), no Retry-After |
+//!
+//! `quota-device-` is matched before `quota-`. FCM answers are as the FCM
+//! client classifies them: `quota-` is `RetryCause::Quota { scope: Project }`
+//! after [`QUOTA_RETRY_AFTER`]; `quota-device-` is `Quota { scope: Device }`
+//! after `dispatch.quota_wait` ([`StubDispatcher::with_quota_wait`], default
+//! [`DEFAULT_QUOTA_WAIT`]), since it comes without a Retry-After.
 //!
 //! Anything else is delivered. It does no I/O, so pipeline tests exercise the
 //! worker's policy against the real Pub/Sub emulator without a provider.
@@ -23,7 +30,8 @@ use std::time::{Duration, SystemTime};
 use push_dispatch_proto::v1::{Platform, Reason};
 
 use crate::apns::error::TOO_MANY_REQUESTS_DELAY;
-use crate::{Dispatcher, Outcome, Push, RetryCause};
+pub use crate::fcm::DEFAULT_QUOTA_WAIT;
+use crate::{Dispatcher, Outcome, Push, QuotaScope, RetryCause};
 
 /// Endpoints with this prefix select the stub (e.g. `stub:latency=50ms`).
 pub const STUB_SCHEME: &str = "stub:";
@@ -58,8 +66,14 @@ pub fn is_stub(endpoint: &str) -> bool {
     endpoint.starts_with(STUB_SCHEME)
 }
 
-/// `Retry-After` the stub gives with FCM `QUOTA_EXCEEDED`.
+/// `Retry-After` the stub gives with FCM `QUOTA_EXCEEDED` (`quota-`).
 pub const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Token prefix of FCM's project quota answer.
+pub const FCM_QUOTA_PREFIX: &str = "quota-";
+/// Token prefix of FCM's per-device message-rate answer; it also starts
+/// with [`FCM_QUOTA_PREFIX`], so it is matched first.
+pub const FCM_DEVICE_QUOTA_PREFIX: &str = "quota-device-";
 
 /// Answers by token prefix; counts what it delivered.
 #[derive(Debug)]
@@ -68,6 +82,7 @@ pub struct StubDispatcher {
     flaky_failures: Mutex<HashMap<String, u32>>,
     delivered: AtomicU64,
     latency: Duration,
+    quota_wait: Duration,
 }
 
 impl StubDispatcher {
@@ -78,6 +93,7 @@ impl StubDispatcher {
             flaky_failures: Mutex::new(HashMap::new()),
             delivered: AtomicU64::new(0),
             latency: Duration::ZERO,
+            quota_wait: DEFAULT_QUOTA_WAIT,
         }
     }
 
@@ -115,6 +131,13 @@ impl StubDispatcher {
     /// Delays every answer by `latency`.
     pub fn with_latency(mut self, latency: Duration) -> StubDispatcher {
         self.latency = latency;
+        self
+    }
+
+    /// The wait of a `QUOTA_EXCEEDED` without Retry-After
+    /// (`dispatch.quota_wait`), as the FCM client has it.
+    pub fn with_quota_wait(mut self, quota_wait: Duration) -> StubDispatcher {
+        self.quota_wait = quota_wait;
         self
     }
 
@@ -167,8 +190,10 @@ impl StubDispatcher {
             dead(Reason::InvalidRegistration, "INVALID_ARGUMENT", None)
         } else if token.starts_with("mismatch-") {
             dead(Reason::SenderIdMismatch, "SENDER_ID_MISMATCH", None)
-        } else if token.starts_with("quota-") {
-            retry(429, "QUOTA_EXCEEDED", Some(QUOTA_RETRY_AFTER))
+        } else if token.starts_with(FCM_DEVICE_QUOTA_PREFIX) {
+            quota(QuotaScope::Device, self.quota_wait)
+        } else if token.starts_with(FCM_QUOTA_PREFIX) {
+            quota(QuotaScope::Project, QUOTA_RETRY_AFTER)
         } else if token.starts_with("unavailable-") {
             retry(503, "UNAVAILABLE", None)
         } else if token.starts_with("flaky-") {
@@ -193,6 +218,16 @@ fn retry(status: u16, provider_reason: &str, after: Option<Duration>) -> Outcome
         cause: RetryCause::Status {
             status,
             provider_reason: provider_reason.to_string(),
+        },
+    }
+}
+
+fn quota(scope: QuotaScope, after: Duration) -> Outcome {
+    Outcome::Retryable {
+        after: Some(after),
+        cause: RetryCause::Quota {
+            scope,
+            provider_reason: "QUOTA_EXCEEDED".to_string(),
         },
     }
 }
@@ -299,13 +334,22 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(
+        assert_eq!(
             answer(Platform::Fcm, "quota-1").await,
-            Outcome::Retryable {
-                after: Some(QUOTA_RETRY_AFTER),
-                ..
-            }
-        ));
+            quota(QuotaScope::Project, QUOTA_RETRY_AFTER)
+        );
+        assert_eq!(
+            answer(Platform::Fcm, "quota-device-1").await,
+            quota(QuotaScope::Device, DEFAULT_QUOTA_WAIT),
+            "matched before quota-"
+        );
+        let short = StubDispatcher::new(Platform::Fcm).with_quota_wait(Duration::from_secs(2));
+        assert_eq!(
+            short
+                .send(push(&PushRequest::default(), "quota-device-2"))
+                .await,
+            quota(QuotaScope::Device, Duration::from_secs(2))
+        );
         assert_eq!(answer(Platform::Fcm, "ok-1").await, Outcome::Delivered);
     }
 

@@ -90,6 +90,7 @@ impl World {
             ca_file,
             connections: 2,
             request_timeout: Duration::from_secs(10),
+            quota_wait: push_dispatch_dispatch::fcm::DEFAULT_QUOTA_WAIT,
         })
         .await
     }

@@ -6,9 +6,10 @@
 //! scripted prefix of each platform (and one unscripted token), the stub's
 //! [`Outcome`] and the real client's [`Outcome`] against the sandbox must
 //! classify the same, and as the table says: same variant, same [`Reason`],
-//! HTTP status, provider reason and `Retry-After`, and, for dead tokens,
-//! whether the provider gave a timestamp. The flaky prefixes answer 503
-//! twice per token, then 200, on both.
+//! HTTP status, provider reason and `Retry-After`, for quota answers whose
+//! quota (project or device), and, for dead tokens, whether the provider
+//! gave a timestamp. The flaky prefixes answer 503 twice per token, then
+//! 200, on both.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,9 @@ use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::error::TOO_MANY_REQUESTS_DELAY;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
 use push_dispatch_dispatch::fcm::credentials::BearerCache;
-use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
+use push_dispatch_dispatch::fcm::{DEFAULT_QUOTA_WAIT, FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::{QUOTA_RETRY_AFTER, StubDispatcher};
-use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
+use push_dispatch_dispatch::{Dispatcher, Outcome, Push, QuotaScope, RejectReason, RetryCause};
 use push_dispatch_proto::v1::{Notification, Platform, PushRequest, Reason};
 use push_dispatch_sandbox::{Sandbox, SandboxConfig, devkeys};
 
@@ -38,6 +39,11 @@ enum Class {
     },
     Retryable {
         status: u16,
+        provider_reason: String,
+        after: Option<Duration>,
+    },
+    Quota {
+        scope: QuotaScope,
         provider_reason: String,
         after: Option<Duration>,
     },
@@ -67,6 +73,18 @@ fn class(outcome: &Outcome) -> Class {
                 },
         } => Class::Retryable {
             status: *status,
+            provider_reason: provider_reason.clone(),
+            after: *after,
+        },
+        Outcome::Retryable {
+            after,
+            cause:
+                RetryCause::Quota {
+                    scope,
+                    provider_reason,
+                },
+        } => Class::Quota {
+            scope: *scope,
             provider_reason: provider_reason.clone(),
             after: *after,
         },
@@ -147,9 +165,24 @@ fn fcm_script() -> Vec<Row> {
             prefix: "mismatch-",
             answers: vec![dead(Reason::SenderIdMismatch, "SENDER_ID_MISMATCH", false)],
         },
+        // Before `quota-`, which it also starts with: the stub and the
+        // sandbox must both match the longer prefix first.
+        Row {
+            prefix: "quota-device-",
+            answers: vec![Class::Quota {
+                scope: QuotaScope::Device,
+                provider_reason: "QUOTA_EXCEEDED".into(),
+                // No Retry-After: `dispatch.quota_wait`.
+                after: Some(DEFAULT_QUOTA_WAIT),
+            }],
+        },
         Row {
             prefix: "quota-",
-            answers: vec![retry(429, "QUOTA_EXCEEDED", Some(QUOTA_RETRY_AFTER))],
+            answers: vec![Class::Quota {
+                scope: QuotaScope::Project,
+                provider_reason: "QUOTA_EXCEEDED".into(),
+                after: Some(QUOTA_RETRY_AFTER),
+            }],
         },
         Row {
             prefix: "unavailable-",
@@ -253,6 +286,7 @@ async fn the_stub_and_the_sandbox_answer_the_same_token_script() {
             ca_file: None,
             connections: 1,
             request_timeout: Duration::from_secs(10),
+            quota_wait: DEFAULT_QUOTA_WAIT,
         },
         Arc::new(
             BearerCache::new(Some(&creds.service_account_file))

@@ -101,17 +101,24 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                 };
                 let dispatcher: Arc<dyn Dispatcher> =
                     match StubDispatcher::from_endpoint(&f.endpoint, Platform::Fcm) {
-                        Some(stub) => Arc::new(stub.map_err(|e| RunError::Dispatcher {
-                            key: format!("{key}.endpoint"),
-                            problem: e.to_string(),
-                        })?),
+                        Some(stub) => Arc::new(
+                            stub.map_err(|e| RunError::Dispatcher {
+                                key: format!("{key}.endpoint"),
+                                problem: e.to_string(),
+                            })?
+                            .with_quota_wait(config.dispatch.quota_wait),
+                        ),
                         None => {
                             let credentials = BearerCache::new(f.credentials_file.as_deref())
                                 .await
                                 .map_err(|e| problem(&e))?;
                             Arc::new(
                                 FcmClient::new(
-                                    FcmSettings::from_config(f, timeout),
+                                    FcmSettings::from_config(
+                                        f,
+                                        timeout,
+                                        config.dispatch.quota_wait,
+                                    ),
                                     Arc::new(credentials),
                                 )
                                 .map_err(|e| problem(&e))?,

@@ -1,8 +1,9 @@
 //! Circuit breaker per provider and app (SPEC §5.8).
 //!
 //! It opens on provider-level failures only — 5xx, timeouts, connection
-//! errors, FCM quota — never on per-device answers (APNs 429 TooManyRequests
-//! is about one device). Closed: requests flow and results are counted in a
+//! errors, FCM's project quota — never on per-device answers (APNs 429
+//! TooManyRequests and FCM's per-device message rate, `RetryCause::Quota {
+//! scope: Device }`, are about one device). Closed: requests flow and results are counted in a
 //! sliding window; when at least `min_requests` were seen and the share of
 //! provider-level failures reaches `failure_ratio`, it opens. Open: nothing is
 //! sent for `open_for`; targets are carried forward as retryable. Then one
@@ -290,7 +291,7 @@ fn bucket_start(now: Instant, bucket: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use push_dispatch_dispatch::RetryCause;
+    use push_dispatch_dispatch::{QuotaScope, RetryCause};
 
     fn config() -> CircuitConfig {
         CircuitConfig {
@@ -351,6 +352,41 @@ mod tests {
             );
         }
         assert!(!c.is_open());
+    }
+
+    fn quota(scope: QuotaScope) -> Outcome {
+        Outcome::Retryable {
+            after: Some(Duration::from_secs(60)),
+            cause: RetryCause::Quota {
+                scope,
+                provider_reason: "QUOTA_EXCEEDED".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_device_quota_never_opens_it_and_a_project_quota_does() {
+        let c = Circuit::new(config());
+        let t = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(
+                c.record_at(t, Admission::Allowed, &quota(QuotaScope::Device)),
+                None
+            );
+        }
+        assert!(
+            !c.is_open(),
+            "one device's message rate is not the provider's failure"
+        );
+        let c = Circuit::new(config());
+        let changes: Vec<_> = (0..10)
+            .filter_map(|_| c.record_at(t, Admission::Allowed, &quota(QuotaScope::Project)))
+            .collect();
+        assert!(c.is_open(), "the project's quota is");
+        assert!(
+            matches!(changes[..], [Transition::Opened { failures: 10, .. }]),
+            "{changes:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! error codes are closed sets; tokens, request ids and message ids never
 //! become labels.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -138,6 +140,10 @@ pub struct Metrics {
     pub circuit_open: Family<AppPlatformLabels, Gauge>,
     /// `push_dispatch_invalidation_guard_tripped{platform,app}`: 1 while tripped.
     pub guard_tripped: Family<AppPlatformLabels, Gauge>,
+    /// `push_dispatch_send_rate_limit{platform,app}`: the pushes per second
+    /// this pod may send now (the configured `rate_limit`, or less while
+    /// FCM's project quota is exceeded); −1 when unlimited.
+    pub send_rate_limit: Family<AppPlatformLabels, Gauge<f64, AtomicU64>>,
     /// `push_dispatch_invalidation_guard_held_total{platform,app}`: dead tokens held back.
     pub guard_held: Family<AppPlatformLabels, Counter>,
     /// `push_dispatch_duplicate_risk_total{window}`: events that may cause a resend.
@@ -181,6 +187,7 @@ impl Metrics {
             ack_failures: Counter::default(),
             circuit_open: Family::default(),
             guard_tripped: Family::default(),
+            send_rate_limit: Family::default(),
             guard_held: Family::default(),
             duplicate_risk: Family::default(),
             acks: Family::default(),
@@ -260,6 +267,11 @@ impl Metrics {
             "invalidation_guard_tripped",
             "1 while the mass-invalidation guard holds dead-token reports",
             m.guard_tripped.clone(),
+        );
+        r.register(
+            "send_rate_limit",
+            "Pushes per second this pod may send now, cut while FCM's project quota is exceeded (-1: unlimited)",
+            m.send_rate_limit.clone(),
         );
         r.register(
             "invalidation_guard_held",
@@ -391,6 +403,9 @@ pub struct SendHandles {
     pub guard_tripped: Gauge,
     /// `push_dispatch_invalidation_guard_held_total{platform,app}`.
     pub guard_held: Counter,
+    /// `push_dispatch_send_rate_limit{platform,app}`: −1 (unlimited) until
+    /// set; `crate::rate_limit::AdaptiveRate::with_gauge` keeps it current.
+    pub send_rate_limit: Gauge<f64, AtomicU64>,
 }
 
 impl SendHandles {
@@ -439,6 +454,17 @@ impl Metrics {
                     app: app.to_string(),
                 })
                 .clone(),
+            send_rate_limit: {
+                let gauge = self
+                    .send_rate_limit
+                    .get_or_create(&AppPlatformLabels {
+                        platform,
+                        app: app.to_string(),
+                    })
+                    .clone();
+                gauge.set(-1.0);
+                gauge
+            },
         }
     }
 }
@@ -480,6 +506,8 @@ mod tests {
         h.count(SendOutcome::Delivered);
         h.count(SendOutcome::RateLimited);
         h.circuit_open.set(1);
+        assert_eq!(h.send_rate_limit.get(), -1.0, "unlimited until set");
+        h.send_rate_limit.set(250.5);
         m.dead_letter(push_dispatch_proto::PushError::RetriesExhausted);
         m.message(MessageResult::DeadLettered);
         let text = render(&registry);
@@ -503,6 +531,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"push_dispatch_circuit_open{platform="apns",app="main"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"push_dispatch_send_rate_limit{platform="apns",app="main"} 250.5"#),
             "{text}"
         );
         assert!(

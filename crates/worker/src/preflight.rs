@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
+use push_dispatch_dispatch::{Dispatcher, Outcome, Push, QuotaScope, RejectReason, RetryCause};
 use push_dispatch_proto::v1::{Notification, Platform, PushRequest, Reason};
 
 use push_dispatch_config::Config;
@@ -288,6 +288,12 @@ pub fn verdict(outcome: &Outcome) -> ProbeVerdict {
                     provider_reason,
                 } => format!(
                     "the provider answered {status} {provider_reason}; try again, or check its status page"
+                ),
+                RetryCause::Quota {
+                    scope: QuotaScope::Project,
+                    provider_reason,
+                } => format!(
+                    "the provider answered 429 {provider_reason}: the project's sending quota is exhausted; wait for it to refill (dispatch.quota_wait), or ask for more quota"
                 ),
                 RetryCause::Credentials { problem } => format!(
                     "{problem}; check credentials_file (or the Workload Identity binding for Application Default Credentials), or key_file"

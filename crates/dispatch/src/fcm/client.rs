@@ -43,6 +43,8 @@ pub struct FcmClient {
     uri: http::Uri,
     pool: Pool,
     credentials: Arc<BearerCache>,
+    /// `dispatch.quota_wait`, for [`classify`].
+    quota_wait: std::time::Duration,
 }
 
 impl FcmClient {
@@ -68,6 +70,7 @@ impl FcmClient {
             uri,
             pool,
             credentials,
+            quota_wait: settings.quota_wait,
         })
     }
 }
@@ -149,7 +152,7 @@ impl Dispatcher for FcmClient {
                 refreshed = true;
                 continue;
             }
-            return classify(status, &error, retry_after);
+            return classify(status, &error, retry_after, self.quota_wait);
         }
     }
 }

@@ -5,13 +5,51 @@
 //! `errorCode` wins over the canonical `status`. `INVALID_ARGUMENT` means a
 //! dead token only when the message says the registration token is invalid;
 //! otherwise the payload is wrong and the push is rejected.
+//!
+//! ## `QUOTA_EXCEEDED`: whose quota?
+//!
+//! FCM's error reference (firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode)
+//! documents 429 `QUOTA_EXCEEDED` as "Sending limit exceeded for the message
+//! target", with a `google.rpc.QuotaFailure` detail naming the quota, and
+//! three causes: the project's message rate, one device's message rate, and
+//! a topic's message rate (the Admin SDKs say the same, e.g. the Ruby SDK's
+//! `QuotaExceededError`: "exceeded message rate quota, exceeded device
+//! message rate quota, or exceeded topic message rate quota"). The error
+//! code is the same for all three: what tells them apart is the
+//! `QuotaFailure` violations (`subject`, `description`) and the `message`
+//! (rails/action_push_native#129 reads the violations for exactly this).
+//! - Per device: FCM allows 240 messages a minute and 5,000 an hour to one
+//!   Android device (docs/cloud-messaging/throttling-and-quotas, "Maximum
+//!   message rate to a single device"). Only that device must wait; GCM
+//!   named it `DeviceMessageRateExceeded` and Google's advice was to back off
+//!   that registration token only, not all sending.
+//! - Per project: the downstream quota (600k messages a minute by default,
+//!   per-minute windows not aligned to the clock): FCM answers 429 "until the
+//!   quota is refilled in the following minute" (same page). Seen in the
+//!   wild with no `FcmError` at all, only `status: RESOURCE_EXHAUSTED`, the
+//!   message "Quota exceeded for quota metric 'Send requests' and limit 'Send
+//!   requests per minute' …" and a `google.rpc.ErrorInfo` with `reason:
+//!   RATE_LIMIT_EXCEEDED`, `quota_metric: fcm.googleapis.com/send_requests`,
+//!   `quota_limit: SendsPerMinutePerProject` (firebase/firebase-admin-go#719).
+//! - Per topic: topic fan-out; we send to tokens only, and it is not a device's.
+//!
+//! So [`ErrorBody::quota_scope`] says [`QuotaScope::Device`] when a
+//! `QuotaFailure` violation or the message names a device ("Device message
+//! rate exceeded"), and [`QuotaScope::Project`] for everything else,
+//! unknown shapes included: slowing the whole app down is the safe mistake.
+//!
+//! FCM's guidance for the project quota is to retry with exponential backoff
+//! starting at one minute, so a `QUOTA_EXCEEDED` without `Retry-After`
+//! waits `dispatch.quota_wait` (default 60 s). A `Retry-After` that FCM
+//! sends is its own word on when the quota refills and is honoured as given,
+//! shorter or longer than `quota_wait`.
 
 use std::time::Duration;
 
 use push_dispatch_proto::v1::Reason;
 use serde::Deserialize;
 
-use crate::{Outcome, RejectReason, RetryCause};
+use crate::{Outcome, QuotaScope, RejectReason, RetryCause};
 
 /// FCM v1 error codes (`FcmError.errorCode`), and canonical statuses seen without one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +138,23 @@ pub struct Detail {
     /// `BadRequest` field violations.
     #[serde(rename = "fieldViolations", default)]
     pub field_violations: Vec<FieldViolation>,
+    /// `QuotaFailure` violations: which quota was exceeded.
+    #[serde(default)]
+    pub violations: Vec<QuotaViolation>,
+    /// `ErrorInfo` reason, e.g. `RATE_LIMIT_EXCEEDED`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A `google.rpc.QuotaFailure.Violation`.
+#[derive(Debug, Default, Deserialize)]
+pub struct QuotaViolation {
+    /// What the quota check failed on, e.g. `project:…`, or a device.
+    #[serde(default)]
+    pub subject: String,
+    /// What was exceeded, e.g. "Device message rate exceeded".
+    #[serde(default)]
+    pub description: String,
 }
 
 /// A `google.rpc.BadRequest.FieldViolation`.
@@ -132,10 +187,35 @@ impl ErrorBody {
             .any(|v| v.field == "message.token");
         in_message || in_fields
     }
+
+    /// Whose quota a `QUOTA_EXCEEDED` is about (see the module docs): a
+    /// device's when a `QuotaFailure` violation, an `ErrorInfo` reason or the
+    /// message names a device; the project's otherwise, unknown shapes too.
+    pub fn quota_scope(&self) -> QuotaScope {
+        let names_a_device = |text: &str| text.to_ascii_lowercase().contains("device");
+        let in_details = self.error.details.iter().any(|d| {
+            d.violations
+                .iter()
+                .any(|v| names_a_device(&v.subject) || names_a_device(&v.description))
+                || d.reason.as_deref().is_some_and(names_a_device)
+        });
+        if in_details || names_a_device(&self.error.message) {
+            QuotaScope::Device
+        } else {
+            QuotaScope::Project
+        }
+    }
 }
 
-/// Classifies an FCM answer. `retry_after` is the parsed `Retry-After` header.
-pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) -> Outcome {
+/// Classifies an FCM answer. `retry_after` is the parsed `Retry-After`
+/// header; `quota_wait` (`dispatch.quota_wait`) is the wait of a
+/// `QUOTA_EXCEEDED` that came without one.
+pub fn classify(
+    status: u16,
+    body: &ErrorBody,
+    retry_after: Option<Duration>,
+    quota_wait: Duration,
+) -> Outcome {
     use FcmErrorCode::*;
     if (200..300).contains(&status) {
         return Outcome::Delivered;
@@ -170,12 +250,21 @@ pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) ->
             },
         },
     };
+    let quota = || Outcome::Retryable {
+        // FCM's own Retry-After wins, shorter or longer (see the module docs).
+        after: Some(retry_after.unwrap_or(quota_wait)),
+        cause: RetryCause::Quota {
+            scope: body.quota_scope(),
+            provider_reason: provider_reason.clone(),
+        },
+    };
     match code {
         Unregistered => dead(Reason::Unregistered),
         SenderIdMismatch => dead(Reason::SenderIdMismatch),
         InvalidArgument if body.is_about_the_token() => dead(Reason::InvalidRegistration),
         InvalidArgument | ThirdPartyAuthError | PermissionDenied | NotFound => reject(),
-        QuotaExceeded | Unavailable | Internal | Unauthenticated | UnspecifiedError => retry(),
+        QuotaExceeded => quota(),
+        Unavailable | Internal | Unauthenticated | UnspecifiedError => retry(),
         // Only FCM's own `UNREGISTERED` condemns a token. A bare 404 (a wrong
         // endpoint path, a proxy's error page) would make every token look
         // Unregistered, which the mass-invalidation guard lets through.
@@ -196,7 +285,7 @@ mod tests {
                 vec![Detail {
                     kind: "type.googleapis.com/google.firebase.fcm.v1.FcmError".into(),
                     error_code: Some(c.into()),
-                    field_violations: vec![],
+                    ..Default::default()
                 }]
             })
             .unwrap_or_default();
@@ -211,13 +300,15 @@ mod tests {
     }
 
     fn answer(http: u16, status: &str, code: Option<&str>, message: &str) -> Outcome {
-        classify(http, &body(status, code, message), None)
+        classify(http, &body(status, code, message), None, WAIT)
     }
+
+    const WAIT: Duration = Duration::from_secs(60);
 
     #[test]
     fn success() {
         assert_eq!(
-            classify(200, &ErrorBody::default(), None),
+            classify(200, &ErrorBody::default(), None, WAIT),
             Outcome::Delivered
         );
     }
@@ -271,14 +362,14 @@ mod tests {
         );
         by_field.error.details.push(Detail {
             kind: "type.googleapis.com/google.rpc.BadRequest".into(),
-            error_code: None,
             field_violations: vec![FieldViolation {
                 field: "message.token".into(),
                 description: "Invalid registration token".into(),
             }],
+            ..Default::default()
         });
         assert!(matches!(
-            classify(400, &by_field, None),
+            classify(400, &by_field, None, WAIT),
             Outcome::TokenInvalid {
                 reason: Reason::InvalidRegistration,
                 ..
@@ -296,17 +387,18 @@ mod tests {
     }
 
     #[test]
-    fn quota_unavailable_internal_are_retryable_and_honour_retry_after() {
+    fn unavailable_internal_are_retryable_and_honour_retry_after() {
         let o = classify(
-            429,
-            &body("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), "quota"),
+            503,
+            &body("UNAVAILABLE", Some("UNAVAILABLE"), ""),
             Some(Duration::from_secs(30)),
+            WAIT,
         );
         let Outcome::Retryable { after, cause } = o else {
             panic!("retryable");
         };
         assert_eq!(after, Some(Duration::from_secs(30)));
-        assert!(cause.is_provider_level(), "quota opens the circuit");
+        assert!(cause.is_provider_level());
         for (http, status, code) in [
             (503, "UNAVAILABLE", Some("UNAVAILABLE")),
             (500, "INTERNAL", Some("INTERNAL")),
@@ -315,9 +407,90 @@ mod tests {
             (502, "", None),
         ] {
             assert!(
-                matches!(answer(http, status, code, ""), Outcome::Retryable { .. }),
+                matches!(
+                    answer(http, status, code, ""),
+                    Outcome::Retryable {
+                        cause: RetryCause::Status { .. },
+                        ..
+                    }
+                ),
                 "{http} {status}"
             );
+        }
+    }
+
+    fn quota(o: Outcome) -> (Option<Duration>, QuotaScope, String) {
+        match o {
+            Outcome::Retryable {
+                after,
+                cause:
+                    RetryCause::Quota {
+                        scope,
+                        provider_reason,
+                    },
+            } => (after, scope, provider_reason),
+            other => panic!("not a quota answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn quota_exceeded_waits_quota_wait_unless_fcm_says_otherwise() {
+        let b = body("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), "quota");
+        let (after, scope, reason) = quota(classify(429, &b, None, WAIT));
+        assert_eq!(after, Some(WAIT), "no Retry-After: dispatch.quota_wait");
+        assert_eq!(scope, QuotaScope::Project);
+        assert_eq!(reason, "QUOTA_EXCEEDED");
+        // FCM's Retry-After is honoured as given, longer or shorter.
+        for given in [Duration::from_secs(90), Duration::from_secs(10)] {
+            let (after, ..) = quota(classify(429, &b, Some(given), WAIT));
+            assert_eq!(after, Some(given));
+        }
+    }
+
+    #[test]
+    fn a_device_message_rate_is_the_devices_quota_and_opens_no_circuit() {
+        // The QuotaFailure violation names the device.
+        let mut by_violation = body("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), "");
+        by_violation.error.details.push(Detail {
+            kind: "type.googleapis.com/google.rpc.QuotaFailure".into(),
+            violations: vec![QuotaViolation {
+                subject: "device".into(),
+                description: "Device message rate exceeded.".into(),
+            }],
+            ..Default::default()
+        });
+        // Only the message does.
+        let by_message = body(
+            "RESOURCE_EXHAUSTED",
+            Some("QUOTA_EXCEEDED"),
+            "Device message rate exceeded.",
+        );
+        for b in [by_violation, by_message] {
+            let o = classify(429, &b, None, WAIT);
+            let Outcome::Retryable { cause, .. } = &o else {
+                panic!("{o:?}");
+            };
+            assert!(!cause.is_provider_level(), "{o:?}");
+            assert_eq!(quota(o).1, QuotaScope::Device);
+        }
+    }
+
+    #[test]
+    fn the_project_quota_and_unknown_quotas_are_the_projects() {
+        // As seen from FCM (firebase-admin-go#719): no FcmError, an ErrorInfo.
+        let json = r#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'Send requests' and limit 'Send requests per minute' of service 'fcm.googleapis.com' for consumer 'project_number:1'.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED","domain":"googleapis.com","metadata":{"quota_metric":"fcm.googleapis.com/send_requests","quota_limit":"SendsPerMinutePerProject"}}]}}"#;
+        let b: ErrorBody = serde_json::from_str(json).expect("json");
+        let o = classify(429, &b, None, WAIT);
+        let Outcome::Retryable { cause, .. } = &o else {
+            panic!("{o:?}");
+        };
+        assert!(cause.is_provider_level(), "project quota opens the circuit");
+        let (after, scope, reason) = quota(o);
+        assert_eq!((after, scope), (Some(WAIT), QuotaScope::Project));
+        assert_eq!(reason, "RESOURCE_EXHAUSTED");
+        for message in ["Sending limit exceeded", "Topic quota exceeded.", ""] {
+            let b = body("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), message);
+            assert_eq!(quota(classify(429, &b, None, WAIT)).1, QuotaScope::Project);
         }
     }
 

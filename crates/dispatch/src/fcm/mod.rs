@@ -15,4 +15,4 @@ pub mod request;
 pub mod settings;
 
 pub use client::FcmClient;
-pub use settings::FcmSettings;
+pub use settings::{DEFAULT_QUOTA_WAIT, FcmSettings};

@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `dispatch.quota_wait` by default: FCM's advice for `QUOTA_EXCEEDED` is to
+/// back off at least a minute.
+pub const DEFAULT_QUOTA_WAIT: Duration = Duration::from_secs(60);
+
 /// What the FCM client needs.
 #[derive(Clone, Debug)]
 pub struct FcmSettings {
@@ -18,13 +22,18 @@ pub struct FcmSettings {
     pub connections: usize,
     /// Timeout of one request.
     pub request_timeout: Duration,
+    /// How long a `QUOTA_EXCEEDED` without `Retry-After` waits
+    /// (`dispatch.quota_wait`; [`DEFAULT_QUOTA_WAIT`]).
+    pub quota_wait: Duration,
 }
 
 impl FcmSettings {
-    /// Settings from an app's `fcm` block and `dispatch.request_timeout`.
+    /// Settings from an app's `fcm` block, `dispatch.request_timeout` and
+    /// `dispatch.quota_wait`.
     pub fn from_config(
         fcm: &push_dispatch_config::FcmConfig,
         request_timeout: Duration,
+        quota_wait: Duration,
     ) -> FcmSettings {
         FcmSettings {
             endpoint: fcm.endpoint.trim_end_matches('/').to_string(),
@@ -33,6 +42,7 @@ impl FcmSettings {
             ca_file: fcm.ca_file.clone(),
             connections: fcm.connections.max(1) as usize,
             request_timeout,
+            quota_wait,
         }
     }
 }

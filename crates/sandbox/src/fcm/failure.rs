@@ -17,7 +17,11 @@ pub(crate) enum Failure {
     InvalidToken,
     Unregistered,
     SenderIdMismatch,
+    /// The project's quota (`quota-`).
     QuotaExceeded,
+    /// One device's message rate (`quota-device-`): the same 429
+    /// `QUOTA_EXCEEDED`, told apart by its message and `QuotaFailure`.
+    DeviceQuotaExceeded,
     Unavailable,
     Internal,
 }
@@ -33,6 +37,7 @@ impl Failure {
         Failure::Unregistered,
         Failure::SenderIdMismatch,
         Failure::QuotaExceeded,
+        Failure::DeviceQuotaExceeded,
         Failure::Unavailable,
         Failure::Internal,
     ];
@@ -43,7 +48,7 @@ impl Failure {
             Failure::PermissionDenied | Failure::SenderIdMismatch => StatusCode::FORBIDDEN,
             Failure::NotFound | Failure::Unregistered => StatusCode::NOT_FOUND,
             Failure::InvalidArgument | Failure::InvalidToken => StatusCode::BAD_REQUEST,
-            Failure::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Failure::QuotaExceeded | Failure::DeviceQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -56,7 +61,7 @@ impl Failure {
             Failure::PermissionDenied | Failure::SenderIdMismatch => "PERMISSION_DENIED",
             Failure::NotFound | Failure::Unregistered => "NOT_FOUND",
             Failure::InvalidArgument | Failure::InvalidToken => "INVALID_ARGUMENT",
-            Failure::QuotaExceeded => "RESOURCE_EXHAUSTED",
+            Failure::QuotaExceeded | Failure::DeviceQuotaExceeded => "RESOURCE_EXHAUSTED",
             Failure::Unavailable => "UNAVAILABLE",
             Failure::Internal => "INTERNAL",
         }
@@ -69,7 +74,7 @@ impl Failure {
             Failure::InvalidArgument | Failure::InvalidToken => Some("INVALID_ARGUMENT"),
             Failure::Unregistered => Some("UNREGISTERED"),
             Failure::SenderIdMismatch => Some("SENDER_ID_MISMATCH"),
-            Failure::QuotaExceeded => Some("QUOTA_EXCEEDED"),
+            Failure::QuotaExceeded | Failure::DeviceQuotaExceeded => Some("QUOTA_EXCEEDED"),
             Failure::Unavailable => Some("UNAVAILABLE"),
             Failure::Internal => Some("INTERNAL"),
         }
@@ -89,8 +94,18 @@ impl Failure {
             Failure::Unregistered => "Requested entity was not found.",
             Failure::SenderIdMismatch => "SenderId mismatch",
             Failure::QuotaExceeded => "Quota exceeded for sending messages.",
+            Failure::DeviceQuotaExceeded => "Device message rate exceeded.",
             Failure::Unavailable => "The service is currently unavailable.",
             Failure::Internal => "Internal error encountered.",
+        }
+    }
+
+    /// The `google.rpc.QuotaFailure` violation (subject, description) of a
+    /// quota answer that names whose quota it is.
+    pub(super) fn quota_violation(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Failure::DeviceQuotaExceeded => Some(("device", "Device message rate exceeded.")),
+            _ => None,
         }
     }
 
@@ -110,6 +125,7 @@ impl Failure {
             Failure::Unregistered => "404 UNREGISTERED",
             Failure::SenderIdMismatch => "403 SENDER_ID_MISMATCH",
             Failure::QuotaExceeded => "429 QUOTA_EXCEEDED",
+            Failure::DeviceQuotaExceeded => "429 QUOTA_EXCEEDED (device)",
             Failure::Unavailable => "503 UNAVAILABLE",
             Failure::Internal => "500 INTERNAL",
         }

@@ -22,8 +22,12 @@
 //!    looks dead: the mass-invalidation scenario);
 //! 5. scripted token prefixes (SPEC §7): `unregistered-` 404 UNREGISTERED,
 //!    `invalid-` 400 INVALID_ARGUMENT (token), `mismatch-` 403
-//!    SENDER_ID_MISMATCH, `quota-` 429 QUOTA_EXCEEDED + `Retry-After`,
-//!    `unavailable-` 503 UNAVAILABLE, `flaky-` 503 twice per token then accepted;
+//!    SENDER_ID_MISMATCH, `quota-device-` 429 QUOTA_EXCEEDED for one device's
+//!    message rate (message "Device message rate exceeded.", a
+//!    `google.rpc.QuotaFailure` violation naming the device, no
+//!    `Retry-After`; matched before `quota-`), `quota-` 429 QUOTA_EXCEEDED
+//!    (the project's quota) + `Retry-After`, `unavailable-` 503 UNAVAILABLE,
+//!    `flaky-` 503 twice per token then accepted;
 //! 6. random faults, then 200 `{"name": "projects/{p}/messages/{id}"}`
 //!    (`validate_only` answers `…/messages/fake_message_id` and records nothing).
 //!
@@ -196,6 +200,12 @@ fn error_response(recorder: &Recorder, rejection: Rejection, faults: &Faults) ->
             "errorCode": code,
         }));
     }
+    if let Some((subject, description)) = failure.quota_violation() {
+        details.push(json!({
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{ "subject": subject, "description": description }],
+        }));
+    }
     if let Some(field) = rejection.field.filter(|f| !f.is_empty()) {
         details.push(json!({
             "@type": "type.googleapis.com/google.rpc.BadRequest",
@@ -242,6 +252,9 @@ fn scripted(recorder: &Recorder, token: &str) -> Option<Failure> {
         Some(Failure::InvalidToken)
     } else if token.starts_with("mismatch-") {
         Some(Failure::SenderIdMismatch)
+    } else if token.starts_with("quota-device-") {
+        // Before `quota-`, which it also starts with.
+        Some(Failure::DeviceQuotaExceeded)
     } else if token.starts_with("quota-") {
         Some(Failure::QuotaExceeded)
     } else if token.starts_with("unavailable-") {

@@ -276,6 +276,11 @@ async fn scripted_token_prefixes() {
         ("mismatch-1", StatusCode::FORBIDDEN, "SENDER_ID_MISMATCH"),
         ("quota-1", StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED"),
         (
+            "quota-device-1",
+            StatusCode::TOO_MANY_REQUESTS,
+            "QUOTA_EXCEEDED",
+        ),
+        (
             "unavailable-1",
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
@@ -292,7 +297,19 @@ async fn scripted_token_prefixes() {
             a.body["error"]["details"][0]["@type"],
             "type.googleapis.com/google.firebase.fcm.v1.FcmError"
         );
-        if token.starts_with("quota-") {
+        if token.starts_with("quota-device-") {
+            assert!(a.headers.get("retry-after").is_none(), "{:?}", a.headers);
+            assert_eq!(a.body["error"]["message"], "Device message rate exceeded.");
+            assert_eq!(a.body["error"]["status"], "RESOURCE_EXHAUSTED");
+            assert_eq!(
+                a.body["error"]["details"][1]["@type"],
+                "type.googleapis.com/google.rpc.QuotaFailure"
+            );
+            assert_eq!(
+                a.body["error"]["details"][1]["violations"][0]["subject"],
+                "device"
+            );
+        } else if token.starts_with("quota-") {
             assert_eq!(a.headers["retry-after"], "30");
         }
         if token.starts_with("unregistered-") {
@@ -338,6 +355,7 @@ async fn scripted_token_prefixes() {
     assert_eq!(stats.fcm_count("400 INVALID_ARGUMENT (token)"), 1);
     assert_eq!(stats.fcm_count("403 SENDER_ID_MISMATCH"), 1);
     assert_eq!(stats.fcm_count("429 QUOTA_EXCEEDED"), 2);
+    assert_eq!(stats.fcm_count("429 QUOTA_EXCEEDED (device)"), 1);
     assert_eq!(stats.fcm_count("503 UNAVAILABLE"), 4);
     assert_eq!(stats.fcm_count("200"), 1);
 }
