@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use push_dispatch_config::{CircuitConfig, GuardConfig};
-use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
+use push_dispatch_dispatch::{Dispatcher, Outcome, Push, QuotaScope, RejectReason, RetryCause};
 use push_dispatch_feedback::Sender;
 use push_dispatch_proto::v1::{Platform, PushRequest};
 use push_dispatch_proto::{ConfiguredApp, redact_token};
@@ -26,7 +26,7 @@ use crate::context::Deadline;
 use crate::guard::{Guard, Verdict};
 use crate::labels::{DuplicateWindow, RefreshResult, SendOutcome};
 use crate::metrics::{Metrics, SendHandles};
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{AdaptiveRate, Cut};
 use crate::shutdown::Shutdown;
 use crate::target::{NotSent, TargetResult, outcome_label};
 
@@ -100,7 +100,9 @@ pub struct Provider {
     sender: Sender,
     circuit: Circuit,
     guard: Guard,
-    limit: Option<RateLimit>,
+    /// This pod's send rate: the configured `rate_limit`, cut in half on
+    /// an FCM project quota and recovered additively (AIMD).
+    rate: AdaptiveRate,
     handles: SendHandles,
     metrics: Arc<Metrics>,
     /// Token refreshes already counted in the metric: (ok, failed).
@@ -152,16 +154,18 @@ impl Provider {
         metrics: Arc<Metrics>,
     ) -> Provider {
         let platform = settings.sender.platform();
+        let handles = metrics.send_handles(platform.label(), app);
         Provider {
             app: app.to_string(),
-            handles: metrics.send_handles(platform.label(), app),
+            rate: AdaptiveRate::new(settings.rate_limit, Instant::now())
+                .with_gauge(handles.send_rate_limit.clone()),
+            handles,
             dispatcher,
             bulkhead: Semaphore::new(settings.bulkhead.max(1)),
             parked: Arc::new(Semaphore::new(settings.max_parked)),
             sender: settings.sender,
             circuit: Circuit::new(settings.circuit),
             guard: Guard::new(settings.guard),
-            limit: settings.rate_limit.map(RateLimit::new),
             metrics,
             refreshes_seen: Default::default(),
             last_error: std::sync::Mutex::new(None),
@@ -266,7 +270,7 @@ impl Provider {
                 failures,
                 failure_ratio = config.failure_ratio,
                 open_for = ?config.open_for,
-                "circuit opened: {failures} of {requests} requests failed at the provider (5xx, timeouts, connection errors, quota); nothing is sent for {:?}, targets are carried forward",
+                "circuit opened: {failures} of {requests} requests failed at the provider (5xx, timeouts, connection or credential failures, FCM project quota); nothing is sent for {:?}, targets are carried forward",
                 config.open_for
             ),
             Transition::Reopened => tracing::warn!(
@@ -317,18 +321,17 @@ impl Provider {
             if let Some(wait) = self.dispatcher.backoff() {
                 return self.not_sent(NotSent::Backoff { wait });
             }
-            if let Some(limit) = &self.limit {
-                // Wait for the rate limit only within the in-process budget;
-                // a longer wait goes back to Pub/Sub rather than holding the lease.
-                let budget = limits.max_in_process_wait.saturating_sub(started.elapsed());
-                match limit.reserve_within(budget) {
-                    Ok(wait) if wait.is_zero() => {}
-                    Ok(wait) => tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
-                    },
-                    Err(wait) => return self.not_sent(NotSent::RateLimited { wait }),
-                }
+            // Wait for the rate limit only within the in-process budget; a
+            // longer wait goes back to Pub/Sub rather than holding the lease.
+            // Asked on every attempt, unlimited too: it measures the send rate.
+            let budget = limits.max_in_process_wait.saturating_sub(started.elapsed());
+            match self.rate.reserve_within(Instant::now(), budget) {
+                Ok(wait) if wait.is_zero() => {}
+                Ok(wait) => tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
+                },
+                Err(wait) => return self.not_sent(NotSent::RateLimited { wait }),
             }
             // Its own share first, then a process-wide slot: a provider
             // that hangs holds at most its bulkhead.
@@ -361,6 +364,7 @@ impl Provider {
             if let Some(change) = admitted.record(&outcome) {
                 self.circuit_changed(change);
             }
+            self.adapt_rate(&outcome);
             self.observe(&outcome, t0.elapsed(), retries + 1, token);
 
             let Outcome::Retryable { after, cause } = &outcome else {
@@ -380,6 +384,33 @@ impl Provider {
                 () = shutdown.draining() => return TargetResult::Answered(outcome),
             }
             retries += 1;
+        }
+    }
+
+    /// AIMD on the send rate: an FCM project quota halves it (at most once
+    /// a second), deliveries recover it additively.
+    fn adapt_rate(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Delivered => self.rate.on_success(Instant::now()),
+            Outcome::Retryable {
+                cause:
+                    RetryCause::Quota {
+                        scope: QuotaScope::Project,
+                        ..
+                    },
+                ..
+            } => {
+                if let Cut::Cut { from, to } = self.rate.on_quota(Instant::now()) {
+                    tracing::warn!(
+                        app = %self.app,
+                        platform = self.platform().label(),
+                        from,
+                        to,
+                        "FCM project quota exceeded: this pod's send rate cut from {from:.1} to {to:.1} pushes/s; it recovers additively while sends succeed"
+                    );
+                }
+            }
+            _ => {}
         }
     }
 
@@ -418,7 +449,8 @@ impl Provider {
                 "suspicious": suspicious,
                 "window_seconds": self.guard.config().window.as_secs(),
             },
-            "rate_limit": self.limit.as_ref().map(RateLimit::rate),
+            "rate_limit": self.rate.current(),
+            "rate_limit_configured": self.rate.configured(),
             "credentials": {
                 "refreshed": refreshes.ok,
                 "failed": refreshes.failed,
@@ -513,6 +545,10 @@ fn provider_status(outcome: &Outcome) -> Option<u16> {
         | Outcome::Rejected {
             reason: RejectReason::Provider { status, .. },
         } => Some(*status),
+        Outcome::Retryable {
+            cause: RetryCause::Quota { .. },
+            ..
+        } => Some(429),
         _ => None,
     }
 }

@@ -141,6 +141,15 @@ fn apns_sender() -> Sender {
 /// App `healthy` (APNs and FCM stubs) and app `broken` (APNs through
 /// `broken`), `concurrency` sends process-wide, bulkheads of `bulkhead`.
 fn fleet(broken: Arc<dyn Dispatcher>, concurrency: usize, bulkhead: usize) -> Fleet {
+    fleet_with(broken, concurrency, bulkhead, None)
+}
+
+fn fleet_with(
+    broken: Arc<dyn Dispatcher>,
+    concurrency: usize,
+    bulkhead: usize,
+    fcm_rate: Option<f64>,
+) -> Fleet {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let apns = Arc::new(StubDispatcher::new(Platform::Apns));
@@ -156,12 +165,15 @@ fn fleet(broken: Arc<dyn Dispatcher>, concurrency: usize, bulkhead: usize) -> Fl
         fcm: Some(Provider::new(
             "healthy",
             fcm.clone(),
-            settings(
-                Sender::Fcm {
-                    project: "example-project".into(),
-                },
-                bulkhead,
-            ),
+            ProviderSettings {
+                rate_limit: fcm_rate,
+                ..settings(
+                    Sender::Fcm {
+                        project: "example-project".into(),
+                    },
+                    bulkhead,
+                )
+            },
             metrics.clone(),
         )),
     };
@@ -478,4 +490,40 @@ async fn ttl_zero_is_now_or_never() {
         Settle::Ack(MessageResult::Expired)
     );
     assert_eq!(f.apns.delivered(), delivered);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_project_quota_halves_the_pods_fcm_rate_and_a_device_quota_does_not() {
+    let f = fleet_with(Arc::new(BlackHole::default()), 16, 8, Some(100.0));
+    let gauge = |r: &Registry| {
+        let text = render(r);
+        text.lines()
+            .find(|l| {
+                l.starts_with("push_dispatch_send_rate_limit{")
+                    && l.contains(r#"platform="fcm""#)
+                    && l.contains(r#"app="healthy""#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the gauge")
+    };
+    assert_eq!(gauge(&f.registry), 100.0);
+    let device = message(
+        "d1",
+        &request("healthy", &[(Platform::Fcm, "quota-device-1")]),
+        &[],
+    );
+    f.worker.process(&device, Some(1)).await;
+    assert_eq!(
+        gauge(&f.registry),
+        100.0,
+        "one device's quota is not the project's"
+    );
+    let project = message(
+        "p1",
+        &request("healthy", &[(Platform::Fcm, "quota-1")]),
+        &[],
+    );
+    f.worker.process(&project, Some(1)).await;
+    assert_eq!(gauge(&f.registry), 50.0, "halved (AIMD)");
 }
