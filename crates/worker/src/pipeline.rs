@@ -214,6 +214,18 @@ impl<O: Outbox> Worker<O> {
             let settlement = hand_back(&ctx, self.policy, NackCause::NotStarted);
             return self.carry_out(settlement, &ctx, None, None).await;
         }
+        // A `push_attempt` no republish of ours can have reached (a producer
+        // or a replay wrote it): dead-lettered with the reason, not sent.
+        if ctx.push_attempt > self.policy.max_republish.max(1) {
+            let settlement = poison(
+                push_dispatch_proto::PushError::RetriesExhausted,
+                format!(
+                    "push_attempt {} is above dispatch.max_republish {}: producers must not set push_attempt; replay with `push-dispatch dlq replay`, which clears it",
+                    ctx.push_attempt, self.policy.max_republish
+                ),
+            );
+            return self.carry_out(settlement, &ctx, None, None).await;
+        }
         // §5.2 poison fast path: undecodable or invalid as a whole.
         let request = match decode_request(&message.data, &message.attributes) {
             Ok(r) => r,

@@ -527,3 +527,26 @@ async fn a_project_quota_halves_the_pods_fcm_rate_and_a_device_quota_does_not() 
     f.worker.process(&project, Some(1)).await;
     assert_eq!(gauge(&f.registry), 50.0, "halved (AIMD)");
 }
+
+#[tokio::test]
+async fn a_push_attempt_above_max_republish_is_dead_lettered_with_the_reason() {
+    let f = fleet(Arc::new(BlackHole::default()), 16, 8);
+    let m = message(
+        "a1",
+        &request("healthy", &[(Platform::Apns, &apns_token("ab12"))]),
+        &[(attr::PUSH_ATTEMPT, "99999999999999999999".to_string())],
+    );
+    assert_eq!(
+        f.worker.process(&m, Some(1)).await,
+        Settle::Ack(MessageResult::DeadLettered)
+    );
+    assert_eq!(f.apns.delivered(), 0);
+    let dl = &f.worker.outbox().published().dead_letters[0];
+    assert_eq!(dl.attributes[attr::PUSH_ERROR], "retries_exhausted");
+    assert!(
+        dl.attributes[attr::PUSH_ERROR_DETAIL]
+            .contains("push_attempt 4294967295 is above dispatch.max_republish 3"),
+        "{}",
+        dl.attributes[attr::PUSH_ERROR_DETAIL]
+    );
+}
