@@ -9,7 +9,7 @@
 //!   requests and events the other way.
 //! * [`attributes`] names every Pub/Sub attribute we read or write, the
 //!   `push_error` codes, and which attributes travel onto what we publish.
-//! * [`subset`] cuts a copy of a request holding only some of its targets
+//! * [`subset`](mod@subset) cuts a copy of a request holding only some of its targets
 //!   from the bytes the producer wrote (dead letters, republished
 //!   remainders), keeping every other field as written.
 //! * [`validate`] checks a decoded request against the configured apps and
