@@ -128,7 +128,7 @@ fn subset(
         // unknown enum names, field name spellings). A body that decoded
         // always splices (the splice walks it as the decoder did); the
         // read-back can differ only where a decoded value is not equal to
-        // itself (a JSON double "NaN") or does not survive serde_json's
+        // itself (a double that is NaN) or does not survive serde_json's
         // float formatting.
         Ok(_) => {
             tracing::warn!(
