@@ -13,8 +13,10 @@ use std::collections::HashMap;
 pub const CONTENT_TYPE: &str = "content-type";
 /// Pub/Sub sets it on messages of topics with a schema (`JSON` or `BINARY`).
 pub const SCHEMA_ENCODING: &str = "googclient_schemaencoding";
-/// Prefix of the attributes Pub/Sub reserves for itself.
-pub const RESERVED_PREFIX: &str = "googclient_";
+/// Prefix of the attribute keys Pub/Sub reserves for Google (`goog…`: its
+/// own `googclient_schemaencoding`, the client libraries' `googclient_`
+/// trace context, and whatever it adds later).
+pub const RESERVED_PREFIX: &str = "goog";
 /// Prefix of the attributes Pub/Sub's DeadLetterPolicy adds to dead letters.
 pub const DEAD_LETTER_PREFIX: &str = "CloudPubSubDeadLetter";
 /// How many deliveries Pub/Sub made before its DeadLetterPolicy forwarded a message.
@@ -151,8 +153,10 @@ impl std::fmt::Display for PushError {
     }
 }
 
-/// Whether an attribute belongs to Pub/Sub (reserved `googclient_` keys,
-/// DeadLetterPolicy bookkeeping): never copied onto what we publish.
+/// Whether an attribute belongs to Pub/Sub (reserved `goog…` keys,
+/// DeadLetterPolicy bookkeeping): never copied onto what we publish (SPEC §9
+/// "Dead letters": the original attributes minus `goog*` and
+/// `CloudPubSubDeadLetter*`).
 pub fn is_pubsub_own(key: &str) -> bool {
     key.starts_with(RESERVED_PREFIX) || key.starts_with(DEAD_LETTER_PREFIX)
 }
@@ -224,11 +228,15 @@ mod tests {
             ("googclient_schemaencoding", "BINARY"),
             ("push_error", "x"),
             ("CloudPubSubDeadLetterSourceDeliveryCount", "5"),
+            ("googclient_traceparent", "00-x"),
+            ("google_future", "x"),
             ("trace", "keep"),
+            ("content-type", "application/x-protobuf"),
         ]);
         let (carried, dropped) = carried(&attrs);
-        assert_eq!(carried.len(), 1);
+        assert_eq!(carried.len(), 2);
         assert_eq!(carried["trace"], "keep");
+        assert_eq!(carried[CONTENT_TYPE], "application/x-protobuf");
         assert_eq!(dropped, 0);
     }
 
@@ -252,6 +260,7 @@ mod tests {
             DELIVERY_ATTEMPT,
             "CloudPubSubDeadLetterSourceSubscription",
             "googclient_schemaencoding",
+            "goog_anything",
         ] {
             assert!(is_cleared_on_replay(key), "{key}");
         }

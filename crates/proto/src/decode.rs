@@ -107,13 +107,19 @@ pub fn decode_request(
     data: &[u8],
     attributes: &HashMap<String, String>,
 ) -> Result<PushRequest, DecodeError> {
+    decode_as(data, Encoding::from_attributes(attributes))
+}
+
+/// Decodes a message body as a `PushRequest` in a known encoding (what
+/// [`decode_request`] does once it has read the attributes).
+pub fn decode_as(data: &[u8], encoding: Encoding) -> Result<PushRequest, DecodeError> {
     if data.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
             len: data.len(),
             max: MAX_MESSAGE_BYTES,
         });
     }
-    match Encoding::from_attributes(attributes) {
+    match encoding {
         Encoding::Binary => {
             PushRequest::decode(data).map_err(|source| DecodeError::Binary { source })
         }

@@ -9,6 +9,9 @@
 //!   requests and events the other way.
 //! * [`attributes`] names every Pub/Sub attribute we read or write, the
 //!   `push_error` codes, and which attributes travel onto what we publish.
+//! * [`subset`](mod@subset) cuts a copy of a request holding only some of its targets
+//!   from the bytes the producer wrote (dead letters, republished
+//!   remainders), keeping every other field as written.
 //! * [`validate`] checks a decoded request against the configured apps and
 //!   splits its targets into sendable ones and ones that alone are invalid.
 //!
@@ -17,6 +20,7 @@
 
 pub mod attributes;
 pub mod decode;
+pub mod subset;
 pub mod validate;
 
 /// Generated `push.v1` types (prost + pbjson).
@@ -27,7 +31,8 @@ pub mod v1 {
 }
 
 pub use attributes::PushError;
-pub use decode::{DecodeError, EncodeError, Encoding, decode_request, encode_message};
+pub use decode::{DecodeError, EncodeError, Encoding, decode_as, decode_request, encode_message};
+pub use subset::{SubsetError, subset};
 pub use validate::{
     AppPlatforms, Checked, ConfiguredApp, RequestError, TargetError, TokenProblem, check,
 };
@@ -47,8 +52,10 @@ impl v1::Platform {
 }
 
 impl v1::PushRequest {
-    /// A copy of this request that holds only the targets at `indices`
-    /// (used to dead-letter or republish part of a request).
+    /// A copy of this request that holds only the targets at `indices`, in
+    /// the order of `indices`. Dead letters and republished remainders are
+    /// cut from the original bytes instead ([`subset()`]), which keeps what
+    /// this struct cannot hold (unknown fields); this is their fallback.
     pub fn with_targets(&self, indices: &[usize]) -> v1::PushRequest {
         let mut copy = v1::PushRequest {
             targets: Vec::with_capacity(indices.len()),

@@ -1,14 +1,31 @@
 //! Turns a [`Letter`] of the plan into the Pub/Sub message to publish: its
-//! body (the original bytes, or a request holding only some targets, in the
-//! source's encoding) and its attributes, by the rules of
+//! body and its attributes, by the rules of
 //! [`push_dispatch_proto::attributes`]. Pure.
+//!
+//! Dead letters and republished remainders keep what the producer wrote
+//! (SPEC §9 "Dead letters"), so that a request a newer producer wrote (an
+//! unknown field, an unknown platform name) can still be replayed after an
+//! upgrade:
+//!
+//! * a letter of the whole message, or of every one of its targets, is the
+//!   original body, unchanged;
+//! * a letter of some targets is cut from the original body by
+//!   [`push_dispatch_proto::subset()`]: every other field as written, only
+//!   the chosen `targets` kept;
+//! * the attributes are the original ones minus Pub/Sub's (`goog*`,
+//!   `CloudPubSubDeadLetter*`) and our stale error attributes, plus ours;
+//!   `content-type` is added only where the body would otherwise be read in
+//!   another encoding (a binary body whose `googclient_schemaencoding` was
+//!   dropped).
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use std::collections::BTreeSet;
+
 use push_dispatch_proto::attributes::{self as attr, MAX_DETAIL_BYTES};
 use push_dispatch_proto::v1::PushRequest;
-use push_dispatch_proto::{Encoding, PushError, encode_message};
+use push_dispatch_proto::{Encoding, PushError, decode_as, encode_message};
 use push_dispatch_subscriber::publish::truncate_utf8;
 
 use crate::context::MessageContext;
@@ -47,16 +64,7 @@ pub fn compose(
         }) => {
             attributes.extend(error_attributes(ctx, *code, detail));
             let data = match targets {
-                Targets::All => {
-                    if ctx.encoding == Encoding::Binary {
-                        // `googclient_schemaencoding` is not carried: say it another way.
-                        attributes.insert(
-                            attr::CONTENT_TYPE.into(),
-                            Encoding::Binary.content_type().into(),
-                        );
-                    }
-                    ctx.data.to_vec()
-                }
+                Targets::All => whole(ctx, &mut attributes),
                 Targets::Only(indices) => subset(ctx, request, indices, &mut attributes),
             };
             Outgoing { data, attributes }
@@ -92,18 +100,88 @@ pub fn compose(
     }
 }
 
-/// The body of a request holding only `indices`, in the source's encoding;
-/// sets `content-type` to match.
+/// The original body, unchanged.
+fn whole(ctx: &MessageContext<'_>, attributes: &mut HashMap<String, String>) -> Vec<u8> {
+    announce(attributes, ctx.encoding);
+    ctx.data.to_vec()
+}
+
+/// The body of a request holding only the targets at `indices` (positions
+/// in `request.targets`, a set), cut from the original body; the original
+/// body itself when they are all of its targets.
 fn subset(
     ctx: &MessageContext<'_>,
     request: Option<&PushRequest>,
     indices: &[usize],
     attributes: &mut HashMap<String, String>,
 ) -> Vec<u8> {
-    let part = request.map(|r| r.with_targets(indices)).unwrap_or_default();
-    let (body, encoding) = encode_or_binary(&part, ctx.encoding);
-    attributes.insert(attr::CONTENT_TYPE.into(), encoding.content_type().into());
+    let Some(request) = request else {
+        // Without a decoded request there are no targets to choose from (the
+        // plan makes no such letter): an empty request, as before.
+        return reencode(&PushRequest::default(), ctx.encoding, attributes);
+    };
+    let chosen: Vec<usize> = indices
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if chosen.iter().copied().eq(0..request.targets.len()) {
+        return whole(ctx, attributes);
+    }
+    let part = request.with_targets(&chosen);
+    match push_dispatch_proto::subset(ctx.data, ctx.encoding, &chosen) {
+        // The splice must read back as exactly the targets the plan chose:
+        // that is what makes its positions the decoder's positions.
+        Ok(body) if decode_as(&body, ctx.encoding).is_ok_and(|cut| cut == part) => {
+            announce(attributes, ctx.encoding);
+            body
+        }
+        // The fallbacks: re-encoding the decoded request keeps every chosen
+        // target, losing only what the struct cannot hold (unknown fields,
+        // unknown enum names, field name spellings). A body that decoded
+        // always splices (the splice walks it as the decoder did); the
+        // read-back can differ only where a decoded value is not equal to
+        // itself (a double that is NaN) or does not survive serde_json's
+        // float formatting.
+        Ok(_) => {
+            tracing::warn!(
+                message_id = %ctx.message_id,
+                "the targets cut from the original body do not read back as the chosen ones; re-encoding the request instead"
+            );
+            reencode(&part, ctx.encoding, attributes)
+        }
+        Err(e) => {
+            tracing::error!(
+                message_id = %ctx.message_id,
+                error = %e,
+                "cannot cut the chosen targets from the original body; re-encoding the request instead"
+            );
+            reencode(&part, ctx.encoding, attributes)
+        }
+    }
+}
+
+/// `request` encoded in the source's encoding (binary should JSON fail).
+fn reencode(
+    request: &PushRequest,
+    encoding: Encoding,
+    attributes: &mut HashMap<String, String>,
+) -> Vec<u8> {
+    let (body, encoding) = encode_or_binary(request, encoding);
+    announce(attributes, encoding);
     body
+}
+
+/// Makes the attributes announce the body's `encoding`, as
+/// [`Encoding::from_attributes`] reads them (which the replayed or
+/// republished message is decoded by): adds `content-type` only when they
+/// would not, e.g. for a binary body whose `googclient_schemaencoding` was
+/// not carried. A producer's own `content-type` is otherwise kept as written.
+fn announce(attributes: &mut HashMap<String, String>, encoding: Encoding) {
+    if Encoding::from_attributes(attributes) != encoding {
+        attributes.insert(attr::CONTENT_TYPE.into(), encoding.content_type().into());
+    }
 }
 
 fn error_attributes(
@@ -165,35 +243,89 @@ mod tests {
         }
     }
 
+    /// `request()` as a newer producer might write it: unknown keys, an
+    /// unknown enum name, both spellings of field names.
+    const JSON_BODY: &str = r#"{"requestId": "r1", "thread_id": "t", "future": [1],
+        "priority": "PRIORITY_LATER",
+        "targets": [{"platform": "PLATFORM_FCM", "token": "a"},
+                    {"platform": "PLATFORM_FCM", "token": "b"},
+                    {"platform": "PLATFORM_FCM", "token": "c", "weight": 2}]}"#;
+
+    fn dead_letter(code: PushError, targets: Targets) -> Letter {
+        Letter::DeadLetter(DeadLetter {
+            code,
+            targets,
+            detail: "d".into(),
+        })
+    }
+
     #[test]
-    fn a_subset_dead_letter_holds_only_its_targets_and_names_its_reason() {
+    fn a_subset_dead_letter_is_cut_from_the_original_body_and_names_its_reason() {
         let message = Message::new()
             .set_message_id("m1")
-            .set_data(b"{}".to_vec())
+            .set_data(JSON_BODY.as_bytes().to_vec())
             .set_attributes([
                 ("trace", "keep"),
                 ("googclient_schemaencoding", "JSON"),
+                ("CloudPubSubDeadLetterSourceDeliveryCount", "4"),
                 (attr::PUSH_ERROR, "old"),
             ]);
         let ctx = MessageContext::of(&message, Some(3));
+        let decoded = push_dispatch_proto::decode_as(ctx.data, ctx.encoding).expect("decodes");
         let letter = Letter::DeadLetter(DeadLetter {
             code: PushError::ProviderRejected,
             targets: Targets::Only(vec![2]),
             detail: "x".repeat(3000),
         });
-        let out = compose(&letter, &ctx, Some(&request()));
+        let out = compose(&letter, &ctx, Some(&decoded));
+        assert_eq!(
+            out.data,
+            push_dispatch_proto::subset(JSON_BODY.as_bytes(), Encoding::Json, &[2])
+                .expect("splices")
+        );
+        let text = String::from_utf8(out.data.clone()).expect("utf-8");
+        for kept in [
+            r#""future":[1]"#,
+            r#""thread_id":"t""#,
+            "PRIORITY_LATER",
+            r#""weight":2"#,
+        ] {
+            assert!(text.contains(kept), "{kept} in {text}");
+        }
         let body =
             push_dispatch_proto::decode_request(&out.data, &out.attributes).expect("decodes");
-        assert_eq!(body.targets.len(), 1);
-        assert_eq!(body.targets[0].token, "c");
+        assert_eq!(body, decoded.with_targets(&[2]));
         let a = &out.attributes;
+        let mut keys: Vec<&str> = a.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                attr::DELIVERY_ATTEMPT,
+                attr::PUSH_ERROR,
+                attr::PUSH_ERROR_DETAIL,
+                attr::SOURCE_MESSAGE_ID,
+                "trace"
+            ],
+            "the original attributes minus Pub/Sub's, plus ours; JSON needs no content-type"
+        );
         assert_eq!(a[attr::PUSH_ERROR], "provider_rejected");
         assert_eq!(a[attr::PUSH_ERROR_DETAIL].len(), MAX_DETAIL_BYTES);
         assert_eq!(a[attr::SOURCE_MESSAGE_ID], "m1");
         assert_eq!(a[attr::DELIVERY_ATTEMPT], "3");
-        assert_eq!(a[attr::CONTENT_TYPE], "application/json");
         assert_eq!(a["trace"], "keep");
-        assert!(!a.contains_key("googclient_schemaencoding"));
+    }
+
+    #[test]
+    fn a_letter_of_every_target_is_the_original_body() {
+        let message = Message::new()
+            .set_message_id("m1")
+            .set_data(JSON_BODY.as_bytes().to_vec());
+        let ctx = MessageContext::of(&message, None);
+        let decoded = push_dispatch_proto::decode_as(ctx.data, ctx.encoding).expect("decodes");
+        let letter = dead_letter(PushError::RetriesExhausted, Targets::Only(vec![2, 0, 1]));
+        let out = compose(&letter, &ctx, Some(&decoded));
+        assert_eq!(out.data, JSON_BODY.as_bytes(), "whitespace and all");
     }
 
     #[test]
@@ -204,36 +336,103 @@ mod tests {
             .set_attributes([("googclient_schemaencoding", "BINARY")]);
         let ctx = MessageContext::of(&message, None);
         let out = compose(
-            &Letter::DeadLetter(DeadLetter {
-                code: PushError::DecodeBinary,
-                targets: Targets::All,
-                detail: "bad".into(),
-            }),
+            &dead_letter(PushError::DecodeBinary, Targets::All),
             &ctx,
             None,
         );
         assert_eq!(out.data, vec![1, 2, 3]);
         assert_eq!(out.attributes[attr::CONTENT_TYPE], "application/x-protobuf");
         assert!(!out.attributes.contains_key(attr::DELIVERY_ATTEMPT));
+        assert!(!out.attributes.contains_key("googclient_schemaencoding"));
+
+        // A producer's own content-type already says binary: kept as written.
+        let written = "application/x-protobuf; proto=push.v1.PushRequest";
+        let message = Message::new()
+            .set_message_id("m2")
+            .set_data(vec![1, 2, 3])
+            .set_attributes([(attr::CONTENT_TYPE, written)]);
+        let ctx = MessageContext::of(&message, None);
+        let out = compose(
+            &dead_letter(PushError::DecodeBinary, Targets::All),
+            &ctx,
+            None,
+        );
+        assert_eq!(out.attributes[attr::CONTENT_TYPE], written);
+    }
+
+    #[test]
+    fn a_binary_subset_is_a_splice_and_says_binary() {
+        // request() with an unknown field (99) before its targets.
+        let mut data = vec![0x98, 0x06, 0x01];
+        data.extend(encode_message(&request(), Encoding::Binary).expect("encodes"));
+        let message = Message::new()
+            .set_message_id("m1")
+            .set_data(data.clone())
+            .set_attributes([("googclient_schemaencoding", "BINARY")]);
+        let ctx = MessageContext::of(&message, None);
+        let decoded = push_dispatch_proto::decode_as(ctx.data, ctx.encoding).expect("decodes");
+        let out = compose(
+            &dead_letter(PushError::MalformedToken, Targets::Only(vec![0, 2])),
+            &ctx,
+            Some(&decoded),
+        );
+        assert_eq!(
+            out.data,
+            push_dispatch_proto::subset(&data, Encoding::Binary, &[0, 2]).expect("splices")
+        );
+        assert_eq!(
+            &out.data[..3],
+            &[0x98, 0x06, 0x01],
+            "the unknown field kept"
+        );
+        assert_eq!(out.attributes[attr::CONTENT_TYPE], "application/x-protobuf");
+        let body =
+            push_dispatch_proto::decode_request(&out.data, &out.attributes).expect("decodes");
+        assert_eq!(body, request().with_targets(&[0, 2]));
+    }
+
+    #[test]
+    fn a_body_the_targets_cannot_be_cut_from_falls_back_to_re_encoding() {
+        // Cannot happen to a body that decoded as `request`; here the body
+        // holds no targets at all, so the splice refuses position 2 and the
+        // decoded request is re-encoded: the chosen target is still there.
+        let message = Message::new().set_message_id("m1").set_data(b"{}".to_vec());
+        let ctx = MessageContext::of(&message, Some(1));
+        let out = compose(
+            &dead_letter(PushError::ProviderRejected, Targets::Only(vec![2])),
+            &ctx,
+            Some(&request()),
+        );
+        let body =
+            push_dispatch_proto::decode_request(&out.data, &out.attributes).expect("decodes");
+        assert_eq!(body, request().with_targets(&[2]));
+        assert_eq!(
+            out.data,
+            encode_message(&body, Encoding::Json).expect("encodes")
+        );
     }
 
     #[test]
     fn a_republished_remainder_carries_its_attempt_source_and_first_publish() {
-        let message = Message::new().set_message_id("m2").set_attributes([
-            (attr::SOURCE_MESSAGE_ID, "m1"),
-            (attr::PUSH_ATTEMPT, "2"),
-            (attr::FIRST_PUBLISH_TIME, "2026-12-01T00:00:00Z"),
-        ]);
+        let message = Message::new()
+            .set_message_id("m2")
+            .set_data(JSON_BODY.as_bytes().to_vec())
+            .set_attributes([
+                (attr::SOURCE_MESSAGE_ID, "m1"),
+                (attr::PUSH_ATTEMPT, "2"),
+                (attr::FIRST_PUBLISH_TIME, "2026-12-01T00:00:00Z"),
+            ]);
         let ctx = MessageContext::of(&message, Some(1));
+        let decoded = push_dispatch_proto::decode_as(ctx.data, ctx.encoding).expect("decodes");
         let out = compose(
             &Letter::Republish {
-                indices: vec![0, 1],
+                indices: vec![1, 2],
                 push_attempt: 3,
                 wait: Some(std::time::Duration::from_secs(30)),
                 deferrals: 2,
             },
             &ctx,
-            Some(&request()),
+            Some(&decoded),
         );
         let a = &out.attributes;
         assert_eq!(a[attr::PUSH_ATTEMPT], "3");
@@ -250,6 +449,12 @@ mod tests {
         assert_eq!(a[attr::SOURCE_MESSAGE_ID], "m1");
         assert_eq!(a[attr::FIRST_PUBLISH_TIME], "2026-12-01T00:00:00Z");
         assert!(!a.contains_key(attr::PUSH_ERROR));
+        assert_eq!(
+            out.data,
+            push_dispatch_proto::subset(JSON_BODY.as_bytes(), Encoding::Json, &[1, 2])
+                .expect("splices"),
+            "unknown keys and enum names travel on"
+        );
         let body =
             push_dispatch_proto::decode_request(&out.data, &out.attributes).expect("decodes");
         assert_eq!(body.targets.len(), 2);
@@ -263,11 +468,7 @@ mod tests {
         let message = Message::new().set_message_id("m1").set_attributes(crowd);
         let ctx = MessageContext::of(&message, Some(5));
         let mut out = compose(
-            &Letter::DeadLetter(DeadLetter {
-                code: PushError::RetriesExhausted,
-                targets: Targets::Only(vec![0]),
-                detail: "d".into(),
-            }),
+            &dead_letter(PushError::RetriesExhausted, Targets::Only(vec![0])),
             &ctx,
             Some(&request()),
         );

@@ -551,3 +551,245 @@ async fn a_wrong_firebase_project_trips_the_guard_and_reports_are_held_but_unreg
         "{text}"
     );
 }
+
+/// Dead letters keep what the producer wrote (SPEC §9 "Dead letters").
+mod dead_letters_keep_what_the_producer_wrote {
+    use super::*;
+
+    /// Unknown field 99 (varint 1).
+    const UNKNOWN_VARINT: [u8; 3] = [0x98, 0x06, 0x01];
+    /// Unknown field 100 (bytes "new").
+    const UNKNOWN_BYTES: [u8; 6] = [0xa2, 0x06, 0x03, b'n', b'e', b'w'];
+
+    fn binary(request: &PushRequest) -> Vec<u8> {
+        encode_message(request, Encoding::Binary).expect("encodes")
+    }
+
+    /// A request holding only `targets` (concatenated binary requests merge).
+    fn targets_only(targets: &[(i32, &str)]) -> Vec<u8> {
+        binary(&PushRequest {
+            targets: targets
+                .iter()
+                .map(|(platform, token)| Target {
+                    platform: *platform,
+                    token: token.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// The original attributes minus `goog*` and `CloudPubSubDeadLetter*`.
+    fn producer_attributes(encoding: &'static str) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("trace", "t1"),
+            ("googclient_schemaencoding", encoding),
+            ("goog_future", "x"),
+            ("CloudPubSubDeadLetterSourceDeliveryCount", "1"),
+        ]
+    }
+
+    fn keys(attributes: &HashMap<String, String>) -> Vec<&str> {
+        let mut keys: Vec<&str> = attributes.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_only_target_has_an_unknown_platform_is_dead_lettered_as_written() {
+        let h = Harness::new();
+        let json = br#"{"requestId": "r-1", "futureField": {"x": 1},
+            "targets": [{"platform": "PLATFORM_PIGEON", "token": "p1"}]}"#
+            .to_vec();
+        let json_message = h.raw(
+            json.clone(),
+            SystemTime::now(),
+            &producer_attributes("JSON"),
+        );
+        let bin = [
+            binary(&PushRequest {
+                request_id: "r-2".into(),
+                ..Default::default()
+            }),
+            UNKNOWN_VARINT.to_vec(),
+            targets_only(&[(7, "p2")]),
+        ]
+        .concat();
+        let bin_message = h.raw(
+            bin.clone(),
+            SystemTime::now(),
+            &producer_attributes("BINARY"),
+        );
+        for m in [&json_message, &bin_message] {
+            assert_eq!(h.process(m, 2).await, Settle::Ack(MessageResult::Acked));
+        }
+        let p = h.published();
+        assert_eq!(p.dead_letters.len(), 2);
+        let (j, b) = (&p.dead_letters[0], &p.dead_letters[1]);
+        assert_eq!(j.data, json, "the original JSON, whitespace and all");
+        assert_eq!(b.data, bin, "the original binary");
+        let ours = [
+            attr::DELIVERY_ATTEMPT,
+            attr::PUSH_ERROR,
+            attr::PUSH_ERROR_DETAIL,
+            attr::FIRST_PUBLISH_TIME,
+            attr::SOURCE_MESSAGE_ID,
+            "trace",
+        ];
+        assert_eq!(keys(&j.attributes), ours);
+        let mut with_content_type = ours.to_vec();
+        with_content_type.insert(0, attr::CONTENT_TYPE);
+        assert_eq!(
+            keys(&b.attributes),
+            with_content_type,
+            "binary without googclient_schemaencoding says so by content-type"
+        );
+        assert_eq!(b.attributes[attr::CONTENT_TYPE], "application/x-protobuf");
+        for d in [j, b] {
+            assert_eq!(d.attributes[attr::PUSH_ERROR], "unspecified_platform");
+            assert_eq!(d.attributes["trace"], "t1");
+            assert_eq!(d.attributes[attr::DELIVERY_ATTEMPT], "2");
+        }
+        assert_eq!(b.attributes[attr::SOURCE_MESSAGE_ID], "m2");
+
+        // `dlq replay` clears our error attributes and Pub/Sub's, and the
+        // replayed message reads as the producer's request again.
+        let replayed: Vec<(&str, &str)> = b
+            .attributes
+            .iter()
+            .filter(|(k, _)| !attr::is_cleared_on_replay(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut replayed_keys: Vec<&str> = replayed.iter().map(|(k, _)| *k).collect();
+        replayed_keys.sort_unstable();
+        assert_eq!(
+            replayed_keys,
+            [
+                attr::CONTENT_TYPE,
+                attr::FIRST_PUBLISH_TIME,
+                attr::SOURCE_MESSAGE_ID,
+                "trace"
+            ]
+        );
+        let again = h.raw(b.data.clone(), SystemTime::now(), &replayed);
+        let decoded = decode_request(&again.data, &again.attributes).expect("decodes");
+        assert_eq!(decoded.request_id, "r-2");
+        assert_eq!(decoded.targets[0].platform, 7, "the unknown platform kept");
+    }
+
+    #[tokio::test]
+    async fn a_dead_lettered_target_beside_a_delivered_one_is_a_splice_of_the_original() {
+        let h = Harness::new();
+        let ok = apns_token("ab12");
+        // Binary, fields out of canonical order, unknown fields around.
+        let apns = Platform::Apns as i32;
+        let ok_target = targets_only(&[(apns, &ok)]);
+        let rest = [
+            UNKNOWN_VARINT.to_vec(),
+            binary(&PushRequest {
+                request_id: "r-3".into(),
+                recipient: "user-7".into(),
+                ..Default::default()
+            }),
+            targets_only(&[(apns, "not-hex")]),
+            UNKNOWN_BYTES.to_vec(),
+        ]
+        .concat();
+        let bin = [ok_target, rest.clone()].concat();
+        let m = h.raw(
+            bin,
+            SystemTime::now(),
+            &[(attr::CONTENT_TYPE, "application/x-protobuf")],
+        );
+        assert_eq!(h.process(&m, 1).await, Settle::Ack(MessageResult::Acked));
+        // JSON, with unknown keys, an unknown enum name and both spellings.
+        let json = format!(
+            r#"{{"request_id": "r-4", "collapseKey": "c", "priority": "PRIORITY_LATER",
+                "future": {{"a": [1, 2]}},
+                "targets": [{{"platform": "PLATFORM_APNS", "token": "{ok}"}},
+                            {{"platform": "PLATFORM_APNS", "token": "not-hex", "weight": 1}}]}}"#
+        );
+        let m = h.raw(json.clone().into_bytes(), SystemTime::now(), &[]);
+        assert_eq!(h.process(&m, 1).await, Settle::Ack(MessageResult::Acked));
+        assert_eq!(h.delivered(), 2, "the good targets");
+
+        let p = h.published();
+        assert_eq!(p.dead_letters.len(), 2);
+        let (b, j) = (&p.dead_letters[0], &p.dead_letters[1]);
+        assert_eq!(b.attributes[attr::PUSH_ERROR], "malformed_token");
+        assert_eq!(b.data, rest, "every other field byte for byte, in order");
+        assert_eq!(b.attributes[attr::CONTENT_TYPE], "application/x-protobuf");
+
+        assert_eq!(j.attributes[attr::PUSH_ERROR], "malformed_token");
+        assert!(!j.attributes.contains_key(attr::CONTENT_TYPE));
+        let got: serde_json::Value = serde_json::from_slice(&j.data).expect("JSON");
+        let mut expected: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        expected["targets"]
+            .as_array_mut()
+            .expect("targets")
+            .remove(0);
+        assert_eq!(got, expected, "every other key as the producer wrote it");
+        assert_eq!(tokens(&j.data, &j.attributes), vec!["not-hex"]);
+    }
+
+    #[tokio::test]
+    async fn a_republished_remainder_keeps_unknown_fields() {
+        let h = Harness::new();
+        let (ok, failing) = (apns_token("ab12"), apns_token("0503"));
+        let json = format!(
+            r#"{{"requestId": "r-5", "future": true, "priority": "PRIORITY_LATER",
+                "targets": [{{"platform": "PLATFORM_APNS", "token": "{ok}"}},
+                            {{"platform": "PLATFORM_APNS", "token": "{failing}", "weight": 1}}]}}"#
+        );
+        let m = h.raw(
+            json.clone().into_bytes(),
+            SystemTime::now(),
+            &[("trace", "t")],
+        );
+        assert_eq!(
+            h.process(&m, 1).await,
+            Settle::Ack(MessageResult::Republished)
+        );
+        let apns = Platform::Apns as i32;
+        let rest = [
+            UNKNOWN_VARINT.to_vec(),
+            targets_only(&[(apns, &failing)]),
+            UNKNOWN_BYTES.to_vec(),
+        ]
+        .concat();
+        let bin = [targets_only(&[(apns, &ok)]), rest.clone()].concat();
+        let m = h.raw(
+            bin,
+            SystemTime::now(),
+            &[("googclient_schemaencoding", "BINARY")],
+        );
+        assert_eq!(
+            h.process(&m, 1).await,
+            Settle::Ack(MessageResult::Republished)
+        );
+
+        let p = h.published();
+        let (j, b) = (&p.republished[0], &p.republished[1]);
+        let got: serde_json::Value = serde_json::from_slice(&j.data).expect("JSON");
+        let mut expected: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        expected["targets"]
+            .as_array_mut()
+            .expect("targets")
+            .remove(0);
+        assert_eq!(got, expected, "unknown keys and enum names travel on");
+        assert_eq!(j.attributes["trace"], "t");
+        assert_eq!(b.data, rest, "unknown fields travel on, byte for byte");
+        assert_eq!(b.attributes[attr::CONTENT_TYPE], "application/x-protobuf");
+        assert_eq!(b.attributes[attr::PUSH_ATTEMPT], "2");
+
+        // Received again, the remainder holds only the failing target.
+        let attrs: Vec<(&str, &str)> = b
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let again = h.raw(b.data.clone(), SystemTime::now(), &attrs);
+        assert_eq!(h.process(&again, 1).await, Settle::Nack, "nothing final");
+        assert_eq!(h.delivered(), 2, "each delivered target was sent once");
+    }
+}
