@@ -124,9 +124,15 @@ impl ConnState {
         deadline: Instant,
         give_up: Option<&CancellationToken>,
     ) -> Result<StreamPermit<'_>, SendError> {
+        let mut woken = false;
         loop {
             let max = send.current_max_send_streams().max(1);
             if let Some(permit) = self.try_stream(max) {
+                if woken && self.streams.load(Ordering::Acquire) < max {
+                    // The server may have raised its limit (APNs does once a
+                    // connection is warm): wake the next waiter too.
+                    self.freed.notify_one();
+                }
                 return Ok(permit);
             }
             let freed = self.freed.notified();
@@ -141,7 +147,10 @@ impl ConnState {
                 () = tokio::time::sleep_until(deadline) => {
                     "the request's time ran out while waiting for a free stream"
                 }
-                () = &mut freed => continue,
+                () = &mut freed => {
+                    woken = true;
+                    continue;
+                }
             };
             // Pass on a wake-up this waiter may have taken.
             self.freed.notify_one();
