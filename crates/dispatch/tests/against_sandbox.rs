@@ -587,3 +587,15 @@ async fn unanswered_streams_time_out_at_the_deadline() {
     }
     assert_eq!(w.sandbox.stats().blackholed, 2);
 }
+
+#[tokio::test]
+async fn a_silent_tls_endpoint_fails_the_handshake_within_the_timeout() {
+    let w = world_with(true, |c| c.blackhole = true).await;
+    let timeout = Duration::from_millis(500);
+    let apns = w.apns_timing_out(true, timeout);
+    let started = tokio::time::Instant::now();
+    let o = send(&apns, &alert(), &apns_token("a1b2")).await;
+    let took = started.elapsed();
+    assert!(matches!(cause(&o), RetryCause::Connect { .. }), "{o:?}");
+    assert!(took < timeout.mul_f64(1.5) + SLACK, "{took:?}");
+}
