@@ -164,6 +164,14 @@ pub struct SandboxArgs {
     /// DURATION (as Apple does to a token past 60 minutes, or one it revoked).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub expire_provider_tokens_every: Option<Duration>,
+    /// Black hole: accept TCP connections and never send a byte (no TLS,
+    /// no HTTP/2), like a firewall or an exhausted NAT.
+    #[arg(long)]
+    pub blackhole: bool,
+    /// Black hole for streams: complete TLS and HTTP/2, never answer an
+    /// APNs or FCM request.
+    #[arg(long)]
+    pub blackhole_streams: bool,
 }
 
 /// A target platform on the command line.

@@ -345,6 +345,8 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
     );
     config.listen = args.listen;
     config.tls_listen = args.tls_listen;
+    config.blackhole = args.blackhole;
+    config.blackhole_streams = args.blackhole_streams;
     let cert_file = args.dir.join("sandbox-cert.pem");
     if args.tls_listen.is_some() {
         config.cert_file = Some(cert_file.clone());

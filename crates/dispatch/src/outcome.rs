@@ -48,9 +48,10 @@ pub enum RetryCause {
     /// The connection broke while the request was in flight: the provider
     /// may have delivered it.
     Connection,
-    /// The provider provably never saw the request: no connection could be
-    /// made, or HTTP/2 refused the stream (`REFUSED_STREAM`, or above the last
-    /// stream id of a `GOAWAY`). A resend cannot duplicate the push.
+    /// The provider provably never saw the request: HTTP/2 refused the
+    /// stream (`REFUSED_STREAM`, or above the last stream id of a `GOAWAY`),
+    /// or the request was still queued locally (never written) when its
+    /// deadline passed or it was given up. A resend cannot duplicate the push.
     Unsent,
     /// A credential could not be obtained locally (the APNs key cannot sign
     /// a provider token, no FCM OAuth token, or the credential is in its

@@ -1,5 +1,7 @@
 //! The real APNs and FCM clients against the strict sandbox (HTTP/2, ES256
-//! provider tokens, OAuth bearer tokens issued after an RS256 assertion).
+//! provider tokens, OAuth bearer tokens issued after an RS256 assertion),
+//! and against black-holed sandboxes (`blackhole`: TCP accepted, never a
+//! byte; `blackhole_streams`: HTTP/2 up, never an answer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,10 @@ fn free_port() -> u16 {
 }
 
 async fn world(tls: bool, faults: Faults) -> World {
+    world_with(tls, |c| c.faults = faults).await
+}
+
+async fn world_with(tls: bool, adjust: impl FnOnce(&mut SandboxConfig)) -> World {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let creds = devkeys::ensure(
@@ -43,7 +49,7 @@ async fn world(tls: bool, faults: Faults) -> World {
         config.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
         config.cert_file = Some(dir.path().join("sandbox-cert.pem"));
     }
-    config.faults = faults;
+    adjust(&mut config);
     let sandbox = Sandbox::start(config).await.expect("sandbox");
     World {
         sandbox,
@@ -54,6 +60,10 @@ async fn world(tls: bool, faults: Faults) -> World {
 
 impl World {
     fn apns(&self, tls: bool) -> ApnsClient {
+        self.apns_timing_out(tls, Duration::from_secs(10))
+    }
+
+    fn apns_timing_out(&self, tls: bool, request_timeout: Duration) -> ApnsClient {
         let (endpoint, ca_file) = if tls {
             (
                 self.sandbox.tls_base_url().expect("tls url"),
@@ -70,11 +80,15 @@ impl World {
             topic: TOPIC.into(),
             connections: 2,
             ca_file,
-            request_timeout: Duration::from_secs(10),
+            request_timeout,
         })
     }
 
     async fn fcm(&self, tls: bool) -> FcmClient {
+        self.fcm_timing_out(tls, Duration::from_secs(10)).await
+    }
+
+    async fn fcm_timing_out(&self, tls: bool, request_timeout: Duration) -> FcmClient {
         let (endpoint, ca_file) = if tls {
             (
                 self.sandbox.tls_base_url().expect("tls url"),
@@ -89,7 +103,7 @@ impl World {
             credentials_file: Some(self.creds.service_account_file.clone()),
             ca_file,
             connections: 2,
-            request_timeout: Duration::from_secs(10),
+            request_timeout,
             quota_wait: push_dispatch_dispatch::fcm::DEFAULT_QUOTA_WAIT,
         })
         .await
@@ -457,4 +471,132 @@ async fn goaway_mid_burst_is_a_retryable_connection_answer_never_a_lost_send() {
         .map(|d| d.token)
         .collect();
     assert_eq!(unique.len(), 300);
+}
+
+/// Slack on top of the time bounds below, for CI noise.
+const SLACK: Duration = Duration::from_millis(500);
+
+fn cause(o: &Outcome) -> &RetryCause {
+    match o {
+        Outcome::Retryable { cause, .. } => cause,
+        other => panic!("not retryable: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_fails_every_send_fast_and_then_at_once() {
+    let w = world_with(false, |c| c.blackhole = true).await;
+    let timeout = Duration::from_secs(1);
+    let apns = Arc::new(w.apns_timing_out(false, timeout));
+    let started = tokio::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let apns = apns.clone();
+        sends.spawn(async move {
+            let sent = tokio::time::Instant::now();
+            let o = send(apns.as_ref(), &alert(), &apns_token(&format!("{i:04}"))).await;
+            (o, sent.elapsed())
+        });
+    }
+    while let Some(done) = sends.join_next().await {
+        let (o, took) = done.expect("task");
+        assert!(matches!(cause(&o), RetryCause::Connect { .. }), "{o:?}");
+        assert!(
+            took < timeout.mul_f64(1.5) + SLACK,
+            "one send took {took:?}"
+        );
+    }
+    assert!(started.elapsed() < timeout.mul_f64(1.5) + SLACK);
+    // Every slot is backing off (poll: the last dial may end a moment later).
+    let end = tokio::time::Instant::now() + timeout + SLACK;
+    while apns.backoff().is_none() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the client never backed off"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = tokio::time::Instant::now();
+    let o = send(apns.as_ref(), &alert(), &apns_token("a1b2")).await;
+    assert!(
+        again.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        again.elapsed()
+    );
+    match cause(&o) {
+        RetryCause::Connect { problem } => assert!(problem.contains("next dial in"), "{problem}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        w.sandbox.stats().connections,
+        2,
+        "one dial per connection slot"
+    );
+    apns.close().await;
+}
+
+#[tokio::test]
+async fn a_send_given_up_while_waiting_for_a_connection_ends_at_once() {
+    let w = world_with(false, |c| c.blackhole = true).await;
+    let apns = Arc::new(w.apns_timing_out(false, Duration::from_secs(2)));
+    let give_up = push_dispatch_dispatch::CancellationToken::new();
+    let sending = {
+        let (apns, give_up) = (apns.clone(), give_up.clone());
+        tokio::spawn(async move {
+            let request = alert();
+            let token = apns_token("a1b2");
+            apns.send(Push {
+                request: &request,
+                token: &token,
+                expires_at: None,
+                give_up: Some(&give_up),
+            })
+            .await
+        })
+    };
+    let end = tokio::time::Instant::now() + Duration::from_secs(2);
+    while w.sandbox.stats().connections == 0 {
+        assert!(tokio::time::Instant::now() < end, "no dial");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancelled = tokio::time::Instant::now();
+    give_up.cancel();
+    let o = sending.await.expect("task");
+    assert!(cancelled.elapsed() < Duration::from_millis(100));
+    assert_eq!(
+        cause(&o),
+        &RetryCause::Unsent,
+        "not sent, never Timeout/Connection"
+    );
+    apns.close().await;
+}
+
+#[tokio::test]
+async fn unanswered_streams_time_out_at_the_deadline() {
+    let w = world_with(false, |c| c.blackhole_streams = true).await;
+    let timeout = Duration::from_millis(500);
+    let apns = w.apns_timing_out(false, timeout);
+    let fcm = w.fcm_timing_out(false, timeout).await;
+    for d in [&apns as &dyn Dispatcher, &fcm] {
+        let started = tokio::time::Instant::now();
+        let o = send(d, &alert(), &apns_token("a1b2")).await;
+        let took = started.elapsed();
+        // Written, then no answer: this one may have been delivered.
+        assert_eq!(cause(&o), &RetryCause::Timeout, "{o:?}");
+        assert!(took >= timeout && took < timeout + SLACK, "{took:?}");
+        assert_eq!(d.backoff(), None, "the connection is up");
+    }
+    assert_eq!(w.sandbox.stats().blackholed, 2);
+}
+
+#[tokio::test]
+async fn a_silent_tls_endpoint_fails_the_handshake_within_the_timeout() {
+    let w = world_with(true, |c| c.blackhole = true).await;
+    let timeout = Duration::from_millis(500);
+    let apns = w.apns_timing_out(true, timeout);
+    let started = tokio::time::Instant::now();
+    let o = send(&apns, &alert(), &apns_token("a1b2")).await;
+    let took = started.elapsed();
+    assert!(matches!(cause(&o), RetryCause::Connect { .. }), "{o:?}");
+    assert!(took < timeout.mul_f64(1.5) + SLACK, "{took:?}");
 }

@@ -1,6 +1,6 @@
 //! What a sandbox is started with: where it listens, the APNs key and the
-//! Firebase project (with its service account) it accepts, and the initial
-//! fault flags. Plain data, read from YAML/JSON or built in code
+//! Firebase project (with its service account) it accepts, the initial
+//! fault flags, and the black holes (for the whole instance). Plain data, read from YAML/JSON or built in code
 //! ([`SandboxConfig::local`]); [`crate::Sandbox::start`] checks it.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +30,19 @@ pub struct SandboxConfig {
     /// Initial fault flags; [`Faults::default`] injects none.
     #[serde(default)]
     pub faults: Faults,
+    /// Black hole (`--blackhole`): every listener accepts TCP connections
+    /// and holds them open without ever sending a byte (no TLS handshake,
+    /// no HTTP/2 preface), as a firewall or an exhausted NAT does. The
+    /// control endpoints are unreachable too: inspect in process. For the
+    /// whole instance; start one per black-holed app.
+    #[serde(default)]
+    pub blackhole: bool,
+    /// Stream black hole (`--blackhole-streams`): TLS and HTTP/2 complete
+    /// normally, but no APNs or FCM request stream is ever answered (OAuth
+    /// `/token` and `/sandbox/*` still answer, so that an FCM client gets
+    /// its token and a test can look). For the whole instance.
+    #[serde(default)]
+    pub blackhole_streams: bool,
 }
 
 impl SandboxConfig {
@@ -42,6 +55,8 @@ impl SandboxConfig {
             apns,
             fcm,
             faults: Faults::default(),
+            blackhole: false,
+            blackhole_streams: false,
         }
     }
 }

@@ -18,6 +18,27 @@
 //! Each handler module documents its checks in order; the scripted token
 //! prefixes are those of SPEC §7.
 //!
+//! Black holes, for the whole instance (start a separate sandbox for a
+//! black-holed app), set in [`SandboxConfig`] (`push-dispatch sandbox
+//! --blackhole` / `--blackhole-streams`):
+//! - `blackhole`: every listener accepts TCP connections and holds them
+//!   open without ever sending a byte (no TLS handshake, no HTTP/2
+//!   preface), like a firewall that drops packets or an exhausted Cloud
+//!   NAT; the `/sandbox/*` endpoints are unreachable too (use
+//!   [`Sandbox::stats`] in process, which counts the connections);
+//! - `blackhole_streams`: TLS and HTTP/2 complete normally (SETTINGS,
+//!   PINGs answered), but no APNs or FCM request stream is ever answered
+//!   (counted in [`Stats::blackholed`]); `/token` and `/sandbox/*` still
+//!   answer.
+//!
+//! ```no_run
+//! # async fn demo(config: push_dispatch_sandbox::SandboxConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use push_dispatch_sandbox::{Sandbox, SandboxConfig};
+//! let silent = Sandbox::start(SandboxConfig { blackhole: true, ..config }).await?;
+//! // point a client's endpoint at silent.base_url(): its dials time out.
+//! # silent.shutdown().await; Ok(()) }
+//! ```
+//!
 //! What it is not: a model of delivery to devices, of APNs certificates, of FCM
 //! topics fan-out or of any rate limit beyond what SPEC §7 scripts. It is strict
 //! where a lenient fake would hide a client bug, and cheap on the accepted path
@@ -149,17 +170,31 @@ impl Sandbox {
             apns,
             fcm::Fcm::new(config.fcm.project_id.clone()),
             oauth::OAuth::new(sa, own_token_uris),
+            config.blackhole_streams,
         ));
         state.apply_faults(config.faults);
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        server::spawn_listener(listener, None, state.clone(), cancel.clone(), tasks.clone());
+        let serve = |tls| {
+            if config.blackhole {
+                server::Serve::BlackHole
+            } else {
+                server::Serve::Http(tls)
+            }
+        };
+        server::spawn_listener(
+            listener,
+            serve(None),
+            state.clone(),
+            cancel.clone(),
+            tasks.clone(),
+        );
         let cert_pem = match (tls_listener, tls_material) {
             (Some(listener), Some(material)) => {
                 server::spawn_listener(
                     listener,
-                    Some(material.acceptor),
+                    serve(Some(material.acceptor)),
                     state.clone(),
                     cancel.clone(),
                     tasks.clone(),
@@ -169,7 +204,13 @@ impl Sandbox {
             _ => None,
         };
         tasks.close();
-        tracing::info!(%addr, ?tls_addr, "sandbox listening");
+        tracing::info!(
+            %addr,
+            ?tls_addr,
+            blackhole = config.blackhole,
+            blackhole_streams = config.blackhole_streams,
+            "sandbox listening"
+        );
         Ok(Sandbox {
             addr,
             tls_addr,

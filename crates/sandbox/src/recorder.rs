@@ -83,6 +83,8 @@ pub struct Stats {
     pub connections: u64,
     /// GOAWAYs sent by the `goaway_every` fault.
     pub goaways: u64,
+    /// APNs and FCM requests left unanswered by `blackhole_streams`.
+    pub blackholed: u64,
 }
 
 impl Stats {
@@ -204,6 +206,7 @@ pub(crate) struct Recorder {
     pub provider_tokens_expired: AtomicU64,
     pub connections: AtomicU64,
     pub goaways: AtomicU64,
+    pub blackholed: AtomicU64,
     deliveries: Mutex<VecDeque<RawDelivery>>,
     flaky: Mutex<HashMap<(Platform, Box<str>), u8>>,
 }
@@ -225,6 +228,7 @@ impl Recorder {
             provider_tokens_expired: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             goaways: AtomicU64::new(0),
+            blackholed: AtomicU64::new(0),
             deliveries: Mutex::new(VecDeque::with_capacity(1024)),
             flaky: Mutex::new(HashMap::new()),
         }
@@ -288,6 +292,7 @@ impl Recorder {
             &self.provider_tokens_expired,
             &self.connections,
             &self.goaways,
+            &self.blackholed,
         ] {
             c.store(0, Relaxed);
         }
@@ -312,6 +317,7 @@ impl Recorder {
             provider_tokens_expired: self.provider_tokens_expired.load(Relaxed),
             connections: self.connections.load(Relaxed),
             goaways: self.goaways.load(Relaxed),
+            blackholed: self.blackholed.load(Relaxed),
         }
     }
 }

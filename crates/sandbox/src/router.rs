@@ -1,9 +1,11 @@
 //! The routing of one request to the APNs, FCM, OAuth or control handler,
-//! with the per-request fault hooks (added latency, GOAWAY after N streams).
+//! with the per-request fault hooks (added latency, GOAWAY after N streams,
+//! and `blackhole_streams`: APNs and FCM streams left unanswered).
 //! Each service handler is given the parts of the [`State`] it uses.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -31,6 +33,11 @@ pub(crate) fn route<'a>(
         conn.count_stream(every, &state.recorder);
     }
     let path = req.uri().path();
+    if state.blackhole_streams && (path.starts_with("/3/") || path.starts_with("/v1/")) {
+        // Never answered; the stream ends with its connection.
+        state.recorder.blackholed.fetch_add(1, Ordering::Relaxed);
+        return Either::Right(Box::pin(std::future::pending()));
+    }
     if path.starts_with("/3/") {
         return Either::Left(async move {
             delay(&faults).await;

@@ -1,7 +1,11 @@
 //! Listeners and connections: accept loops, optional TLS handshakes, HTTP/2
 //! (prior knowledge or ALPN) with HTTP/1.1 fallback, the GOAWAY asked for by
 //! the `goaway_every` fault (counted in `state::ConnState`) and graceful
-//! shutdown.
+//! shutdown. With `blackhole` ([`Serve::BlackHole`]) a listener only accepts:
+//! each connection is held by a task that reads and drops what the client
+//! sends and never writes a byte, until the client closes it or the sandbox
+//! stops. With `blackhole_streams` the APNs and FCM streams never finish, so
+//! a stopping sandbox drops such connections without the drain.
 //!
 //! One task per connection drives both the connection and its streams: hyper
 //! hands each HTTP/2 stream to an executor, and the executor here
@@ -122,10 +126,18 @@ where
     .await;
 }
 
+/// What a listener does with the connections it accepts.
+pub(crate) enum Serve {
+    /// Serve HTTP/2 and HTTP/1.1, over TLS with this acceptor.
+    Http(Option<TlsAcceptor>),
+    /// Hold the connection and never send a byte.
+    BlackHole,
+}
+
 /// Spawns the accept loop of one listener.
 pub(crate) fn spawn_listener(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    serve_as: Serve,
     state: Arc<State>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -141,7 +153,14 @@ pub(crate) fn spawn_listener(
                     // Nagle would hold back small HTTP/2 frames.
                     let _ = stream.set_nodelay(true);
                     state.recorder.connections.fetch_add(1, Ordering::Relaxed);
-                    tasks.spawn(serve(stream, tls.clone(), state.clone(), cancel.clone()));
+                    match &serve_as {
+                        Serve::Http(tls) => {
+                            tasks.spawn(serve(stream, tls.clone(), state.clone(), cancel.clone()));
+                        }
+                        Serve::BlackHole => {
+                            tasks.spawn(hold(stream, cancel.clone()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -151,6 +170,22 @@ pub(crate) fn spawn_listener(
             }
         }
     });
+}
+
+/// Holds a black-holed connection: reads and drops whatever comes, never
+/// writes, until the client closes it or the sandbox stops.
+async fn hold(mut stream: TcpStream, cancel: CancellationToken) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            read = stream.read(&mut sink) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 async fn serve(
@@ -187,6 +222,7 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
 
+    let blackhole_streams = state.blackhole_streams;
     let conn_state = Arc::new(ConnState::default());
     let service = {
         let conn_state = conn_state.clone();
@@ -203,6 +239,10 @@ where
         () = serve_streams(conn.as_mut(), &mut streams, &mut conn_done) => return,
         () = conn_state.goaway.notified() => {}
         () = cancel.cancelled() => {}
+    }
+    if blackhole_streams && cancel.is_cancelled() {
+        // Its APNs and FCM streams never finish: no drain.
+        return;
     }
     if !conn_done {
         conn.as_mut().graceful_shutdown();

@@ -22,16 +22,19 @@ pub(crate) struct State {
     pub oauth: OAuth,
     pub recorder: Recorder,
     pub faults: FaultSwitch,
+    /// `blackhole_streams`: APNs and FCM streams are never answered.
+    pub blackhole_streams: bool,
 }
 
 impl State {
-    pub(crate) fn new(apns: Apns, fcm: Fcm, oauth: OAuth) -> Self {
+    pub(crate) fn new(apns: Apns, fcm: Fcm, oauth: OAuth, blackhole_streams: bool) -> Self {
         Self {
             apns,
             fcm,
             oauth,
             recorder: Recorder::new(apns::LABELS, fcm::LABELS),
             faults: FaultSwitch::default(),
+            blackhole_streams,
         }
     }
 

@@ -5,7 +5,10 @@
 //! `crate::fcm::FcmClient::new` does; connections are dialled on first use.
 //! A send builds the request ([`super::request::build`]), takes the current
 //! token generation, posts it through the transport pool and classifies the
-//! answer ([`super::error::classify`]). An `ExpiredProviderToken` answer
+//! answer ([`super::error::classify`]). The whole send has one deadline,
+//! `request_timeout` from its start (credential included); connection
+//! failures and backoff are `RetryCause::Connect`, and
+//! [`Dispatcher::backoff`] reports the pool's. An `ExpiredProviderToken` answer
 //! replaces the generation it rejected, once, and the push is sent again.
 
 use std::sync::Arc;
@@ -19,8 +22,10 @@ use super::request::{ApnsRequest, build};
 use super::settings::ApnsSettings;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
+use tokio::time::Instant;
+
 use crate::transport::{Pool, SendError, TransportError};
-use crate::{Dispatcher, Outcome, Push, RejectReason};
+use crate::{CancellationToken, Dispatcher, Outcome, Push, RejectReason};
 
 /// The APNs client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,8 @@ impl ApnsClient {
         req: &ApnsRequest,
         fixed: &Fixed,
         generation: &Generation,
+        deadline: Instant,
+        give_up: Option<&CancellationToken>,
     ) -> Result<Answer, SendError> {
         // A connection is warm once a request with our token got through.
         let raw = self
@@ -109,6 +116,8 @@ impl ApnsClient {
                 || Self::headers(fixed, &generation.authorization),
                 &req.body,
                 |a| a.status != 403,
+                deadline,
+                give_up,
             )
             .await?;
         let body = if raw.status == 200 {
@@ -164,11 +173,17 @@ impl Dispatcher for ApnsClient {
         }
     }
 
+    fn backoff(&self) -> Option<Duration> {
+        self.pool.backoff()
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
 
     async fn send(&self, push: Push<'_>) -> Outcome {
+        // One deadline for the whole send: credential, connection, answer.
+        let deadline = Instant::now() + self.settings.request_timeout;
         let req = match build(push, &self.settings.topic) {
             Ok(r) => r,
             Err(reason) => return Outcome::Rejected { reason },
@@ -205,7 +220,10 @@ impl Dispatcher for ApnsClient {
         };
         let mut replaced = false;
         loop {
-            let answer = match self.attempt(&uri, &req, &fixed, &generation).await {
+            let answer = match self
+                .attempt(&uri, &req, &fixed, &generation, deadline, push.give_up)
+                .await
+            {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!(error = %e, "APNs request got no answer");

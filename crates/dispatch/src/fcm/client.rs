@@ -4,7 +4,10 @@
 //! bearer cache), exactly as `crate::apns::ApnsClient::new` does;
 //! connections are dialled on first use. A send builds the request
 //! ([`super::request::build`]), takes a bearer token, posts it through the
-//! transport pool and classifies the answer ([`super::error::classify`]). A
+//! transport pool and classifies the answer ([`super::error::classify`]).
+//! The whole send has one deadline, `request_timeout` from its start (the
+//! token wait included); connection failures and backoff are
+//! `RetryCause::Connect`, and [`Dispatcher::backoff`] reports the pool's. A
 //! 401 `UNAUTHENTICATED` drops the token it refused, once, and the push is
 //! sent again with a fresh one.
 
@@ -41,6 +44,7 @@ pub enum FcmBuildError {
 #[derive(Debug)]
 pub struct FcmClient {
     uri: http::Uri,
+    request_timeout: std::time::Duration,
     pool: Pool,
     credentials: Arc<BearerCache>,
     /// `dispatch.quota_wait`, for [`classify`].
@@ -68,6 +72,7 @@ impl FcmClient {
         })?;
         Ok(FcmClient {
             uri,
+            request_timeout: settings.request_timeout,
             pool,
             credentials,
             quota_wait: settings.quota_wait,
@@ -89,11 +94,17 @@ impl Dispatcher for FcmClient {
         }
     }
 
+    fn backoff(&self) -> Option<std::time::Duration> {
+        self.pool.backoff()
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
 
     async fn send(&self, push: Push<'_>) -> Outcome {
+        // One deadline for the whole send: credential, connection, answer.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let req = match build(push) {
             Ok(r) => r,
             Err(reason) => return Outcome::Rejected { reason },
@@ -123,12 +134,20 @@ impl Dispatcher for FcmClient {
             };
             let result = self
                 .pool
-                .post(&self.uri, headers, &req.body, |a| a.status != 401)
+                .post(
+                    &self.uri,
+                    headers,
+                    &req.body,
+                    |a| a.status != 401,
+                    deadline,
+                    push.give_up,
+                )
                 .await;
             let RawAnswer {
                 status,
                 retry_after,
                 body: bytes,
+                ..
             } = match result {
                 Ok(r) => r,
                 Err(e) => {

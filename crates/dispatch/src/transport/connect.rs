@@ -5,12 +5,16 @@
 //! port, base path, and for `https://` the rustls connector with ALPN `h2`,
 //! the platform's roots and an optional extra CA). [`Target::connect`] dials
 //! it: TCP with `TCP_NODELAY`, the TLS handshake (which must agree on `h2`),
-//! the HTTP/2 preface and SETTINGS, all within [`CONNECT_TIMEOUT`]; any
-//! failure is [`SendError::Unsent`], since nothing was sent. The spawned
-//! driver task runs the connection, pings it every [`KEEPALIVE_INTERVAL`]
-//! (idle or busy) and drops it when a ping goes unanswered for
-//! [`KEEPALIVE_TIMEOUT`] (below Cloud NAT's idle timeout); when the
-//! connection ends it calls back so that the pool dials anew.
+//! the HTTP/2 preface and the server's SETTINGS, all within one timeout
+//! (the pool's: [`CONNECT_TIMEOUT`] or the request timeout if shorter). The
+//! server's SETTINGS are awaited through a PING: a server sends its SETTINGS
+//! first, so its PONG proves the HTTP/2 connection is up (a peer that
+//! accepts TCP and never answers fails here, not on the first request). A
+//! failure is a message for `SendError::Connect`, since nothing was sent.
+//! The spawned driver task runs the connection, pings it every
+//! [`KEEPALIVE_INTERVAL`] (idle or busy) and drops it when a ping goes
+//! unanswered for [`KEEPALIVE_TIMEOUT`] (below Cloud NAT's idle timeout);
+//! when the connection ends it calls back so that the pool dials anew.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,14 +30,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::exchange::SendError;
-
 /// Keepalive ping interval.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP connect plus TLS and HTTP/2 handshake timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP connect plus TLS and HTTP/2 handshake timeout (at most: the pool
+/// uses the request timeout when that is shorter).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A transport could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -156,14 +159,21 @@ impl Target {
         })?)
     }
 
+    /// `host:port`, for messages.
+    pub(super) fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     /// Dials connection `id`: TCP, TLS when `https://`, and the HTTP/2
-    /// handshake, within [`CONNECT_TIMEOUT`]. Spawns the task driving the
-    /// connection, which calls `on_end` once the connection is gone.
+    /// handshake up to the server's SETTINGS, within `timeout`. Spawns the
+    /// task driving the connection, which calls `on_end` once the
+    /// connection is gone. The error says what failed (nothing was sent).
     pub(super) async fn connect(
         &self,
         id: u64,
         on_end: impl FnOnce() + Send + 'static,
-    ) -> Result<(SendRequest<Bytes>, JoinHandle<()>), SendError> {
+        timeout: Duration,
+    ) -> Result<(SendRequest<Bytes>, JoinHandle<()>), String> {
         let handshake = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -188,14 +198,14 @@ impl Target {
                 }
             }
         };
-        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        let connected = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(why)) => return Err(SendError::Unsent(why)),
+            Ok(Err(why)) => return Err(why),
             Err(_) => {
-                return Err(SendError::Unsent(format!(
-                    "no HTTP/2 connection to {}:{} within {CONNECT_TIMEOUT:?}",
+                return Err(format!(
+                    "no HTTP/2 connection to {}:{} within {timeout:?} (TCP, TLS and the server's SETTINGS)",
                     self.host, self.port
-                )));
+                ));
             }
         };
         tracing::debug!(host = %self.host, port = self.port, connection = id, "HTTP/2 connection up");
@@ -220,7 +230,24 @@ where
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-    let ping_pong = connection.ping_pong();
+    // `handshake` only wrote our preface. The server's preface is its
+    // SETTINGS, sent before anything else: its answer to a PING proves the
+    // connection is up.
+    let mut ping_pong = connection.ping_pong();
+    if let Some(pinger) = ping_pong.as_mut() {
+        tokio::select! {
+            biased;
+            ended = &mut connection => {
+                return Err(match ended {
+                    Ok(()) => "the server closed the connection during the HTTP/2 handshake".to_string(),
+                    Err(e) => format!("HTTP/2 handshake failed: {e}"),
+                });
+            }
+            pong = pinger.ping(h2::Ping::opaque()) => {
+                pong.map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+            }
+        }
+    }
     let driver = tokio::spawn(async move {
         let keepalive = async move {
             let Some(mut ping_pong) = ping_pong else {
@@ -332,7 +359,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_dial_is_unsent_and_never_calls_back() {
+    async fn a_refused_dial_fails_and_never_calls_back() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -341,12 +368,14 @@ mod tests {
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ended.clone();
         let e = t
-            .connect(1, move || {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst)
-            })
+            .connect(
+                1,
+                move || flag.store(true, std::sync::atomic::Ordering::SeqCst),
+                CONNECT_TIMEOUT,
+            )
             .await
             .expect_err("nobody listens");
-        assert!(matches!(e, SendError::Unsent(_)), "{e:?}");
+        assert!(e.contains("cannot connect"), "{e}");
         assert!(!ended.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

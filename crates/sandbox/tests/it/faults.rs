@@ -1,5 +1,6 @@
 //! Fault flags: expired provider tokens, GOAWAY every N streams, random
-//! failures and 429s, latency; set through the API and over HTTP.
+//! failures and 429s, latency; set through the API and over HTTP; and the
+//! black holes (`blackhole`, `blackhole_streams`) a sandbox is started with.
 
 use std::time::{Duration, Instant};
 
@@ -174,4 +175,66 @@ async fn latency_is_added_and_faults_change_over_http() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     assert_eq!(fx.sandbox.faults().goaway_every, Some(100));
+}
+
+#[tokio::test]
+async fn blackhole_accepts_tcp_and_never_sends_a_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = start_with(|c| {
+        c.blackhole = true;
+        c.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let addrs = [fx.sandbox.addr(), fx.sandbox.tls_addr().unwrap()];
+    for addr in addrs {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // An h2c preface (or a TLS hello): the sandbox reads and drops it.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+        assert!(read.is_err(), "the sandbox sent something: {read:?}");
+    }
+    // reqwest gets no answer either.
+    let sent = fx
+        .client
+        .get(fx.url("/sandbox/healthz"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(sent.unwrap_err().is_timeout());
+    assert_eq!(fx.sandbox.stats().connections, 3);
+    // Held connections end with the sandbox.
+    tokio::time::timeout(Duration::from_secs(5), fx.sandbox.shutdown())
+        .await
+        .expect("shutdown does not wait for black-holed connections");
+}
+
+#[tokio::test]
+async fn blackhole_streams_completes_http2_and_never_answers_a_push() {
+    let fx = start_with(|c| c.blackhole_streams = true).await;
+    let jwt = fx.jwt();
+    let started = Instant::now();
+    let sent = fx
+        .apns_request(&fx.client, TOKEN, &jwt)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(sent.unwrap_err().is_timeout());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The connection is up and the control plane answers on it.
+    let health = fx
+        .client
+        .get(fx.url("/sandbox/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let stats = fx.sandbox.stats();
+    assert_eq!(stats.blackholed, 1);
+    assert_eq!(stats.apns_count("200"), 0);
+    tokio::time::timeout(Duration::from_secs(5), fx.sandbox.shutdown())
+        .await
+        .expect("shutdown drops unanswered streams");
 }
