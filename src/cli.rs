@@ -164,6 +164,10 @@ pub struct SandboxArgs {
     /// DURATION (as Apple does to a token past 60 minutes, or one it revoked).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub expire_provider_tokens_every: Option<Duration>,
+    /// Fault: the OAuth token endpoint accepts each request and never answers
+    /// (a hung identity provider); APNs and FCM are unaffected.
+    #[arg(long)]
+    pub oauth_hang: bool,
 }
 
 /// A target platform on the command line.
