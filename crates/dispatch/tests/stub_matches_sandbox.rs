@@ -16,7 +16,7 @@ use std::time::Duration;
 use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::error::TOO_MANY_REQUESTS_DELAY;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
-use push_dispatch_dispatch::fcm::credentials::BearerCache;
+use push_dispatch_dispatch::fcm::credentials::{BearerCache, TokenSettings};
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::{QUOTA_RETRY_AFTER, StubDispatcher};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
@@ -255,7 +255,7 @@ async fn the_stub_and_the_sandbox_answer_the_same_token_script() {
             request_timeout: Duration::from_secs(10),
         },
         Arc::new(
-            BearerCache::new(Some(&creds.service_account_file))
+            BearerCache::new(Some(&creds.service_account_file), &TokenSettings::default())
                 .await
                 .expect("fcm credentials"),
         ),

@@ -94,15 +94,16 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                             problem: e.to_string(),
                         })?),
                         None => {
-                            let credentials = BearerCache::new(f.credentials_file.as_deref())
-                                .await
-                                .map_err(|e| problem(&e))?;
+                            let settings = FcmSettings::from_config(f, timeout);
+                            let credentials = BearerCache::new(
+                                f.credentials_file.as_deref(),
+                                &settings.token_settings(),
+                            )
+                            .await
+                            .map_err(|e| problem(&e))?;
                             Arc::new(
-                                FcmClient::new(
-                                    FcmSettings::from_config(f, timeout),
-                                    Arc::new(credentials),
-                                )
-                                .map_err(|e| problem(&e))?,
+                                FcmClient::new(settings, Arc::new(credentials))
+                                    .map_err(|e| problem(&e))?,
                             )
                         }
                     };

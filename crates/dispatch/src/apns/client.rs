@@ -74,6 +74,12 @@ impl ApnsClient {
         })
     }
 
+    /// `Some(remaining)` while the key's signing is in its failure backoff
+    /// (to be combined with the pool's in [`Dispatcher::backoff`]).
+    fn credential_backoff(&self) -> Option<Duration> {
+        self.credentials.backoff()
+    }
+
     /// The request headers of one attempt. Apple needs no `content-type`,
     /// and an absent `apns-priority` means 10: each header left out is HPACK
     /// work saved on every request.
@@ -164,6 +170,10 @@ impl Dispatcher for ApnsClient {
         }
     }
 
+    fn backoff(&self) -> Option<Duration> {
+        self.credential_backoff()
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -176,11 +186,11 @@ impl Dispatcher for ApnsClient {
         let mut generation = match self.credentials.current() {
             Ok(g) => g,
             Err(e) => {
-                tracing::error!(error = %e, "cannot sign the APNs provider token");
+                // Logged once per failure where it is signed, not per push.
                 return Outcome::Retryable {
                     after: None,
                     cause: crate::RetryCause::Credentials {
-                        problem: format!("cannot sign the APNs provider token: {e}"),
+                        problem: e.to_string(),
                     },
                 };
             }
@@ -226,7 +236,7 @@ impl Dispatcher for ApnsClient {
                     Ok(None) => tracing::debug!(
                         "APNs rejects a provider token younger than 20 minutes; not signing another (check the clock, key_id and team_id)"
                     ),
-                    Err(e) => tracing::error!(error = %e, "cannot sign the APNs provider token"),
+                    Err(e) => tracing::debug!(error = %e, "no new APNs provider token"),
                 }
             }
             return classify(answer.status, &answer.body, answer.retry_after);
