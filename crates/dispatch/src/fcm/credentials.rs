@@ -550,11 +550,11 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The HTTP client of the exchange: platform roots plus `ca_file`, timeouts.
+/// The HTTP client of the exchange: platform roots plus `ca_file`, the
+/// connect timeout. The overall timeout is [`Shared::fetch`]'s, around the
+/// whole fetch (a second timer here would race it and blur the error).
 fn http_client(settings: &TokenSettings) -> Result<reqwest::Client, CredentialsError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.fetch_timeout);
+    let mut builder = reqwest::Client::builder().connect_timeout(settings.connect_timeout);
     if let Some(path) = &settings.ca_file {
         let ca_error = |problem: String| CredentialsError::CaFile {
             path: path.display().to_string(),
