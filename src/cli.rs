@@ -172,6 +172,10 @@ pub struct SandboxArgs {
     /// APNs or FCM request.
     #[arg(long)]
     pub blackhole_streams: bool,
+    /// Fault: the OAuth token endpoint accepts each request and never answers
+    /// (a hung identity provider); APNs and FCM are unaffected.
+    #[arg(long)]
+    pub oauth_hang: bool,
 }
 
 /// A target platform on the command line.

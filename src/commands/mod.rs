@@ -357,6 +357,7 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), Failure> {
         latency: args.latency.unwrap_or_default(),
         goaway_every: args.goaway_every,
         retry_after_secs: args.retry_after_secs,
+        oauth_hang: args.oauth_hang,
         ..Faults::default()
     };
     config

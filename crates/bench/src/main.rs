@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
-use push_dispatch_dispatch::fcm::credentials::BearerCache;
+use push_dispatch_dispatch::fcm::credentials::{BearerCache, TokenSettings};
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push};
 use push_dispatch_proto::v1::{Notification, PushRequest};
@@ -158,7 +158,11 @@ async fn dispatcher(args: &Args, dir: &std::path::Path) -> anyhow::Result<Arc<dy
                 Some(c) => c.clone(),
                 None => creds()?.service_account_file,
             };
-            let credentials = BearerCache::new(Some(&credentials_file)).await?;
+            let credentials = BearerCache::new(
+                Some(&credentials_file),
+                &TokenSettings::new(args.ca_file.clone()),
+            )
+            .await?;
             Arc::new(FcmClient::new(
                 FcmSettings {
                     endpoint: args.endpoint.trim_end_matches('/').to_string(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
-use push_dispatch_dispatch::fcm::credentials::BearerCache;
+use push_dispatch_dispatch::fcm::credentials::{
+    BearerCache, CredentialsError, FCM_SCOPE, FetchError, TokenSettings,
+};
 use push_dispatch_dispatch::fcm::{FcmClient, FcmSettings};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, RejectReason, RetryCause};
 use push_dispatch_proto::v1::{Notification, PushRequest, Reason};
@@ -120,10 +122,30 @@ fn apns_client(settings: ApnsSettings) -> ApnsClient {
 
 /// An FCM client with the credentials its settings name, as the worker builds one.
 async fn fcm_client(settings: FcmSettings) -> FcmClient {
-    let credentials = BearerCache::new(settings.credentials_file.as_deref())
-        .await
-        .expect("fcm credentials");
+    let credentials = BearerCache::new(
+        settings.credentials_file.as_deref(),
+        &settings.token_settings(),
+    )
+    .await
+    .expect("fcm credentials");
     FcmClient::new(settings, Arc::new(credentials)).expect("fcm client")
+}
+
+/// A deadline for one token wait in these tests.
+fn soon() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(2)
+}
+
+/// Token settings with test-sized timeouts and backoff.
+fn short_timeouts(ca_file: Option<std::path::PathBuf>) -> TokenSettings {
+    TokenSettings {
+        connect_timeout: Duration::from_millis(500),
+        fetch_timeout: Duration::from_millis(800),
+        discovery_timeout: Duration::from_millis(500),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        ..TokenSettings::new(ca_file)
+    }
 }
 
 fn apns_token(prefix: &str) -> String {
@@ -322,16 +344,25 @@ async fn a_rotated_service_account_key_is_used_without_a_restart() {
     let stale = devkeys::ensure(other.path(), &token_uri, PROJECT).expect("other key");
     let mounted = w._dir.path().join("mounted-sa.json");
     std::fs::copy(&stale.service_account_file, &mounted).expect("copy stale key");
-    let cache = BearerCache::new(Some(&mounted)).await.expect("loads");
+    let cache = BearerCache::new(Some(&mounted), &short_timeouts(None))
+        .await
+        .expect("loads");
     assert!(
-        cache.token().await.is_err(),
+        cache.token(soon(), None).await.is_err(),
         "the endpoint refuses the stale key"
     );
     assert_eq!(w.sandbox.stats().oauth_tokens_issued, 0);
+    // A failed fetch puts the credential in a backoff: wait it out.
+    while let Some(left) = cache.backoff() {
+        tokio::time::sleep(left).await;
+    }
 
     // The rotated key lands in the same file (Secret Manager CSI, a Secret update).
     std::fs::copy(&w.creds.service_account_file, &mounted).expect("rotate");
-    let bearer = cache.token().await.expect("the new key is used");
+    let bearer = cache
+        .token(soon(), None)
+        .await
+        .expect("the new key is used");
     assert!(
         bearer
             .authorization()
@@ -342,8 +373,11 @@ async fn a_rotated_service_account_key_is_used_without_a_restart() {
 
     // A file that no longer loads keeps the key that works.
     std::fs::write(&mounted, "{ not json").expect("break the file");
-    cache.invalidate(&bearer).await;
-    cache.token().await.expect("still the loaded key");
+    cache.invalidate(&bearer);
+    cache
+        .token(soon(), None)
+        .await
+        .expect("still the loaded key");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -599,4 +633,377 @@ async fn a_silent_tls_endpoint_fails_the_handshake_within_the_timeout() {
     let took = started.elapsed();
     assert!(matches!(cause(&o), RetryCause::Connect { .. }), "{o:?}");
     assert!(took < timeout.mul_f64(1.5) + SLACK, "{took:?}");
+}
+
+/// A sandbox whose OAuth endpoint is also served over TLS: the service
+/// account's `token_uri` is the TLS listener's (its dev certificate is a
+/// private CA, written to `sandbox-cert.pem`).
+async fn tls_token_world(faults: Faults) -> World {
+    let dir = tempfile::tempdir().expect("dir");
+    let (port, tls_port) = (free_port(), free_port());
+    let creds = devkeys::ensure(
+        dir.path(),
+        &format!("https://127.0.0.1:{tls_port}/token"),
+        PROJECT,
+    )
+    .expect("dev credentials");
+    let mut config = SandboxConfig::local(creds.apns_config(TOPIC), creds.fcm_config(PROJECT));
+    config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    config.tls_listen = Some(format!("127.0.0.1:{tls_port}").parse().expect("addr"));
+    config.cert_file = Some(dir.path().join("sandbox-cert.pem"));
+    config.faults = faults;
+    let sandbox = Sandbox::start(config).await.expect("sandbox");
+    World {
+        sandbox,
+        creds,
+        _dir: dir,
+    }
+}
+
+fn fetch_error(e: &CredentialsError) -> Option<&FetchError> {
+    match e {
+        CredentialsError::Fetch(f) => Some(f),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_waiters_on_a_hung_token_endpoint_fail_within_one_fetch_timeout_then_fail_fast() {
+    let w = world(
+        false,
+        Faults {
+            oauth_hang: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let settings = short_timeouts(None);
+    let cache = Arc::new(
+        BearerCache::new(Some(&w.creds.service_account_file), &settings)
+            .await
+            .expect("loads"),
+    );
+    let started = std::time::Instant::now();
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let cache = cache.clone();
+        waiters.spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            cache.token(deadline, None).await
+        });
+    }
+    while let Some(joined) = waiters.join_next().await {
+        let err = joined.expect("waiter").expect_err("hung endpoint");
+        assert!(
+            matches!(fetch_error(&err), Some(FetchError::Timeout(t)) if *t == settings.fetch_timeout),
+            "{err}"
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < settings.fetch_timeout + Duration::from_millis(700),
+        "one fetch timeout for all 50, not one each: {elapsed:?}"
+    );
+    assert_eq!(cache.failures(), 1, "one fetch");
+
+    // During the backoff every call fails at once, naming the failure.
+    let fcm = FcmClient::new(
+        FcmSettings {
+            endpoint: w.sandbox.base_url(),
+            project_id: PROJECT.into(),
+            credentials_file: Some(w.creds.service_account_file.clone()),
+            ca_file: None,
+            connections: 1,
+            request_timeout: Duration::from_secs(2),
+            quota_wait: push_dispatch_dispatch::fcm::DEFAULT_QUOTA_WAIT,
+        },
+        cache.clone(),
+    )
+    .expect("fcm client");
+    assert!(fcm.backoff().is_some(), "the dispatcher says it is stuck");
+    let at = std::time::Instant::now();
+    let outcome = send(&fcm, &alert(), "ok-1").await;
+    assert!(at.elapsed() < Duration::from_millis(100), "at once");
+    assert!(
+        matches!(&outcome, Outcome::Retryable { cause: RetryCause::Credentials { problem }, .. }
+            if problem.contains("did not answer within") && problem.contains("next try in")),
+        "{outcome:?}"
+    );
+    assert_eq!(cache.failures(), 1, "no fetch during the backoff");
+    assert_eq!(
+        w.sandbox.stats().fcm.values().sum::<u64>(),
+        0,
+        "nothing sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_leaves_at_its_deadline_or_at_give_up_while_the_fetch_goes_on() {
+    let w = world(
+        false,
+        Faults {
+            oauth_hang: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let settings = short_timeouts(None);
+    let cache = Arc::new(
+        BearerCache::new(Some(&w.creds.service_account_file), &settings)
+            .await
+            .expect("loads"),
+    );
+    let patient = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token(soon(), None).await })
+    };
+    let started = std::time::Instant::now();
+    let short = Duration::from_millis(150);
+    let err = cache
+        .token(tokio::time::Instant::now() + short, None)
+        .await
+        .expect_err("deadline first");
+    assert!(matches!(err, CredentialsError::Deadline), "{err}");
+    let left = started.elapsed();
+    assert!(
+        left >= short && left < settings.fetch_timeout,
+        "left at its deadline: {left:?}"
+    );
+
+    let give_up = tokio_util::sync::CancellationToken::new();
+    let waiting = {
+        let cache = cache.clone();
+        let give_up = give_up.clone();
+        tokio::spawn(async move { cache.token(soon(), Some(&give_up)).await })
+    };
+    give_up.cancel();
+    let at = std::time::Instant::now();
+    let err = waiting.await.expect("task").expect_err("gave up");
+    assert!(matches!(err, CredentialsError::GaveUp), "{err}");
+    assert!(at.elapsed() < Duration::from_millis(100), "at once");
+
+    // The fetch was not cancelled by those who left.
+    let err = patient.await.expect("task").expect_err("hung");
+    assert!(
+        matches!(fetch_error(&err), Some(FetchError::Timeout(_))),
+        "{err}"
+    );
+    assert_eq!(cache.failures(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_behind_a_private_ca_works_only_with_ca_file() {
+    let w = tls_token_world(Faults::default()).await;
+    let ca = w._dir.path().join("sandbox-cert.pem");
+
+    let without = BearerCache::new(Some(&w.creds.service_account_file), &short_timeouts(None))
+        .await
+        .expect("loads");
+    let err = without
+        .token(soon(), None)
+        .await
+        .expect_err("the private CA is not trusted");
+    assert!(
+        matches!(fetch_error(&err), Some(FetchError::Request { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let with = BearerCache::new(
+        Some(&w.creds.service_account_file),
+        &short_timeouts(Some(ca.clone())),
+    )
+    .await
+    .expect("loads");
+    with.token(soon(), None).await.expect("token over TLS");
+    assert_eq!(w.sandbox.stats().oauth_tokens_issued, 1);
+
+    // The whole client: FCM and its token endpoint behind the same CA.
+    let fcm = fcm_client(FcmSettings {
+        endpoint: w.sandbox.tls_base_url().expect("tls url"),
+        project_id: PROJECT.into(),
+        credentials_file: Some(w.creds.service_account_file.clone()),
+        ca_file: Some(ca),
+        connections: 1,
+        request_timeout: Duration::from_secs(2),
+        quota_wait: push_dispatch_dispatch::fcm::DEFAULT_QUOTA_WAIT,
+    })
+    .await;
+    assert_eq!(send(&fcm, &alert(), "ok-tls").await, Outcome::Delivered);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_fetches_a_new_token_and_counts_the_refresh() {
+    let w = world(false, Faults::default()).await;
+    let fcm = w.fcm(false).await;
+    assert_eq!(send(&fcm, &alert(), "ok-1").await, Outcome::Delivered);
+    assert_eq!(fcm.token_refreshes().ok, 1);
+    assert_eq!(w.sandbox.stats().oauth_tokens_issued, 1);
+
+    // The sandbox forgets the token: FCM answers 401 UNAUTHENTICATED.
+    w.sandbox.set_faults(Faults {
+        revoke_oauth_tokens: true,
+        ..Faults::default()
+    });
+    assert_eq!(send(&fcm, &alert(), "ok-2").await, Outcome::Delivered);
+    let stats = w.sandbox.stats();
+    assert_eq!(stats.oauth_tokens_issued, 2, "a real exchange: {stats:?}");
+    assert_eq!(stats.fcm_count("401 UNAUTHENTICATED"), 1, "{stats:?}");
+    let refreshes = fcm.token_refreshes();
+    assert_eq!(refreshes.ok, 2, "a new token value: {refreshes:?}");
+    assert_eq!(refreshes.failed, 0);
+    // The new token is cached.
+    assert_eq!(send(&fcm, &alert(), "ok-3").await, Outcome::Delivered);
+    assert_eq!(w.sandbox.stats().oauth_tokens_issued, 2);
+}
+
+/// Percent-decodes a form value (the test's own, minimal).
+fn form_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+                out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// Accepts one HTTP/1.1 request, answers `answer`, returns (head, body).
+async fn capture_one(listener: tokio::net::TcpListener, answer: &'static str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, _) = listener.accept().await.expect("accept");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body_start, length) = loop {
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "request cut short");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).expect("head");
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().expect("length"))
+                })
+                .expect("content-length");
+            break (head, end + 4, length);
+        }
+    };
+    while buf.len() < body_start + length {
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "body cut short");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8(buf[body_start..body_start + length].to_vec()).expect("body");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    stream.write_all(response.as_bytes()).await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exchange_is_the_jwt_bearer_request_google_documents() {
+    use base64::Engine;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let token_uri = format!("http://{}/token", listener.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("dir");
+    let creds = devkeys::ensure(dir.path(), &token_uri, PROJECT).expect("dev credentials");
+    let key: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&creds.service_account_file).expect("read key"))
+            .expect("json");
+    let server = tokio::spawn(capture_one(
+        listener,
+        r#"{"access_token":"ya29.captured","expires_in":3599,"token_type":"Bearer"}"#,
+    ));
+    let cache = BearerCache::new(Some(&creds.service_account_file), &short_timeouts(None))
+        .await
+        .expect("loads");
+    let bearer = cache.token(soon(), None).await.expect("token");
+    assert_eq!(bearer.authorization(), "Bearer ya29.captured");
+    assert_eq!(cache.fetches(), 1);
+    let (head, body) = server.await.expect("server");
+
+    let request_line = head.lines().next().expect("request line");
+    assert!(
+        request_line.starts_with("POST /token HTTP/1.1"),
+        "{request_line}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-www-form-urlencoded"),
+        "{head}"
+    );
+    let form: std::collections::HashMap<String, String> = body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (form_decode(k), form_decode(v)))
+        .collect();
+    assert_eq!(form.len(), 2, "{form:?}");
+    assert_eq!(
+        form["grant_type"],
+        "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    );
+    let assertion = &form["assertion"];
+    let parts: Vec<&str> = assertion.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let decode = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .expect("base64url"),
+        )
+        .expect("json")
+    };
+    let header = decode(parts[0]);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["kid"], key["private_key_id"]);
+    let claims = decode(parts[1]);
+    assert_eq!(claims["iss"], key["client_email"]);
+    assert_eq!(claims["aud"], token_uri.as_str());
+    assert_eq!(claims["scope"], FCM_SCOPE);
+    let iat = claims["iat"].as_i64().expect("iat");
+    let exp = claims["exp"].as_i64().expect("exp");
+    assert_eq!(exp - iat, 3600);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!((iat - now).abs() < 60, "iat is now");
+
+    // The signature: the sandbox's token endpoint, which verifies RS256
+    // against the key's public half (and the kid), accepts this assertion.
+    let mut config = SandboxConfig::local(creds.apns_config(TOPIC), creds.fcm_config(PROJECT));
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let sandbox = Sandbox::start(config).await.expect("sandbox");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/token", sandbox.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status(), 200, "the sandbox verified the assertion");
+    sandbox.shutdown().await;
 }

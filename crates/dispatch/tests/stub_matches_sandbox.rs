@@ -17,7 +17,7 @@ use std::time::Duration;
 use push_dispatch_dispatch::apns::credentials::ProviderToken;
 use push_dispatch_dispatch::apns::error::TOO_MANY_REQUESTS_DELAY;
 use push_dispatch_dispatch::apns::{ApnsClient, ApnsSettings};
-use push_dispatch_dispatch::fcm::credentials::BearerCache;
+use push_dispatch_dispatch::fcm::credentials::{BearerCache, TokenSettings};
 use push_dispatch_dispatch::fcm::{DEFAULT_QUOTA_WAIT, FcmClient, FcmSettings};
 use push_dispatch_dispatch::stub::{QUOTA_RETRY_AFTER, StubDispatcher};
 use push_dispatch_dispatch::{Dispatcher, Outcome, Push, QuotaScope, RejectReason, RetryCause};
@@ -289,7 +289,7 @@ async fn the_stub_and_the_sandbox_answer_the_same_token_script() {
             quota_wait: DEFAULT_QUOTA_WAIT,
         },
         Arc::new(
-            BearerCache::new(Some(&creds.service_account_file))
+            BearerCache::new(Some(&creds.service_account_file), &TokenSettings::default())
                 .await
                 .expect("fcm credentials"),
         ),

@@ -1,5 +1,6 @@
 //! Fault flags for chaos runs: random failures and 429s, added latency, GOAWAY
-//! every N streams, and forced expiry of APNs provider tokens.
+//! every N streams, forced expiry of APNs provider tokens, a hung OAuth token
+//! endpoint and revoked OAuth access tokens.
 //!
 //! The flags are a small `Copy` value behind a lock, read once per request, so
 //! changing them at run time (`POST /sandbox/faults`, [`crate::Sandbox::set_faults`])
@@ -44,6 +45,15 @@ pub struct Faults {
     /// and replacing an expired token does not count as a too-early update.
     /// The stored flag reads `false` again right after it fired.
     pub expire_provider_tokens: bool,
+    /// The OAuth token endpoint (`POST /token`) accepts each request and never
+    /// answers (until the sandbox shuts down), as a hung identity provider
+    /// does; APNs and FCM are unaffected.
+    pub oauth_hang: bool,
+    /// One-shot trigger: when set, every OAuth access token issued so far is
+    /// forgotten, so FCM answers 401 `UNAUTHENTICATED` to it (as to a revoked
+    /// token); tokens issued afterwards are accepted. The stored flag reads
+    /// `false` again right after it fired.
+    pub revoke_oauth_tokens: bool,
 }
 
 impl Default for Faults {
@@ -55,6 +65,8 @@ impl Default for Faults {
             latency: Duration::ZERO,
             goaway_every: None,
             expire_provider_tokens: false,
+            oauth_hang: false,
+            revoke_oauth_tokens: false,
         }
     }
 }

@@ -10,7 +10,11 @@
 //! - `POST /v1/projects/{project}/messages:send` like FCM HTTP v1: bearer tokens
 //!   must come from this sandbox's `/token`, the message shape is checked;
 //! - `POST /token` like `oauth2.googleapis.com/token`: RS256 JWT-bearer
-//!   assertions verified against the configured service account;
+//!   assertions verified against the configured service account (the fault
+//!   `oauth_hang` — `--oauth-hang` of `push-dispatch sandbox`, or
+//!   `faults.oauth_hang` of [`SandboxConfig`] in process — makes it accept
+//!   each request and never answer, until shutdown; `revoke_oauth_tokens`
+//!   forgets the tokens issued so far, so FCM answers them 401);
 //! - `/sandbox/*` for inspection: `GET deliveries`, `GET stats`, `POST reset`,
 //!   `GET|POST faults` (a POST merges the given flags into the current ones),
 //!   `GET healthz`.
@@ -166,15 +170,16 @@ impl Sandbox {
             own_token_uris.push(format!("https://{t}/token"));
             own_token_uris.push(format!("https://localhost:{}/token", t.port()));
         }
+        let cancel = CancellationToken::new();
         let state = Arc::new(state::State::new(
             apns,
             fcm::Fcm::new(config.fcm.project_id.clone()),
             oauth::OAuth::new(sa, own_token_uris),
             config.blackhole_streams,
+            cancel.clone(),
         ));
         state.apply_faults(config.faults);
 
-        let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let serve = |tls| {
             if config.blackhole {

@@ -11,9 +11,13 @@
 //! not expired and not more than 5 minutes ahead. Refusals answer 400 with
 //! Google's `{"error": "invalid_grant", "error_description": …}`.
 //!
-//! Issued access tokens (`ya29.sandbox.…`, 3599 s) are remembered (bounded:
-//! 10,000, oldest dropped first) with whether their scopes allow FCM
-//! (`firebase.messaging` or `cloud-platform`).
+//! Issued access tokens (`ya29.sandbox.…`, 3599 s, a new random value per
+//! request) are remembered (bounded: 10,000, oldest dropped first) with
+//! whether their scopes allow FCM (`firebase.messaging` or `cloud-platform`).
+//!
+//! Faults: `oauth_hang` (the router) reads each request and never answers
+//! until the sandbox stops; `revoke_oauth_tokens` forgets every token issued
+//! so far, so FCM answers 401 `UNAUTHENTICATED` to them.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -159,6 +163,11 @@ impl OAuth {
             }
             _ => Access::Invalid,
         }
+    }
+
+    /// Forgets every token issued so far (the `revoke_oauth_tokens` fault).
+    pub(crate) fn revoke_all(&self) {
+        *self.issued.write().unwrap_or_else(PoisonError::into_inner) = IssuedTokens::default();
     }
 
     fn issue(&self, fcm_scope: bool) -> String {

@@ -51,6 +51,15 @@ pub(crate) fn route<'a>(
         })
     } else if path == "/token" {
         Box::pin(async move {
+            if faults.oauth_hang {
+                // A hung identity provider: the request is read and never
+                // answered, until the sandbox stops.
+                state.stopping.cancelled().await;
+                return http_util::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(br#"{"error":"shutting down"}"#),
+                );
+            }
             delay(&faults).await;
             oauth::handle(&state.oauth, &state.recorder, req).await
         })

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::apns::{self, Apns, ConnAuth};
 use crate::faults::{FaultSwitch, Faults};
@@ -24,10 +25,18 @@ pub(crate) struct State {
     pub faults: FaultSwitch,
     /// `blackhole_streams`: APNs and FCM streams are never answered.
     pub blackhole_streams: bool,
+    /// Cancelled when the sandbox shuts down (ends hung OAuth requests).
+    pub stopping: CancellationToken,
 }
 
 impl State {
-    pub(crate) fn new(apns: Apns, fcm: Fcm, oauth: OAuth, blackhole_streams: bool) -> Self {
+    pub(crate) fn new(
+        apns: Apns,
+        fcm: Fcm,
+        oauth: OAuth,
+        blackhole_streams: bool,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             apns,
             fcm,
@@ -35,11 +44,17 @@ impl State {
             recorder: Recorder::new(apns::LABELS, fcm::LABELS),
             faults: FaultSwitch::default(),
             blackhole_streams,
+            stopping,
         }
     }
 
-    /// Stores new flags; fires the one-shot `expire_provider_tokens` trigger.
+    /// Stores new flags; fires the one-shot `expire_provider_tokens` and
+    /// `revoke_oauth_tokens` triggers.
     pub(crate) fn apply_faults(&self, mut faults: Faults) {
+        if faults.revoke_oauth_tokens {
+            self.oauth.revoke_all();
+            faults.revoke_oauth_tokens = false;
+        }
         if faults.expire_provider_tokens {
             let n = self.apns.expire_current_tokens();
             self.recorder

@@ -109,19 +109,17 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                             .with_quota_wait(config.dispatch.quota_wait),
                         ),
                         None => {
-                            let credentials = BearerCache::new(f.credentials_file.as_deref())
-                                .await
-                                .map_err(|e| problem(&e))?;
+                            let settings =
+                                FcmSettings::from_config(f, timeout, config.dispatch.quota_wait);
+                            let credentials = BearerCache::new(
+                                f.credentials_file.as_deref(),
+                                &settings.token_settings(),
+                            )
+                            .await
+                            .map_err(|e| problem(&e))?;
                             Arc::new(
-                                FcmClient::new(
-                                    FcmSettings::from_config(
-                                        f,
-                                        timeout,
-                                        config.dispatch.quota_wait,
-                                    ),
-                                    Arc::new(credentials),
-                                )
-                                .map_err(|e| problem(&e))?,
+                                FcmClient::new(settings, Arc::new(credentials))
+                                    .map_err(|e| problem(&e))?,
                             )
                         }
                     };

@@ -79,6 +79,12 @@ impl ApnsClient {
         })
     }
 
+    /// `Some(remaining)` while the key's signing is in its failure backoff
+    /// (to be combined with the pool's in [`Dispatcher::backoff`]).
+    fn credential_backoff(&self) -> Option<Duration> {
+        self.credentials.backoff()
+    }
+
     /// The request headers of one attempt. Apple needs no `content-type`,
     /// and an absent `apns-priority` means 10: each header left out is HPACK
     /// work saved on every request.
@@ -174,7 +180,7 @@ impl Dispatcher for ApnsClient {
     }
 
     fn backoff(&self) -> Option<Duration> {
-        self.pool.backoff()
+        self.credential_backoff().max(self.pool.backoff())
     }
 
     async fn close(&self) {
@@ -191,11 +197,11 @@ impl Dispatcher for ApnsClient {
         let mut generation = match self.credentials.current() {
             Ok(g) => g,
             Err(e) => {
-                tracing::error!(error = %e, "cannot sign the APNs provider token");
+                // Logged once per failure where it is signed, not per push.
                 return Outcome::Retryable {
                     after: None,
                     cause: crate::RetryCause::Credentials {
-                        problem: format!("cannot sign the APNs provider token: {e}"),
+                        problem: e.to_string(),
                     },
                 };
             }
@@ -244,7 +250,7 @@ impl Dispatcher for ApnsClient {
                     Ok(None) => tracing::debug!(
                         "APNs rejects a provider token younger than 20 minutes; not signing another (check the clock, key_id and team_id)"
                     ),
-                    Err(e) => tracing::error!(error = %e, "cannot sign the APNs provider token"),
+                    Err(e) => tracing::debug!(error = %e, "no new APNs provider token"),
                 }
             }
             return classify(answer.status, &answer.body, answer.retry_after);

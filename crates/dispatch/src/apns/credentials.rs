@@ -15,6 +15,11 @@
 //! before [`MIN_AGE`]: if Apple keeps rejecting fresh tokens (a skewed
 //! clock, a revoked key), pushes fail as retryable instead of minting a new
 //! token per push.
+//!
+//! A key that cannot sign fails the push at once as
+//! [`crate::RetryCause::Credentials`], and puts the key in a backoff (1 s
+//! doubling to 60 s, reset by a successful signature) during which no new
+//! signature is tried: a burst of sends does not re-sign per request.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +31,10 @@ use serde::Serialize;
 pub const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
 /// Youngest age at which a generation may be replaced for age reasons.
 pub const MIN_AGE: Duration = Duration::from_secs(20 * 60);
+/// First backoff after a signing failure; doubles per failure in a row.
+pub const MIN_SIGN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest backoff after signing failures.
+pub const MAX_SIGN_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The key could not be loaded or a token signed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,21 @@ pub enum CredentialsError {
     /// Signing failed.
     #[error("cannot sign the APNs provider token: {0}")]
     Sign(#[source] jsonwebtoken::errors::Error),
+    /// Signing failed recently: no new try before the backoff ends.
+    #[error("cannot sign the APNs provider token ({problem}); next try in {retry_in:?}")]
+    Backoff {
+        /// The last signing failure.
+        problem: String,
+        /// Until the next try.
+        retry_in: Duration,
+    },
+}
+
+/// The last signing failure and when the next try may be.
+struct SignFailure {
+    problem: String,
+    until: Instant,
+    in_row: u32,
 }
 
 #[derive(Serialize)]
@@ -94,6 +118,11 @@ pub struct ProviderToken {
     failures: std::sync::atomic::AtomicU64,
     /// When the generation in use was signed.
     last: std::sync::Mutex<Option<SystemTime>>,
+    /// The signing backoff, after a failure.
+    failure: std::sync::Mutex<Option<SignFailure>>,
+    /// Tests: make every signature fail.
+    #[cfg(test)]
+    fail_signing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ProviderToken {
@@ -146,22 +175,77 @@ impl ProviderToken {
             refreshes: std::sync::atomic::AtomicU64::new(0),
             failures: std::sync::atomic::AtomicU64::new(0),
             last: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            fail_signing: std::sync::atomic::AtomicBool::new(false),
         };
         // Sign once now so that a bad key fails at startup, not on the first push.
         token.sign(0)?;
         Ok(token)
     }
 
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<SignFailure>> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Signs a generation, unless a recent failure's backoff is running.
     fn sign(&self, id: u64) -> Result<Generation, CredentialsError> {
+        let mut failure = self.failure();
+        let now = Instant::now();
+        if let Some(f) = failure.as_ref()
+            && f.until > now
+        {
+            return Err(CredentialsError::Backoff {
+                problem: f.problem.clone(),
+                retry_in: f.until - now,
+            });
+        }
         let signed = self.sign_inner(id);
-        if signed.is_err() {
-            self.failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &signed {
+            Ok(_) => *failure = None,
+            Err(e) => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let in_row = failure.as_ref().map_or(0, |f| f.in_row).saturating_add(1);
+                let delay = MIN_SIGN_BACKOFF
+                    .saturating_mul(1 << in_row.saturating_sub(1).min(16))
+                    .min(MAX_SIGN_BACKOFF);
+                tracing::error!(error = %e, retry_in = ?delay, "cannot sign the APNs provider token");
+                *failure = Some(SignFailure {
+                    problem: e.to_string(),
+                    until: now + delay,
+                    in_row,
+                });
+            }
         }
         signed
     }
 
+    /// `Some(remaining)` while signing is in its failure backoff and no
+    /// usable generation is at hand: a send now fails at once.
+    pub fn backoff(&self) -> Option<Duration> {
+        if self
+            .read()
+            .is_some_and(|g| g.issued.elapsed() < REFRESH_AFTER)
+        {
+            return None;
+        }
+        let now = Instant::now();
+        self.failure()
+            .as_ref()
+            .filter(|f| f.until > now)
+            .map(|f| f.until - now)
+    }
+
     fn sign_inner(&self, id: u64) -> Result<Generation, CredentialsError> {
+        #[cfg(test)]
+        if self.fail_signing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(CredentialsError::Sign(
+                jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into(),
+            ));
+        }
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -422,6 +506,23 @@ mod tests {
             !Arc::ptr_eq(&a, &other_team),
             "another iss is another token"
         );
+    }
+
+    #[test]
+    fn a_key_that_cannot_sign_backs_off_instead_of_signing_per_request() {
+        let t = token();
+        t.fail_signing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(t.current(), Err(CredentialsError::Sign(_))));
+        assert_eq!(t.failures(), 1);
+        assert!(t.backoff().is_some_and(|d| d <= MIN_SIGN_BACKOFF));
+        // A burst during the backoff fails at once, without signing.
+        for _ in 0..100 {
+            let err = t.current().expect_err("in backoff");
+            assert!(matches!(err, CredentialsError::Backoff { .. }), "{err}");
+            assert!(err.to_string().contains("next try in"), "{err}");
+        }
+        assert_eq!(t.failures(), 1, "no signature was tried during the backoff");
     }
 
     #[test]

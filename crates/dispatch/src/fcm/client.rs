@@ -9,13 +9,15 @@
 //! token wait included); connection failures and backoff are
 //! `RetryCause::Connect`, and [`Dispatcher::backoff`] reports the pool's. A
 //! 401 `UNAUTHENTICATED` drops the token it refused, once, and the push is
-//! sent again with a fresh one.
+//! sent again with a newly fetched one. Waiting for a token is bounded by
+//! the send's deadline (start + request timeout) and its `give_up`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use push_dispatch_proto::v1::Platform;
 
-use super::credentials::BearerCache;
+use super::credentials::{BearerCache, CredentialsError};
 use super::error::{ErrorBody, classify};
 use super::request::build;
 use super::settings::FcmSettings;
@@ -78,6 +80,25 @@ impl FcmClient {
             quota_wait: settings.quota_wait,
         })
     }
+
+    /// `Some(remaining)` while the OAuth credential is in its failure
+    /// backoff (to be combined with the pool's in [`Dispatcher::backoff`]).
+    fn credential_backoff(&self) -> Option<Duration> {
+        self.credentials.backoff()
+    }
+}
+
+/// The outcome of a send that got no access token: nothing was sent.
+fn no_token(e: &CredentialsError) -> Outcome {
+    tracing::debug!(error = %e, "no FCM access token");
+    let cause = match e {
+        // Draining: not the credential's fault.
+        CredentialsError::GaveUp => RetryCause::Unsent,
+        _ => RetryCause::Credentials {
+            problem: e.to_string(),
+        },
+    };
+    Outcome::Retryable { after: None, cause }
 }
 
 #[async_trait::async_trait]
@@ -94,8 +115,8 @@ impl Dispatcher for FcmClient {
         }
     }
 
-    fn backoff(&self) -> Option<std::time::Duration> {
-        self.pool.backoff()
+    fn backoff(&self) -> Option<Duration> {
+        self.credential_backoff().max(self.pool.backoff())
     }
 
     async fn close(&self) {
@@ -111,17 +132,9 @@ impl Dispatcher for FcmClient {
         };
         let mut refreshed = false;
         loop {
-            let bearer = match self.credentials.token().await {
+            let bearer = match self.credentials.token(deadline, push.give_up).await {
                 Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no FCM access token");
-                    return Outcome::Retryable {
-                        after: None,
-                        cause: RetryCause::Credentials {
-                            problem: format!("no FCM access token: {e}"),
-                        },
-                    };
-                }
+                Err(e) => return no_token(&e),
             };
             let headers = || {
                 let mut headers = http::HeaderMap::with_capacity(4);
@@ -166,8 +179,8 @@ impl Dispatcher for FcmClient {
                 && error.code() == super::error::FcmErrorCode::Unauthenticated
                 && !refreshed
             {
-                // Our token was refused: fetch a new one and try once more.
-                self.credentials.invalidate(&bearer).await;
+                // Our token was refused: drop it, fetch a new one and try once more.
+                self.credentials.invalidate(&bearer);
                 refreshed = true;
                 continue;
             }

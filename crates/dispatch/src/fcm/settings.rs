@@ -16,7 +16,7 @@ pub struct FcmSettings {
     pub project_id: String,
     /// A service-account JSON; `None` = Application Default Credentials.
     pub credentials_file: Option<PathBuf>,
-    /// Extra root CA.
+    /// Extra root CA, for the FCM endpoint and the OAuth token endpoint.
     pub ca_file: Option<PathBuf>,
     /// HTTP/2 connections.
     pub connections: usize,
@@ -44,5 +44,12 @@ impl FcmSettings {
             request_timeout,
             quota_wait,
         }
+    }
+
+    /// How its OAuth tokens are fetched: the default timeouts and backoff
+    /// (see [`super::credentials`]), with the app's `ca_file` as an extra
+    /// root for the token endpoint.
+    pub fn token_settings(&self) -> super::credentials::TokenSettings {
+        super::credentials::TokenSettings::new(self.ca_file.clone())
     }
 }
