@@ -44,13 +44,26 @@ pub async fn start_sandbox(
     push_dispatch_sandbox::Sandbox,
     push_dispatch_sandbox::devkeys::DevCredentials,
 ) {
+    start_sandbox_with(dir, topic, project, |c| c.faults = faults).await
+}
+
+/// [`start_sandbox`] with the rest of its config set by `setup` (e.g. a black hole).
+pub async fn start_sandbox_with(
+    dir: &std::path::Path,
+    topic: &str,
+    project: &str,
+    setup: impl FnOnce(&mut push_dispatch_sandbox::SandboxConfig),
+) -> (
+    push_dispatch_sandbox::Sandbox,
+    push_dispatch_sandbox::devkeys::DevCredentials,
+) {
     use push_dispatch_sandbox::{Sandbox, SandboxConfig, devkeys};
     let port = free_port();
     let creds = devkeys::ensure(dir, &format!("http://127.0.0.1:{port}/token"), project)
         .expect("dev credentials");
     let mut config = SandboxConfig::local(creds.apns_config(topic), creds.fcm_config(project));
     config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
-    config.faults = faults;
+    setup(&mut config);
     let sandbox = Sandbox::start(config).await.expect("sandbox");
     (sandbox, creds)
 }
@@ -103,6 +116,10 @@ pub struct Settings {
     pub apps_yaml: Option<String>,
     /// The body of a `feedback:` section (keys indented by 2), if any.
     pub feedback_yaml: Option<String>,
+    /// `dispatch.concurrency`.
+    pub concurrency: u32,
+    /// `dispatch.request_timeout`.
+    pub request_timeout: &'static str,
 }
 
 impl Default for Settings {
@@ -118,6 +135,8 @@ impl Default for Settings {
             stub_options: "",
             apps_yaml: None,
             feedback_yaml: None,
+            concurrency: 512,
+            request_timeout: "10s",
         }
     }
 }
@@ -192,6 +211,8 @@ shutdown_grace: {grace}
 dispatch:
   max_in_process_wait: {wait}
   max_republish: {max_republish}
+  concurrency: {concurrency}
+  request_timeout: {request_timeout}
 telemetry:
   log_format: text
   log_level: debug
@@ -212,6 +233,8 @@ server:
             grace = s.shutdown_grace,
             wait = s.max_in_process_wait,
             max_republish = s.max_republish,
+            concurrency = s.concurrency,
+            request_timeout = s.request_timeout,
         );
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");

@@ -476,3 +476,112 @@ async fn an_outage_opens_the_circuit_and_targets_are_carried_forward_unsent() {
         0.0
     );
 }
+
+/// Issue 13, outside in: app `holed`'s APNs endpoint accepts TCP and never
+/// answers (a firewall, an exhausted Cloud NAT), app `hung`'s OAuth token
+/// endpoint never answers, and app `ok` is healthy. With a small
+/// `dispatch.concurrency`, the 80 stuck targets hold only their bulkheads
+/// (fail-fast dials and token fetches, then backoff), and `ok`'s 60 targets
+/// on both platforms are delivered meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_provider_and_a_hung_token_endpoint_do_not_stall_a_healthy_app() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (holed, holed_creds) = common::start_sandbox_with(
+        &dir.path().join("holed"),
+        "com.example.holed",
+        "holed-firebase",
+        |c| c.blackhole = true,
+    )
+    .await;
+    let (hung, hung_creds) = start_sandbox(
+        &dir.path().join("hung"),
+        "com.example.hung",
+        "hung-firebase",
+        Faults {
+            oauth_hang: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let (ok, ok_creds) = start_sandbox(
+        &dir.path().join("ok"),
+        "com.example.ok",
+        "ok-firebase",
+        Faults::default(),
+    )
+    .await;
+    let apps = [
+        sandbox_app_yaml(
+            "holed",
+            &holed,
+            &holed_creds,
+            "com.example.holed",
+            "holed-firebase",
+        ),
+        sandbox_app_yaml(
+            "hung",
+            &hung,
+            &hung_creds,
+            "com.example.hung",
+            "hung-firebase",
+        ),
+        sandbox_app_yaml("ok", &ok, &ok_creds, "com.example.ok", "ok-firebase"),
+    ]
+    .concat();
+    let env = TestEnv::new(
+        "isolation",
+        Settings {
+            apps_yaml: Some(apps),
+            concurrency: 16,
+            request_timeout: "2s",
+            max_in_process_wait: "1s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    for i in 0..40 {
+        env.publish_json(&format!(
+            r#"{{"app":"holed","targets":[{{"platform":"PLATFORM_APNS","token":"{}"}}]}}"#,
+            apns_token(&format!("{i:04x}"))
+        ))
+        .await;
+        env.publish_json(&format!(
+            r#"{{"app":"hung","targets":[{{"platform":"PLATFORM_FCM","token":"hung-{i}"}}]}}"#
+        ))
+        .await;
+    }
+    let published = Instant::now();
+    for i in 0..30 {
+        env.publish_json(&format!(
+            r#"{{"app":"ok","targets":[{{"platform":"PLATFORM_APNS","token":"{}"}},{{"platform":"PLATFORM_FCM","token":"ok-{i}"}}]}}"#,
+            apns_token(&format!("a{i:03x}"))
+        ))
+        .await;
+    }
+    wait_deliveries(&ok, 60).await;
+    println!(
+        "healthy app: 60 targets delivered {:?} after they were published, beside 80 stuck ones",
+        published.elapsed()
+    );
+    assert!(holed.deliveries().is_empty() && hung.deliveries().is_empty());
+    // The stuck ones failed fast, then were handed back without queueing.
+    let m = env.metrics().await;
+    let of = |app: &str, outcome: &str| {
+        common::metric_value(
+            &m,
+            "push_dispatch_sends_total",
+            &[("app", app), ("outcome", outcome)],
+        )
+    };
+    assert!(
+        of("holed", "retryable") + of("holed", "provider_backoff") > 0.0,
+        "{m}"
+    );
+    assert!(of("hung", "retryable") + of("hung", "provider_backoff") > 0.0);
+    let (_, statusz) = common::http_get(env.port, "/statusz")
+        .await
+        .expect("statusz");
+    assert!(statusz.contains("no connection"), "{statusz}");
+}

@@ -523,7 +523,10 @@ fn describe_failure(outcome: &Outcome) -> Option<String> {
             } => format!("{status} {provider_reason}"),
             RetryCause::Timeout => "no answer within dispatch.request_timeout".to_string(),
             RetryCause::Connection => "the connection broke with the request in flight".to_string(),
-            RetryCause::Unsent => "not sent: the stream was refused, or it was still queued when its time ran out".to_string(),
+            RetryCause::Unsent => {
+                "not sent: the stream was refused, or it was still queued when its time ran out"
+                    .to_string()
+            }
             RetryCause::Credentials { problem } => problem.clone(),
             RetryCause::Connect { problem } => format!("no connection: {problem}"),
             RetryCause::Quota {
