@@ -1,6 +1,7 @@
 //! Fault flags for chaos runs: random failures and 429s, added latency, GOAWAY
 //! every N streams, forced expiry of APNs provider tokens, a hung OAuth token
-//! endpoint and revoked OAuth access tokens.
+//! endpoint, revoked OAuth access tokens, and black holes (connections or
+//! streams never answered) switched on and off at run time.
 //!
 //! The flags are a small `Copy` value behind a lock, read once per request, so
 //! changing them at run time (`POST /sandbox/faults`, [`crate::Sandbox::set_faults`])
@@ -54,6 +55,14 @@ pub struct Faults {
     /// token); tokens issued afterwards are accepted. The stored flag reads
     /// `false` again right after it fired.
     pub revoke_oauth_tokens: bool,
+    /// Like `--blackhole`, switchable at run time: connections accepted while
+    /// it is set are held and never get a byte (closed when the client gives
+    /// up); connections made before keep working unless `blackhole_streams`
+    /// is set too. A chaos run sets both for a black-hole phase.
+    pub blackhole: bool,
+    /// Like `--blackhole-streams`, switchable at run time: APNs and FCM
+    /// requests that arrive while it is set are never answered.
+    pub blackhole_streams: bool,
 }
 
 impl Default for Faults {
@@ -67,6 +76,8 @@ impl Default for Faults {
             expire_provider_tokens: false,
             oauth_hang: false,
             revoke_oauth_tokens: false,
+            blackhole: false,
+            blackhole_streams: false,
         }
     }
 }

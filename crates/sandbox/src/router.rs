@@ -33,7 +33,9 @@ pub(crate) fn route<'a>(
         conn.count_stream(every, &state.recorder);
     }
     let path = req.uri().path();
-    if state.blackhole_streams && (path.starts_with("/3/") || path.starts_with("/v1/")) {
+    if (state.blackhole_streams || faults.blackhole_streams)
+        && (path.starts_with("/3/") || path.starts_with("/v1/"))
+    {
         // Never answered; the stream ends with its connection.
         state.recorder.blackholed.fetch_add(1, Ordering::Relaxed);
         return Either::Right(Box::pin(std::future::pending()));

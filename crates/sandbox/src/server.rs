@@ -154,6 +154,10 @@ pub(crate) fn spawn_listener(
                     let _ = stream.set_nodelay(true);
                     state.recorder.connections.fetch_add(1, Ordering::Relaxed);
                     match &serve_as {
+                        // The run-time black hole (`Faults::blackhole`).
+                        Serve::Http(_) if state.faults.current().blackhole => {
+                            tasks.spawn(hold(stream, cancel.clone()));
+                        }
                         Serve::Http(tls) => {
                             tasks.spawn(serve(stream, tls.clone(), state.clone(), cancel.clone()));
                         }
@@ -222,7 +226,7 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
 
-    let blackhole_streams = state.blackhole_streams;
+    let blackhole_streams = state.blackhole_streams || state.faults.current().blackhole_streams;
     let conn_state = Arc::new(ConnState::default());
     let service = {
         let conn_state = conn_state.clone();

@@ -238,3 +238,37 @@ async fn blackhole_streams_completes_http2_and_never_answers_a_push() {
         .await
         .expect("shutdown drops unanswered streams");
 }
+
+#[tokio::test]
+async fn black_holes_switch_on_and_off_at_run_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = start().await;
+    let jwt = fx.jwt();
+    let send = || {
+        fx.apns_request(&fx.client, TOKEN, &jwt)
+            .timeout(Duration::from_millis(300))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    fx.sandbox.set_faults(Faults {
+        blackhole: true,
+        blackhole_streams: true,
+        ..Faults::default()
+    });
+    // A push on the open connection is never answered …
+    assert!(send().await.unwrap_err().is_timeout());
+    // … and a new connection never gets a byte.
+    let mut tcp = tokio::net::TcpStream::connect(fx.sandbox.addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+    assert!(read.is_err(), "the sandbox sent something: {read:?}");
+    // Switched off, pushes are answered again.
+    fx.sandbox.set_faults(Faults::default());
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(fx.sandbox.stats().blackholed, 1);
+}
