@@ -1,10 +1,15 @@
-//! The chaos run (SPEC §5 under faults): thousands of requests for two apps
+//! The chaos run (SPEC §5 under faults): thousands of requests for three apps
 //! and both platforms — good, dead, flaky, malformed and poison — through two
 //! worker processes on one subscription while the sandboxes inject 5xx, 429
 //! with Retry-After, GOAWAY and latency; one worker is killed with SIGKILL
-//! and replaced mid-run, the other is stopped with SIGTERM. Then every target
-//! of every request is reconciled against what the sandboxes accepted, what
-//! the feedback topic carried and what the dead-letter topic holds.
+//! and replaced mid-run, the other is stopped with SIGTERM. The third app's
+//! sandbox goes through two phases of its own (issue 13): first its OAuth
+//! token endpoint hangs, then it becomes a black hole (connections accepted
+//! and never answered, streams never answered), each for `CHAOS_PHASE_SECS`.
+//! Then every target of every request is reconciled against what the
+//! sandboxes accepted, what the feedback topic carried and what the
+//! dead-letter topic holds, and the healthy apps' delivery latency (p50,
+//! p99) is shown per phase: a stuck provider must not slow the others.
 //!
 //! `make test` runs a small version (`CHAOS_REQUESTS`, default 300);
 //! `make chaos` runs 3,000.
@@ -13,7 +18,10 @@
 //! worker logs each message id it receives. A target may be blamed on the
 //! emulator only if no worker ever received its message, or if only the
 //! workers that were stopped (SIGKILL, or SIGTERM with the message nacked on
-//! drain) received it, none acked it, and Pub/Sub never delivered it again
+//! drain) received it, none acked it, and Pub/Sub never delivered it again,
+//! or if the last thing that happened to it was a worker's nack (a wait, a
+//! failure: it is back in Pub/Sub) and Pub/Sub never delivered it again
+//! (the zombies of the closed streams took the redelivery)
 //! (a stopped worker's closed streams become zombies that swallow
 //! redeliveries). Everything else missing is "lost", and the run fails on any.
 
@@ -57,7 +65,11 @@ fn plan(i: usize) -> Planned {
             request_id,
         };
     }
-    let app = if i.is_multiple_of(2) { "" } else { "second" };
+    let app = match i % 3 {
+        0 => "",
+        1 => "second",
+        _ => "third",
+    };
     let mut targets = Vec::new();
     let mut json_targets = Vec::new();
     for j in 0..(1 + i % 3) {
@@ -115,6 +127,9 @@ fn faults() -> Faults {
 struct Receipts {
     /// message id → (worker, settled with an ack?) for every reception.
     received: HashMap<String, Vec<(String, bool)>>,
+    /// message id → whether the last event of it in any worker's log (by
+    /// time) was a nack.
+    last_nacked: HashMap<String, bool>,
     /// request id → message ids.
     messages_of: HashMap<String, HashSet<String>>,
     /// message id → (republished message id, positions of the carried targets).
@@ -129,6 +144,28 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 fn read_receipts(logs: &[(String, String)]) -> Receipts {
     let mut r = Receipts::default();
+    // message id → (time, was it a nack) of its latest reception or settlement.
+    let mut last: HashMap<String, (String, bool)> = HashMap::new();
+    for (_, text) in logs {
+        for line in text.lines() {
+            let nack = line.contains(" settled ") && line.contains("settle=Nack");
+            if !(nack || line.contains(" received ") || line.contains(" settled ")) {
+                continue;
+            }
+            let (Some(time), Some(id)) =
+                (line.split_whitespace().next(), field(line, "message_id"))
+            else {
+                continue;
+            };
+            let entry = last
+                .entry(id.to_string())
+                .or_insert_with(|| (String::new(), false));
+            if time >= entry.0.as_str() {
+                *entry = (time.to_string(), nack);
+            }
+        }
+    }
+    r.last_nacked = last.into_iter().map(|(id, (_, nack))| (id, nack)).collect();
     for (worker, text) in logs {
         let mut acked: HashSet<&str> = HashSet::new();
         for line in text.lines() {
@@ -217,8 +254,15 @@ async fn chaos_every_request_is_accounted_for() {
         faults(),
     )
     .await;
+    let (third, third_creds) = start_sandbox(
+        &dir.path().join("third"),
+        "com.example.third",
+        "third-fb",
+        faults(),
+    )
+    .await;
     let apps = format!(
-        "{}{}",
+        "{}{}{}",
         sandbox_app_yaml("main", &main, &main_creds, "com.example.app", "main-fb"),
         sandbox_app_yaml(
             "second",
@@ -227,6 +271,19 @@ async fn chaos_every_request_is_accounted_for() {
             "com.example.second",
             "second-fb"
         ),
+        sandbox_app_yaml(
+            "third",
+            &third,
+            &third_creds,
+            "com.example.third",
+            "third-fb"
+        ),
+    );
+    let phase = Duration::from_secs(
+        std::env::var("CHAOS_PHASE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
     );
     let env = TestEnv::new(
         "chaos",
@@ -236,6 +293,9 @@ async fn chaos_every_request_is_accounted_for() {
             max_in_process_wait: "3s",
             max_republish: 20,
             shutdown_grace: "5s",
+            concurrency: 64,
+            request_timeout: "2s",
+            circuit_open_for: "3s",
             ..Settings::default()
         },
     )
@@ -249,35 +309,49 @@ async fn chaos_every_request_is_accounted_for() {
     let plans: Vec<Planned> = (0..n).map(plan).collect();
     let expected: usize = plans.iter().map(|p| p.targets.len()).sum();
 
+    // Phase 1: the third app's OAuth token endpoint hangs.
+    third.set_faults(Faults {
+        oauth_hang: true,
+        ..faults()
+    });
     // The killed worker runs one stream, so that it leaves only one zombie.
     let (mut killed, _) = start_worker_on(&env, "killed", "1").await;
     let (mut stopped, _) = start_worker_on(&env, "stopped", "4").await;
     let mut logs: Vec<(String, String)> = Vec::new();
-    let third = n / 3;
+    let third_part = n / 3;
     let started = Instant::now();
     let mut originals: HashMap<String, String> = HashMap::new();
-    for p in &plans[..third] {
-        let id = env.publish("push-requests", p.body.clone(), &[]).await;
-        originals.insert(p.request_id.clone(), id);
-    }
+    let mut published: HashMap<String, (u64, &'static str)> = HashMap::new();
+    let mut publish_all = async |plans: &[Planned], phase_name: &'static str| {
+        for p in plans {
+            let id = env.publish("push-requests", p.body.clone(), &[]).await;
+            originals.insert(p.request_id.clone(), id);
+            published.insert(p.request_id.clone(), (now_ms(), phase_name));
+        }
+    };
+    publish_all(&plans[..third_part], "oauth hang").await;
     // Mid-run: SIGKILL one worker while it holds messages, and replace it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = killed.child.kill();
     let _ = killed.child.wait();
     logs.push(("killed".into(), killed.log_text()));
+    tokio::time::sleep(phase.saturating_sub(Duration::from_millis(300))).await;
+    // Phase 2: the third app's endpoint becomes a black hole.
+    third.set_faults(Faults {
+        blackhole: true,
+        blackhole_streams: true,
+        ..faults()
+    });
     let (replacement, _) = start_worker_on(&env, "replacement", "4").await;
-    for p in &plans[third..2 * third] {
-        let id = env.publish("push-requests", p.body.clone(), &[]).await;
-        originals.insert(p.request_id.clone(), id);
-    }
+    publish_all(&plans[third_part..2 * third_part], "black hole").await;
+    tokio::time::sleep(phase).await;
+    third.set_faults(faults());
     // Then stop the other one gracefully.
     let status = stopped.terminate().await;
     assert!(status.success(), "SIGTERM exit: {status}");
     logs.push(("stopped".into(), stopped.log_text()));
-    for p in &plans[2 * third..] {
-        let id = env.publish("push-requests", p.body.clone(), &[]).await;
-        originals.insert(p.request_id.clone(), id);
-    }
+    publish_all(&plans[2 * third_part..], "no fault").await;
+    let sandboxes = [&main, &second, &third];
 
     // Collect until every target is accounted for, or the deadline.
     let mut events: Vec<TokenInvalidated> = Vec::new();
@@ -303,15 +377,22 @@ async fn chaos_every_request_is_accounted_for() {
             dead_letters.push((reason, keys));
             last_progress = Instant::now();
         }
-        let accounted = account(&plans, &main, &second, &events, &dead_letters).accounted;
+        let accounted = account(&plans, &sandboxes, &events, &dead_letters).accounted;
         if accounted >= expected || started.elapsed() > deadline {
             break;
         }
-        // Stop early when nothing moved for a long time (the rest is gone).
-        if last_progress.elapsed() > Duration::from_secs(20) && accounted > 0 {
-            let delivered_now = main.deliveries().len() + second.deliveries().len();
+        // Stop early when nothing moved for a long time (the rest is gone);
+        // longer than an open circuit (30 s), whose targets wait it out.
+        let delivered = || {
+            sandboxes
+                .iter()
+                .map(|s| s.deliveries().len())
+                .sum::<usize>()
+        };
+        if last_progress.elapsed() > Duration::from_secs(45) && accounted > 0 {
+            let delivered_now = delivered();
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if main.deliveries().len() + second.deliveries().len() == delivered_now {
+            if delivered() == delivered_now {
                 break;
             }
         }
@@ -321,12 +402,34 @@ async fn chaos_every_request_is_accounted_for() {
     let _ = replacement.terminate().await;
     logs.push(("replacement".into(), replacement.log_text()));
 
+    if let Ok(dir) = std::env::var("CHAOS_LOG_DIR") {
+        for (worker, text) in &logs {
+            let _ = std::fs::write(format!("{dir}/{worker}.log"), text);
+        }
+    }
     let receipts = read_receipts(&logs);
-    let report = account(&plans, &main, &second, &events, &dead_letters);
+    let report = account(&plans, &sandboxes, &events, &dead_letters);
+    // Requests a killed or stopped worker held are slowed by that (a lease
+    // to expire, a drain), not by the third app's faults: left out.
+    let touched: HashSet<&str> = receipts
+        .messages_of
+        .iter()
+        .filter(|(_, ids)| {
+            ids.iter().any(|id| {
+                receipts.received.get(id).is_some_and(|r| {
+                    r.iter()
+                        .any(|(w, acked)| (w == "killed" || w == "stopped") && !acked)
+                })
+            })
+        })
+        .map(|(req, _)| req.as_str())
+        .collect();
+    let latencies = healthy_latencies(&plans, &[&main, &second], &published, &touched);
 
     // Missing targets: blame the emulator only where the logs prove it.
     let mut lost = Vec::new();
     let mut never_received = 0usize;
+    let mut swallowed_after_nack = 0usize;
     let mut swallowed_after_kill = 0usize;
     let mut blamed: HashSet<&str> = HashSet::new();
     for (request_id, token) in &report.missing {
@@ -361,9 +464,14 @@ async fn chaos_every_request_is_accounted_for() {
         {
             swallowed_after_kill += 1;
             blamed.insert(token);
+        } else if receipts.last_nacked.get(&holder) == Some(&true)
+            && receptions.iter().all(|(_, acked)| !acked)
+        {
+            swallowed_after_nack += 1;
+            blamed.insert(token);
         } else {
             lost.push(format!(
-                "{request_id}/{token} (last held by message {holder})"
+                "{request_id}/{token} (last held by message {holder}, received {receptions:?})"
             ));
         }
     }
@@ -421,7 +529,28 @@ async fn chaos_every_request_is_accounted_for() {
         "{:<58} {:>8}",
         "emulator: unacked by a stopped worker, never redelivered", swallowed_after_kill
     );
+    println!(
+        "{:<58} {:>8}",
+        "emulator: nacked (waiting or failing), never redelivered", swallowed_after_nack
+    );
     println!("{:<58} {:>8}", "LOST", lost.len());
+    println!(
+        "healthy apps (main, second): delivery latency by the third app's phase when published (requests no stopped worker held;\n  after the SIGTERM the emulator's zombie streams hold new messages for the 10 s ack deadline)"
+    );
+    for (phase_name, mut ms) in latencies {
+        ms.sort_unstable();
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{:<58} {:>8}",
+            format!("  {phase_name}: {} targets, p50 / p99 ms", ms.len()),
+            format!("{} / {}", at(0.5), at(0.99))
+        );
+    }
+    let third_stats = third.stats();
+    println!(
+        "third app during its phases: blackholed streams {}, OAuth tokens issued {}",
+        third_stats.blackholed, third_stats.oauth_tokens_issued
+    );
     let main_stats = main.stats();
     println!(
         "sandbox faults fired: goaways {} + {}, 5xx/429 answers {:?}",
@@ -451,7 +580,9 @@ async fn chaos_every_request_is_accounted_for() {
         None,
         "every duplicate has a window"
     );
-    assert!(report.accounted + never_received + swallowed_after_kill >= expected);
+    assert!(
+        report.accounted + never_received + swallowed_after_kill + swallowed_after_nack >= expected
+    );
 }
 
 struct Report {
@@ -466,15 +597,57 @@ struct Report {
     unreported_dead: Vec<(String, String)>,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Delivery latency (ms from publish to the sandbox's receipt) of the first
+/// delivery of each target of `sandboxes`, grouped by the phase its request
+/// was published in.
+fn healthy_latencies(
+    plans: &[Planned],
+    sandboxes: &[&push_dispatch_sandbox::Sandbox],
+    published: &HashMap<String, (u64, &'static str)>,
+    touched: &HashSet<&str>,
+) -> BTreeMap<&'static str, Vec<u64>> {
+    let request_of: HashMap<&str, &str> = plans
+        .iter()
+        .flat_map(|p| {
+            p.targets
+                .iter()
+                .map(move |(t, _)| (t.as_str(), p.request_id.as_str()))
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut by_phase: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
+    for d in sandboxes.iter().flat_map(|s| s.deliveries()) {
+        let Some((at, phase)) = request_of
+            .get(d.token.as_str())
+            .filter(|r| !touched.contains(**r))
+            .and_then(|r| published.get(*r))
+        else {
+            continue;
+        };
+        if seen.insert(d.token.clone()) {
+            by_phase
+                .entry(phase)
+                .or_default()
+                .push(d.received_at_ms.saturating_sub(*at));
+        }
+    }
+    by_phase
+}
+
 fn account(
     plans: &[Planned],
-    main: &push_dispatch_sandbox::Sandbox,
-    second: &push_dispatch_sandbox::Sandbox,
+    sandboxes: &[&push_dispatch_sandbox::Sandbox],
     events: &[TokenInvalidated],
     dead_letters: &[(String, Vec<String>)],
 ) -> Report {
     let mut delivered: HashMap<String, usize> = HashMap::new();
-    for d in main.deliveries().into_iter().chain(second.deliveries()) {
+    for d in sandboxes.iter().flat_map(|s| s.deliveries()) {
         *delivered.entry(d.token).or_default() += 1;
     }
     let mut reported: HashMap<&str, usize> = HashMap::new();

@@ -120,6 +120,8 @@ pub struct Settings {
     pub concurrency: u32,
     /// `dispatch.request_timeout`.
     pub request_timeout: &'static str,
+    /// `dispatch.circuit.open_for`.
+    pub circuit_open_for: &'static str,
 }
 
 impl Default for Settings {
@@ -137,6 +139,7 @@ impl Default for Settings {
             feedback_yaml: None,
             concurrency: 512,
             request_timeout: "10s",
+            circuit_open_for: "30s",
         }
     }
 }
@@ -213,6 +216,8 @@ dispatch:
   max_republish: {max_republish}
   concurrency: {concurrency}
   request_timeout: {request_timeout}
+  circuit:
+    open_for: {open_for}
 telemetry:
   log_format: text
   log_level: debug
@@ -235,6 +240,7 @@ server:
             max_republish = s.max_republish,
             concurrency = s.concurrency,
             request_timeout = s.request_timeout,
+            open_for = s.circuit_open_for,
         );
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
