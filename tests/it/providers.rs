@@ -8,6 +8,15 @@ use crate::common::{self, Settings, TestEnv, apns_token, sandbox_app_yaml, start
 use push_dispatch_proto::v1::{PushRequest, TokenInvalidated};
 use push_dispatch_sandbox::{Faults, Platform as SandboxPlatform, Sandbox};
 
+/// Polls `check` until it holds, for at most [`common::DEADLINE`].
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < common::DEADLINE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_deliveries(sandbox: &Sandbox, n: usize) -> Vec<push_dispatch_sandbox::Delivery> {
     let start = Instant::now();
     loop {
@@ -274,6 +283,62 @@ async fn a_retry_after_beyond_the_in_process_budget_is_honoured_across_a_redeliv
         sends <= nacked + 1.0,
         "{sends} sends for {nacked} nacks: Retry-After not honoured"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_is_honoured_across_a_republish_with_push_not_before() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (sandbox, creds) = start_sandbox(
+        dir.path(),
+        "com.example.app",
+        "later-firebase",
+        Faults {
+            retry_after_secs: 3,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let env = TestEnv::new(
+        "not-before",
+        Settings {
+            apps_yaml: Some(sandbox_app_yaml(
+                "default",
+                &sandbox,
+                &creds,
+                "com.example.app",
+                "later-firebase",
+            )),
+            max_in_process_wait: "1s",
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    let _worker = env.start_worker().await;
+    // APNs delivers at once; FCM says 429 with Retry-After: 3.
+    env.publish_json(&format!(
+        r#"{{"targets":[{{"platform":"PLATFORM_APNS","token":"{}"}},{{"platform":"PLATFORM_FCM","token":"quota-7"}}]}}"#,
+        apns_token("a1b2")
+    ))
+    .await;
+    let quota = |s: &Sandbox| s.stats().fcm_count("429 QUOTA_EXCEEDED");
+    wait_until("the first 429", || quota(&sandbox) >= 1).await;
+    let told = Instant::now();
+    // The remainder is republished at once (the delivered APNs target is
+    // not sent again) with push_not_before, and not sent before it.
+    env.wait_metric(
+        "push_dispatch_messages_total",
+        &[("result", "republished")],
+        1.0,
+    )
+    .await;
+    wait_until("the FCM target sent again", || quota(&sandbox) >= 2).await;
+    let again = told.elapsed();
+    assert!(
+        again >= Duration::from_millis(2500),
+        "sent again {again:?} after a Retry-After of 3 s"
+    );
+    assert_eq!(sandbox.deliveries().len(), 1, "APNs delivered once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
