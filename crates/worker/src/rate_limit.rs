@@ -54,7 +54,7 @@ const WINDOW_SECONDS: usize = 5;
 
 /// The token bucket itself, without a lock.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -63,7 +63,7 @@ struct Bucket {
 
 impl Bucket {
     /// `rate` pushes per second; the bucket starts full.
-    fn new(rate: f64, now: Instant) -> Bucket {
+    pub(crate) fn new(rate: f64, now: Instant) -> Bucket {
         let burst = rate.max(1.0);
         Bucket {
             rate,
@@ -81,14 +81,18 @@ impl Bucket {
 
     /// Changes the rate from `now` on: tokens earned so far at the old rate
     /// are kept, up to the new burst.
-    fn set_rate(&mut self, now: Instant, rate: f64) {
+    pub(crate) fn set_rate(&mut self, now: Instant, rate: f64) {
         self.refill(now);
         self.rate = rate;
         self.burst = rate.max(1.0);
         self.tokens = self.tokens.min(self.burst);
     }
 
-    fn reserve_within(&mut self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+    pub(crate) fn reserve_within(
+        &mut self,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Result<Duration, Duration> {
         self.refill(now);
         let after = self.tokens - 1.0;
         let wait = if after >= 0.0 {
