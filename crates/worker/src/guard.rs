@@ -100,12 +100,23 @@ impl Guard {
     }
 
     fn verdict_at(&self, now: Instant) -> (Verdict, bool) {
+        let (sends, suspicious) = {
+            let mut inner = self.lock();
+            self.expire(&mut inner, now);
+            inner
+                .buckets
+                .iter()
+                .fold((0u64, 0u64), |(s, x), b| (s + b.1, x + b.2))
+        };
+        self.judge_counts(sends, suspicious)
+    }
+
+    /// The verdict for a window holding `sends` final answers of which
+    /// `suspicious` are suspicious: the fleet's counts, read back from the
+    /// shared store (issue 16), instead of this pod's. Returns the verdict and
+    /// whether the tripped state changed.
+    pub fn judge_counts(&self, sends: u64, suspicious: u64) -> (Verdict, bool) {
         let mut inner = self.lock();
-        self.expire(&mut inner, now);
-        let (sends, suspicious) = inner
-            .buckets
-            .iter()
-            .fold((0u64, 0u64), |(s, x), b| (s + b.1, x + b.2));
         let over = sends > 0 && (suspicious as f64) / (sends as f64) > self.config.ratio;
         let tripped = over && sends >= u64::from(self.config.min_samples);
         let changed = tripped != inner.tripped;
@@ -166,6 +177,21 @@ mod tests {
             min_samples: 100,
             window: Duration::from_secs(60),
         })
+    }
+
+    #[test]
+    fn the_fleets_counts_decide_even_when_this_pod_saw_few() {
+        let g = guard();
+        g.record(3, 3);
+        assert_eq!(
+            g.verdict(),
+            (Verdict::Report, false),
+            "below min_samples here"
+        );
+        // The fleet's window, read back from the shared store, trips it.
+        assert_eq!(g.judge_counts(150, 120), (Verdict::Hold, true));
+        assert!(g.is_tripped());
+        assert_eq!(g.judge_counts(400, 100), (Verdict::Report, true));
     }
 
     #[test]
