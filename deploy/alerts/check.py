@@ -90,7 +90,8 @@ METRICS = {
 LABEL_VALUES = {
     ("push_dispatch_sends_total", "outcome"): {
         "delivered", "token_invalid", "retryable", "rejected", "expired", "circuit_open",
-        "rate_limited", "provider_backoff"},
+        "rate_limited", "provider_backoff",
+        "duplicate_suppressed", "claimed_elsewhere"},
     ("push_dispatch_sends_total", "platform"): {"apns", "fcm"},
     ("push_dispatch_messages_total", "result"): {
         "acked", "nacked", "dead_lettered", "expired", "republished"},

@@ -388,6 +388,8 @@ async fn metrics_equal_what_happened_and_labels_stay_bounded() {
                 "circuit_open",
                 "rate_limited",
                 "provider_backoff",
+                "duplicate_suppressed",
+                "claimed_elsewhere",
             ]),
         ),
         (

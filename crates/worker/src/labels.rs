@@ -78,6 +78,10 @@ label_values! {
         /// Every connection, or the credential, was in a failure backoff
         /// (not sent: the provider is unreachable for now).
         ProviderBackoff => "provider_backoff",
+        /// Already final within `dedup.window` (not sent again).
+        DuplicateSuppressed => "duplicate_suppressed",
+        /// Another copy of the request held a pending claim (carried forward).
+        ClaimedElsewhere => "claimed_elsewhere",
     }
 }
 

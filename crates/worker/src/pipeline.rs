@@ -21,6 +21,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::context::{Deadline, MessageContext, to_system_time};
+use crate::dedup::{Claim, Dedup, Final, Key};
 use crate::guard::{Verdict, is_suspicious};
 use crate::labels::{AckKind, DuplicateWindow, MessageResult, PublishPurpose, SendOutcome};
 use crate::letters::compose;
@@ -70,6 +71,7 @@ impl Settle {
 pub struct Worker<O: Outbox> {
     apps: Vec<App>,
     outbox: O,
+    dedup: Option<Dedup>,
     policy: Policy,
     limits: SendLimits,
     metrics: Arc<Metrics>,
@@ -87,6 +89,7 @@ impl<O: Outbox> Worker<O> {
         Worker {
             apps,
             outbox,
+            dedup: None,
             policy: settings.policy,
             limits: SendLimits {
                 slots: Semaphore::new(settings.concurrency.max(1)),
@@ -96,6 +99,12 @@ impl<O: Outbox> Worker<O> {
             },
             metrics,
         }
+    }
+
+    /// With idempotent requests (`dedup.window`, see [`crate::dedup`]).
+    pub fn with_dedup(mut self, dedup: Dedup) -> Worker<O> {
+        self.dedup = Some(dedup);
+        self
     }
 
     /// Its outbox.
@@ -270,7 +279,10 @@ impl<O: Outbox> Worker<O> {
             return settle;
         }
 
-        let sent = self.send_all(app, &request, &checked, deadline).await;
+        let claims = self.claim(app, &request, &checked).await;
+        let sent = self
+            .send_all(app, &request, &checked, deadline, claims.as_deref())
+            .await;
         let sent = self.expire_unsendable(app, &request, sent, deadline);
         let verdicts = judge(app, &request, &sent);
         let identity = AppIdentity {
@@ -289,6 +301,12 @@ impl<O: Outbox> Worker<O> {
         );
         self.count_held(app, &request, &plan);
         let report = self.publish_plan(&plan, &ctx, &request).await;
+        if let (Some(dedup), Some(claims)) = (&self.dedup, &claims) {
+            record_finals(
+                dedup, app, &request, &checked, claims, &sent, &plan, &report,
+            )
+            .await;
+        }
         let settlement = settle(&plan, &report, &ctx, self.policy);
         self.carry_out(settlement, &ctx, Some(&request), Some(app))
             .await
@@ -378,15 +396,43 @@ impl<O: Outbox> Worker<O> {
         sent
     }
 
-    /// Sends every sendable target concurrently (bounded by the send slots).
+    /// Claims the sendable targets for dedup (one round trip), when dedup
+    /// is on and the request has a `request_id`; aligned with
+    /// `checked.sendable`. `None`: send them all.
+    async fn claim(
+        &self,
+        app: &App,
+        request: &PushRequest,
+        checked: &Checked,
+    ) -> Option<Vec<Claim>> {
+        let dedup = self.dedup.as_ref()?;
+        if request.request_id.is_empty() {
+            return None;
+        }
+        let keys: Vec<Key<'_>> = checked
+            .sendable
+            .iter()
+            .map(|&i| dedup_key(app, request, i))
+            .collect();
+        dedup.claim(&keys).await
+    }
+
+    /// Sends every sendable target concurrently (bounded by the send slots),
+    /// but for those a dedup claim says not to send (already final, or
+    /// claimed by another copy of the request).
     async fn send_all(
         &self,
         app: &App,
         request: &PushRequest,
         checked: &Checked,
         deadline: Deadline,
+        claims: Option<&[Claim]>,
     ) -> Vec<(usize, TargetResult)> {
-        let sends = checked.sendable.iter().map(|&i| {
+        let sends = checked.sendable.iter().enumerate().map(|(k, &i)| {
+            let claim = claims
+                .and_then(|c| c.get(k))
+                .copied()
+                .unwrap_or(Claim::Mine);
             let target = &request.targets[i];
             let platform = target.platform();
             let span = tracing::info_span!(
@@ -401,10 +447,16 @@ impl<O: Outbox> Worker<O> {
                 http.response.status_code = tracing::field::Empty,
             );
             async move {
-                let result = match app.provider(platform) {
-                    Some(p) => p.send(&self.limits, request, &target.token, deadline).await,
+                let result = match (app.provider(platform), claim) {
+                    (Some(p), Claim::Done(_)) => p.not_sent(NotSent::Duplicate),
+                    (Some(p), Claim::Elsewhere { expires_in }) => {
+                        p.not_sent(NotSent::ClaimedElsewhere { wait: expires_in })
+                    }
+                    (Some(p), Claim::Mine) => {
+                        p.send(&self.limits, request, &target.token, deadline).await
+                    }
                     // Validation guarantees a provider; keep the target rather than lose it.
-                    None => TargetResult::NotSent(crate::target::NotSent::ShuttingDown),
+                    (None, _) => TargetResult::NotSent(NotSent::ShuttingDown),
                 };
                 (i, result)
             }
@@ -618,6 +670,74 @@ impl<O: Outbox> Worker<O> {
             self.metrics.end_to_end.observe(d.as_secs_f64());
         }
     }
+}
+
+/// The dedup key of target `i`.
+fn dedup_key<'a>(app: &'a App, request: &'a PushRequest, i: usize) -> Key<'a> {
+    let target = &request.targets[i];
+    Key {
+        app: &app.name,
+        request_id: &request.request_id,
+        platform: target.platform(),
+        token: &target.token,
+    }
+}
+
+/// Records, for dedup, the targets this worker claimed that ended final —
+/// delivered, reported dead with the feedback confirmed, dead-lettered by the
+/// plan with the letter confirmed — and releases its other claims.
+#[allow(clippy::too_many_arguments)]
+async fn record_finals(
+    dedup: &Dedup,
+    app: &App,
+    request: &PushRequest,
+    checked: &Checked,
+    claims: &[Claim],
+    sent: &[(usize, TargetResult)],
+    plan: &Plan,
+    report: &OutboxReport,
+) {
+    let reported: std::collections::HashSet<usize> = if report.feedback_confirmed {
+        plan.events.iter().map(|(i, _)| *i).collect()
+    } else {
+        Default::default()
+    };
+    let dead_lettered: std::collections::HashSet<usize> = plan
+        .dead_letters
+        .iter()
+        .zip(&report.dead_letters_confirmed)
+        .filter(|(_, confirmed)| **confirmed)
+        .filter_map(|(letter, _)| match &letter.targets {
+            Targets::Only(indices) => Some(indices.iter().copied()),
+            Targets::All => None,
+        })
+        .flatten()
+        .collect();
+    let mut finals = Vec::new();
+    let mut release = Vec::new();
+    for (k, &i) in checked.sendable.iter().enumerate() {
+        if claims.get(k) != Some(&Claim::Mine) {
+            continue;
+        }
+        let key = dedup_key(app, request, i);
+        let delivered = sent.iter().any(|(j, r)| {
+            *j == i
+                && matches!(
+                    r,
+                    TargetResult::Answered(push_dispatch_dispatch::Outcome::Delivered)
+                )
+        });
+        if delivered {
+            finals.push((key, Final::Delivered));
+        } else if reported.contains(&i) {
+            finals.push((key, Final::Reported));
+        } else if dead_lettered.contains(&i) {
+            finals.push((key, Final::DeadLettered));
+        } else {
+            release.push(key);
+        }
+    }
+    dedup.record(&finals, &release).await;
 }
 
 /// §5.9: feeds each provider's guard with this message's final answers and

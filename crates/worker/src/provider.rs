@@ -415,12 +415,14 @@ impl Provider {
     }
 
     /// Counts a target the worker did not send (draining is not counted).
-    fn not_sent(&self, why: NotSent) -> TargetResult {
+    pub fn not_sent(&self, why: NotSent) -> TargetResult {
         let label = match why {
             NotSent::Expired => Some(SendOutcome::Expired),
             NotSent::CircuitOpen { .. } => Some(SendOutcome::CircuitOpen),
             NotSent::Backoff { .. } => Some(SendOutcome::ProviderBackoff),
             NotSent::RateLimited { .. } => Some(SendOutcome::RateLimited),
+            NotSent::Duplicate => Some(SendOutcome::DuplicateSuppressed),
+            NotSent::ClaimedElsewhere { .. } => Some(SendOutcome::ClaimedElsewhere),
             NotSent::ShuttingDown => None,
         };
         if let Some(label) = label {

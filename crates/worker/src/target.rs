@@ -47,6 +47,15 @@ pub enum NotSent {
     },
     /// The worker is draining and did not send it: carried forward.
     ShuttingDown,
+    /// Already final within `dedup.window` (another copy of the request
+    /// delivered it, reported it or dead-lettered it): final, not sent again.
+    Duplicate,
+    /// Another copy of the request holds a pending claim on it: carried
+    /// forward, never suppressed (that copy may still fail).
+    ClaimedElsewhere {
+        /// Until that claim expires.
+        wait: Duration,
+    },
 }
 
 impl TargetResult {
@@ -54,7 +63,8 @@ impl TargetResult {
     pub fn is_final_as_is(&self) -> bool {
         matches!(
             self,
-            TargetResult::Answered(Outcome::Delivered) | TargetResult::NotSent(NotSent::Expired)
+            TargetResult::Answered(Outcome::Delivered)
+                | TargetResult::NotSent(NotSent::Expired | NotSent::Duplicate)
         )
     }
 
@@ -67,6 +77,7 @@ impl TargetResult {
                     NotSent::CircuitOpen { .. }
                         | NotSent::Backoff { .. }
                         | NotSent::RateLimited { .. }
+                        | NotSent::ClaimedElsewhere { .. }
                         | NotSent::ShuttingDown
                 )
         )
@@ -81,7 +92,8 @@ impl TargetResult {
             TargetResult::NotSent(
                 NotSent::CircuitOpen { wait }
                 | NotSent::Backoff { wait }
-                | NotSent::RateLimited { wait },
+                | NotSent::RateLimited { wait }
+                | NotSent::ClaimedElsewhere { wait },
             ) => Some(*wait),
             _ => None,
         }
@@ -93,9 +105,11 @@ impl TargetResult {
     /// delivery attempts (they count as deferrals).
     pub fn is_only_waiting(&self) -> bool {
         match self {
-            TargetResult::NotSent(NotSent::CircuitOpen { .. } | NotSent::RateLimited { .. }) => {
-                true
-            }
+            TargetResult::NotSent(
+                NotSent::CircuitOpen { .. }
+                | NotSent::RateLimited { .. }
+                | NotSent::ClaimedElsewhere { .. },
+            ) => true,
             TargetResult::Answered(Outcome::Retryable { cause, .. }) => matches!(
                 cause,
                 RetryCause::Quota { .. } | RetryCause::Status { status: 429, .. }
