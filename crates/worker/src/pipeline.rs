@@ -136,6 +136,13 @@ impl<O: Outbox> Worker<O> {
         )
     }
 
+    /// Adds the guards' batched answers to the fleet's windows (periodic).
+    pub async fn flush_shared(&self) {
+        for provider in self.apps.iter().flat_map(App::providers) {
+            provider.flush_shared().await;
+        }
+    }
+
     /// Brings up to date the gauges that otherwise only traffic updates
     /// (guard release, circuit past `open_for`), so that alerts on them
     /// resolve when no more pushes come. `run` calls it every few seconds.
@@ -284,7 +291,7 @@ impl<O: Outbox> Worker<O> {
             .send_all(app, &request, &checked, deadline, claims.as_deref())
             .await;
         let sent = self.expire_unsendable(app, &request, sent, deadline);
-        let verdicts = judge(app, &request, &sent);
+        let verdicts = judge(app, &request, &sent).await;
         let identity = AppIdentity {
             name: &app.name,
             apns: app.apns.as_ref().map(|p| p.sender()),
@@ -742,7 +749,7 @@ async fn record_finals(
 
 /// §5.9: feeds each provider's guard with this message's final answers and
 /// returns its verdicts.
-fn judge(app: &App, request: &PushRequest, sent: &[(usize, TargetResult)]) -> Verdicts {
+async fn judge(app: &App, request: &PushRequest, sent: &[(usize, TargetResult)]) -> Verdicts {
     let mut verdicts = Verdicts::REPORT;
     for provider in app.providers() {
         let platform = provider.platform();
@@ -766,7 +773,7 @@ fn judge(app: &App, request: &PushRequest, sent: &[(usize, TargetResult)]) -> Ve
                 _ => {}
             }
         }
-        let verdict: Verdict = provider.judge(sends, suspicious);
+        let verdict: Verdict = provider.judge(sends, suspicious).await;
         match platform {
             Platform::Apns => verdicts.apns = verdict,
             _ => verdicts.fcm = verdict,

@@ -23,6 +23,8 @@ use tokio::sync::Semaphore;
 
 use crate::circuit::{Admission, Circuit, Transition};
 use crate::context::Deadline;
+use crate::fleet::{GuardStore, SharedGuard};
+use crate::fleet_rate::FleetRate;
 use crate::guard::{Guard, Verdict};
 use crate::labels::{DuplicateWindow, RefreshResult, SendOutcome};
 use crate::metrics::{Metrics, SendHandles};
@@ -109,6 +111,10 @@ pub struct Provider {
     refreshes_seen: (AtomicU64, AtomicU64),
     /// The last answer that was not a delivery or a dead token, and when.
     last_error: std::sync::Mutex<Option<(SystemTime, String)>>,
+    /// The guard's window shared with the fleet (issue 16), if coordinated.
+    shared_guard: Option<SharedGuard>,
+    /// The rate limit shared with the fleet (`scope: fleet`), if any.
+    fleet_rate: Option<FleetRate>,
 }
 
 /// How a provider is set up, besides its dispatcher.
@@ -169,6 +175,28 @@ impl Provider {
             metrics,
             refreshes_seen: Default::default(),
             last_error: std::sync::Mutex::new(None),
+            shared_guard: None,
+            fleet_rate: None,
+        }
+    }
+
+    /// Shares the guard's window with the fleet through `store`.
+    pub fn with_shared_guard(mut self, store: Arc<dyn GuardStore>) -> Provider {
+        let window = self.guard.config().window;
+        self.shared_guard = Some(SharedGuard::new(store, &self.app, self.platform(), window));
+        self
+    }
+
+    /// Limits sends with the fleet's rate (`rate_limit.scope: fleet`).
+    pub fn with_fleet_rate(mut self, rate: FleetRate) -> Provider {
+        self.fleet_rate = Some(rate);
+        self
+    }
+
+    /// Adds the guard's batched answers to the fleet's window (periodic).
+    pub async fn flush_shared(&self) {
+        if let Some(shared) = &self.shared_guard {
+            shared.flush().await;
         }
     }
 
@@ -205,11 +233,26 @@ impl Provider {
     /// §5.9: counts this message's final answers (`sends`, of which
     /// `suspicious`) in the guard and returns its verdict; logs and
     /// publishes a change of its state.
-    pub fn judge(&self, sends: u64, suspicious: u64) -> Verdict {
+    ///
+    /// With a fleet guard, a message with suspicious answers adds them to the
+    /// fleet's window and is judged on the fleet's totals, read back in the
+    /// same round trip, before its events are published.
+    pub async fn judge(&self, sends: u64, suspicious: u64) -> Verdict {
         if sends > 0 {
             self.guard.record(sends, suspicious);
         }
-        let (verdict, changed) = self.guard.verdict();
+        let fleet = match &self.shared_guard {
+            Some(shared) => shared.judge(sends, suspicious).await,
+            None => None,
+        };
+        let (verdict, changed) = match fleet {
+            Some((sends, suspicious)) => self.guard.judge_counts(sends, suspicious),
+            None if self.shared_guard.is_some() && self.guard.is_tripped() => {
+                // Tripped by the fleet; keep holding until the fleet says otherwise.
+                (Verdict::Hold, false)
+            }
+            None => self.guard.verdict(),
+        };
         if changed {
             self.guard_changed();
         }
@@ -220,7 +263,9 @@ impl Provider {
     /// guard whose window slid past the bad period is released, a circuit
     /// whose `open_for` passed stops counting as open.
     pub fn refresh_gauges(&self) {
-        if self.guard.verdict().1 {
+        // A fleet guard is judged on the fleet's window, at the next
+        // suspicious answer; this pod's window alone does not release it.
+        if self.shared_guard.is_none() && self.guard.verdict().1 {
             self.guard_changed();
         }
         self.handles
@@ -324,6 +369,16 @@ impl Provider {
             // Wait for the rate limit only within the in-process budget; a
             // longer wait goes back to Pub/Sub rather than holding the lease.
             // Asked on every attempt, unlimited too: it measures the send rate.
+            let budget = limits.max_in_process_wait.saturating_sub(started.elapsed());
+            if let Some(fleet) = &self.fleet_rate {
+                let waited = tokio::select! {
+                    w = fleet.acquire(budget) => w,
+                    () = shutdown.draining() => return TargetResult::NotSent(NotSent::ShuttingDown),
+                };
+                if let Err(wait) = waited {
+                    return self.not_sent(NotSent::RateLimited { wait });
+                }
+            }
             let budget = limits.max_in_process_wait.saturating_sub(started.elapsed());
             match self.rate.reserve_within(Instant::now(), budget) {
                 Ok(wait) if wait.is_zero() => {}

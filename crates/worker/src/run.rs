@@ -287,13 +287,17 @@ fn streams_started(metrics: &Metrics, config: &Config) {
     }
 }
 
-/// Refreshes the worker's gauges every [`GAUGE_REFRESH`] until `stop`.
+/// Refreshes the worker's gauges, and adds the guards' batched answers to
+/// the fleet's windows, every [`GAUGE_REFRESH`] until `stop`.
 async fn refresh_gauges<O: crate::outbox::Outbox>(worker: Arc<Worker<O>>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(GAUGE_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => worker.refresh_gauges(),
+            _ = tick.tick() => {
+                worker.refresh_gauges();
+                worker.flush_shared().await;
+            }
             () = stop.cancelled() => break,
         }
     }
