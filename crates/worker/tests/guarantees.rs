@@ -117,6 +117,7 @@ impl Harness {
                 policy: POLICY,
                 max_in_process_wait: options.max_in_process_wait,
                 concurrency: 64,
+                results: false,
             },
             metrics,
             shutdown.clone(),
