@@ -373,6 +373,10 @@ fn the_documented_examples_follow_the_contract() {
         counts.get("PushRequest").is_some_and(|n| *n >= 1),
         "{counts:?}"
     );
+    assert!(
+        counts.get("PushResult").is_some_and(|n| *n >= 1),
+        "{counts:?}"
+    );
 
     // The feedback example is exactly what the worker writes for that event.
     let example: serde_json::Value =
