@@ -17,6 +17,13 @@ file, not the Rust types generated from it.
         Prints a JSON list, one entry per message:
         {"json": <MessageToJson as an object>, "binary_hex": <SerializeToString>}.
 
+    python3 contract.py results MESSAGES.jsonl
+        Likewise for the results topic: each body a PushResult (JSON
+        canonical, or binary), with the attributes event_type, app, outcome
+        (delivered | partial | failed, from its targets), request_id,
+        complete and content-type consistent with the body. Prints the same
+        JSON list.
+
     python3 contract.py docs FILE.md...
         Every ```json block right after a line `<!-- contract: push.v1.NAME -->`
         must be a valid NAME under the same JSON rules (TokenInvalidated also
@@ -49,6 +56,10 @@ REQUIRED_ATTRIBUTES = {"event_type", "platform", "app", "reason", "content-type"
 OPTIONAL_ATTRIBUTES = {"traceparent", "tracestate"}
 PLATFORM_ATTRIBUTE = {"PLATFORM_APNS": "apns", "PLATFORM_FCM": "fcm"}
 CONTENT_TYPES = {"json": "application/json", "binary": "application/x-protobuf"}
+
+
+# Attributes of a PushResult (docs/producers.md).
+RESULT_ATTRIBUTES = {"event_type", "app", "outcome", "request_id", "complete", "content-type"}
 
 
 class ContractError(Exception):
@@ -225,6 +236,60 @@ def check_feedback(pool, path):
     return results
 
 
+def check_results(pool, path):
+    cls = message_class(pool, "push.v1.PushResult")
+    outcome_enum = cls.DESCRIPTOR.fields_by_name["targets"].message_type.fields_by_name["outcome"].enum_type
+    results, errors = [], []
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    if not lines:
+        raise ContractError(f"{path}: no messages to check")
+    for n, line in enumerate(lines):
+        what = f"result {n}"
+        try:
+            m = json.loads(line)
+            data = bytes.fromhex(m["data_hex"])
+            attrs = m["attributes"]
+            content_type = attrs.get("content-type")
+            if content_type == CONTENT_TYPES["binary"]:
+                result = parse_binary(cls, data, what)
+            elif content_type == CONTENT_TYPES["json"]:
+                result = parse_json(cls, data.decode("utf-8"), what, canonical=True)
+            else:
+                raise ContractError(f"{what}: content-type {content_type!r} is neither of {sorted(CONTENT_TYPES.values())}")
+            keys = set(attrs)
+            if RESULT_ATTRIBUTES - keys:
+                raise ContractError(f"{what}: attributes {sorted(RESULT_ATTRIBUTES - keys)} missing")
+            if keys - RESULT_ATTRIBUTES - OPTIONAL_ATTRIBUTES:
+                raise ContractError(f"{what}: undocumented attributes {sorted(keys - RESULT_ATTRIBUTES - OPTIONAL_ATTRIBUTES)}")
+            outcomes = [outcome_enum.values_by_number[t.outcome].name for t in result.targets]
+            delivered = outcomes.count("TARGET_OUTCOME_DELIVERED")
+            outcome = "delivered" if delivered == len(outcomes) else "failed" if delivered == 0 else "partial"
+            expected = {
+                "event_type": cls.DESCRIPTOR.full_name,
+                "app": result.app,
+                "outcome": outcome,
+                "request_id": result.request_id,
+                "complete": "true" if result.complete else "false",
+            }
+            for key, want in expected.items():
+                if attrs[key] != want:
+                    raise ContractError(f"{what}: attribute {key}={attrs[key]!r}, the body says {want!r}")
+            if not result.targets or "TARGET_OUTCOME_UNSPECIFIED" in outcomes:
+                raise ContractError(f"{what}: a result lists its targets, each with an outcome")
+            results.append({
+                "json": json_format.MessageToDict(result),
+                "binary_hex": result.SerializeToString(deterministic=True).hex(),
+            })
+        except ContractError as e:
+            errors.append(str(e))
+        except (KeyError, ValueError) as e:
+            errors.append(f"{what}: malformed input line: {e!r}")
+    if errors:
+        raise ContractError("\n".join(errors))
+    return results
+
+
 BLOCK = re.compile(r"<!--\s*contract:\s*push\.v1\.(\w+)\s*-->\s*\n```json\n(.*?)\n```", re.S)
 
 
@@ -243,7 +308,7 @@ def check_docs(pool, paths):
                 continue
             try:
                 # Events are the worker's output: canonical; requests are input.
-                parse_json(cls, body, f"{path}:{line}", canonical=name == "TokenInvalidated")
+                parse_json(cls, body, f"{path}:{line}", canonical=name in ("TokenInvalidated", "PushResult"))
                 counts[name] = counts.get(name, 0) + 1
             except ContractError as e:
                 errors.append(str(e))
@@ -253,13 +318,15 @@ def check_docs(pool, paths):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("feedback", "docs"):
+    if len(argv) < 3 or argv[1] not in ("feedback", "results", "docs"):
         print(__doc__, file=sys.stderr)
         return 2
     try:
         pool = build_pool()
         if argv[1] == "feedback":
             print(json.dumps(check_feedback(pool, argv[2])))
+        elif argv[1] == "results":
+            print(json.dumps(check_results(pool, argv[2])))
         else:
             print(json.dumps(check_docs(pool, argv[2:])))
     except ContractError as e:

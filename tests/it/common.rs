@@ -116,6 +116,8 @@ pub struct Settings {
     pub apps_yaml: Option<String>,
     /// The body of a `feedback:` section (keys indented by 2), if any.
     pub feedback_yaml: Option<String>,
+    /// The body of a `results:` section (keys indented by 2), if any.
+    pub results_yaml: Option<String>,
     /// `dispatch.concurrency`.
     pub concurrency: u32,
     /// `dispatch.request_timeout`.
@@ -137,6 +139,7 @@ impl Default for Settings {
             stub_options: "",
             apps_yaml: None,
             feedback_yaml: None,
+            results_yaml: None,
             concurrency: 512,
             request_timeout: "10s",
             circuit_open_for: "30s",
@@ -223,9 +226,14 @@ telemetry:
   log_level: debug
 server:
   listen: 127.0.0.1:{port}
-{feedback}apps:
+{feedback}{results}apps:
 {apps}
 "#,
+            results = s
+                .results_yaml
+                .as_ref()
+                .map(|r| format!("results:\n{r}\n"))
+                .unwrap_or_default(),
             feedback = s
                 .feedback_yaml
                 .as_ref()
@@ -303,6 +311,16 @@ server:
 
     /// Creates a plain subscription on `topic` (e.g. to watch the feedback topic).
     pub async fn create_subscription(&self, topic: &str, name: &str) -> String {
+        self.create_filtered_subscription(topic, name, "").await
+    }
+
+    /// Creates a subscription on `topic` with a Pub/Sub `filter` ("" = none).
+    pub async fn create_filtered_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        filter: &str,
+    ) -> String {
         let sub = self.subscription(name);
         self.clients
             .subscriptions
@@ -311,6 +329,7 @@ server:
                 Subscription::new()
                     .set_name(sub.clone())
                     .set_topic(self.topic(topic))
+                    .set_filter(filter)
                     .set_ack_deadline_seconds(30),
             )
             .send()

@@ -373,6 +373,10 @@ fn the_documented_examples_follow_the_contract() {
         counts.get("PushRequest").is_some_and(|n| *n >= 1),
         "{counts:?}"
     );
+    assert!(
+        counts.get("PushResult").is_some_and(|n| *n >= 1),
+        "{counts:?}"
+    );
 
     // The feedback example is exactly what the worker writes for that event.
     let example: serde_json::Value =
@@ -452,5 +456,146 @@ async fn the_documented_rest_publish_is_delivered() {
         )
         .await,
         0.0
+    );
+}
+
+/// Feeds published results to the Python check; panics with its reasons if
+/// the contract is violated. Returns `MessageToDict` of each.
+fn check_results(tools: &Path, dir: &Path, messages: &[Message]) -> Vec<serde_json::Value> {
+    let lines: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            serde_json::json!({"data_hex": to_hex(&m.data), "attributes": m.attributes}).to_string()
+        })
+        .collect();
+    let input = dir.join("results.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write messages");
+    let (ok, stdout, stderr) = contract_py(tools, &["results", input.to_str().expect("path")]);
+    assert!(
+        ok,
+        "the independent decoder refused the worker's results:\n{stderr}"
+    );
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("checker output");
+    parsed.into_iter().map(|v| v["json"].clone()).collect()
+}
+
+#[tokio::test]
+async fn results_reach_a_subscription_filtered_on_the_app_and_parse_with_googles_protobuf_runtime()
+{
+    let env = TestEnv::new(
+        "results-filter",
+        Settings {
+            results_yaml: Some("  topic: push-results\n  retention: 2d".into()),
+            ..Settings::default()
+        },
+    )
+    .await;
+    env.provision();
+    // Provision created the results topic with its retention.
+    let topic = env
+        .clients
+        .topics
+        .get_topic()
+        .set_topic(env.topic("push-results"))
+        .send()
+        .await
+        .expect("provision created the results topic");
+    assert_eq!(
+        topic.message_retention_duration.map(|d| d.seconds()),
+        Some(2 * 86_400)
+    );
+    // The filter of docs/producers.md. The emulator stores it but does not
+    // apply it (it delivers every message), so what it would select is
+    // checked on the attributes below; on Google Cloud, Pub/Sub applies it.
+    let filter = r#"attributes.app = "default""#;
+    let sub = env
+        .create_filtered_subscription("push-results", "results-default", filter)
+        .await;
+    let stored = env
+        .clients
+        .subscriptions
+        .get_subscription()
+        .set_subscription(sub)
+        .send()
+        .await
+        .expect("get subscription");
+    assert_eq!(stored.filter, filter);
+    let mut all = env.collect("results-default");
+    let _worker = env.start_worker().await;
+
+    let ok = apns_token("ab12");
+    let to_default = format!(
+        r#"{{"requestId":"order-42-shipped","recipient":"user-123","targets":[{{"platform":"PLATFORM_APNS","token":"{ok}"}},{{"platform":"PLATFORM_FCM","token":"unregistered-r1"}}],"notification":{{"title":"Shipped"}}}}"#
+    );
+    let to_second = r#"{"requestId":"second-1","app":"second","recipient":"user-9","targets":[{"platform":"PLATFORM_FCM","token":"alive-r2"}]}"#;
+    let source = env.publish_json(&to_default).await;
+    env.publish_json(to_second).await;
+
+    let everything = all.take(2).await;
+    all.expect_nothing(Duration::from_millis(300)).await;
+    let mut apps: Vec<&str> = everything
+        .iter()
+        .map(|m| m.attributes["app"].as_str())
+        .collect();
+    apps.sort_unstable();
+    assert_eq!(apps, ["default", "second"], "one result per request");
+    // What the filter selects: exactly the default app's result.
+    let filtered: Vec<&Message> = everything
+        .iter()
+        .filter(|m| m.attributes.get("app").is_some_and(|a| a == "default"))
+        .collect();
+    assert_eq!(filtered.len(), 1);
+    let m = filtered[0];
+    assert_eq!(m.attributes["app"], "default");
+    assert_eq!(m.attributes["outcome"], "partial");
+    assert_eq!(m.attributes["request_id"], "order-42-shipped");
+    assert_eq!(m.attributes["complete"], "true");
+    assert_eq!(m.attributes["event_type"], "push.v1.PushResult");
+
+    // Ours, read back.
+    let ours: push_dispatch_proto::v1::PushResult =
+        serde_json::from_slice(&m.data).expect("proto3 JSON");
+    assert_eq!(ours.source_message_id, source);
+    assert_eq!(ours.push_attempt, 1);
+    let targets: Vec<(&str, &str, &str)> = ours
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.token.as_str(),
+                t.outcome().as_str_name(),
+                t.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            (ok.as_str(), "TARGET_OUTCOME_DELIVERED", ""),
+            (
+                "unregistered-r1",
+                "TARGET_OUTCOME_TOKEN_INVALID",
+                "UNREGISTERED"
+            ),
+        ]
+    );
+
+    // Google's runtime, from push.proto: the same fields, attributes consistent.
+    let Some(tools) = python_tools() else { return };
+    let py = check_results(&tools, env.dir.path(), &everything);
+    let theirs = py
+        .iter()
+        .find(|v| v["app"] == "default")
+        .expect("the default app's result");
+    assert_eq!(theirs["requestId"], "order-42-shipped");
+    assert_eq!(theirs["complete"], true);
+    assert_eq!(
+        theirs["targets"][1]["outcome"],
+        "TARGET_OUTCOME_TOKEN_INVALID"
+    );
+    assert_eq!(theirs["targets"][0]["attempts"], 1);
+    eprintln!(
+        "captured result (docs/producers.md): {}",
+        String::from_utf8_lossy(&m.data)
     );
 }

@@ -12,9 +12,11 @@
 
 mod env;
 mod feedback;
+mod results;
 mod validate;
 
 pub use feedback::{ConsumerSubscription, FeedbackConfig, FeedbackEncoding, GuardConfig};
+pub use results::ResultsConfig;
 
 use env::{EnvPairs, apps_index, describe_figment_error, patch_apps};
 
@@ -49,6 +51,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// The TokenInvalidated feedback topic.
     pub feedback: FeedbackConfig,
+    /// The optional PushResult topic.
+    pub results: ResultsConfig,
     /// Logs, traces.
     pub telemetry: TelemetryConfig,
     /// The health and metrics server.
@@ -335,6 +339,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             dispatch: DispatchConfig::default(),
             feedback: FeedbackConfig::default(),
+            results: ResultsConfig::default(),
             telemetry: TelemetryConfig::default(),
             server: ServerConfig::default(),
             apps: Vec::new(),

@@ -348,6 +348,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     }
 
     crate::feedback::validate(c, &mut v);
+    crate::results::validate(c, &mut v);
     if let Some(kms) = &p.kms_key_name {
         let parts: Vec<&str> = kms.split('/').collect();
         let shape = [

@@ -457,3 +457,48 @@ fn a_kms_key_must_be_a_full_key_name() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn results_are_off_by_default_and_checked_with_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(&write(&dir, MINIMAL), env(&[])).expect("loads");
+    assert_eq!(config.results.topic, None, "off by default");
+    assert_eq!(config.results.encoding, FeedbackEncoding::Json);
+    assert_eq!(config.results.retention, Duration::from_secs(7 * 86_400));
+
+    let ok =
+        format!("{MINIMAL}results:\n  topic: push-results\n  encoding: binary\n  retention: 2d\n");
+    assert!(issues_of(&ok).is_empty(), "{:?}", issues_of(&ok));
+    let config = Config::load(&write(&dir, &ok), env(&[])).expect("loads");
+    assert_eq!(config.results.topic.as_deref(), Some("push-results"));
+    assert_eq!(config.results.encoding, FeedbackEncoding::Binary);
+    let from_env = Config::load(
+        &write(&dir, MINIMAL),
+        env(&[("PUSH_DISPATCH_RESULTS__TOPIC", "from-env")]),
+    )
+    .expect("loads");
+    assert_eq!(from_env.results.topic.as_deref(), Some("from-env"));
+    assert!(
+        issues_of(&ok.replace("retention: 2d", "retention: 0s")).is_empty(),
+        "0 = unmanaged"
+    );
+
+    for (bad, key) in [
+        (
+            ok.replace("retention: 2d", "retention: 40d"),
+            "results.retention",
+        ),
+        (
+            ok.replace("retention: 2d", "retention: 1m"),
+            "results.retention",
+        ),
+        (ok.replace("push-results", "push-feedback"), "results.topic"),
+        (ok.replace("push-results", "x"), "results.topic"),
+    ] {
+        let issues = issues_of(&bad);
+        assert!(
+            issues.iter().any(|i| i.contains(&format!("`{key}`"))),
+            "{key}: {issues:?}"
+        );
+    }
+}

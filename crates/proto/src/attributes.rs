@@ -44,14 +44,22 @@ pub const DEFERRALS: &str = "push_deferrals";
 /// A replayed request carries the id of the dead letter it came from.
 pub const REPLAYED_FROM: &str = "push_replayed_from";
 
-/// Feedback events: always `push.v1.TokenInvalidated`.
+/// Feedback events: always `push.v1.TokenInvalidated`; results: `push.v1.PushResult`.
 pub const EVENT_TYPE: &str = "event_type";
 /// Feedback events: `apns` or `fcm`.
 pub const PLATFORM: &str = "platform";
-/// Feedback events: the configured app name.
+/// Feedback events and results: the configured app name.
 pub const APP: &str = "app";
 /// Feedback events: the `Reason` enum name.
 pub const REASON: &str = "reason";
+/// Results: `delivered` (every listed target), `partial` or `failed` (none).
+pub const OUTCOME: &str = "outcome";
+/// Results: the request's `request_id`.
+pub const REQUEST_ID: &str = "request_id";
+/// Results: `true` when nothing of the request was carried forward.
+pub const COMPLETE: &str = "complete";
+/// Longest attribute value Pub/Sub accepts, in bytes.
+pub const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
 /// Longest `push_error_detail`, in bytes (Pub/Sub caps values at 1,024).
 pub const MAX_DETAIL_BYTES: usize = 1024;

@@ -7,7 +7,9 @@
 //! retains 7 days, and so may consumer subscriptions on the feedback topic
 //! (`feedback.subscriptions[].retention`). The feedback topic keeps its
 //! messages for `feedback.retention` (0 = not managed), so that events
-//! published before any consumer subscribed can be read by seeking back.
+//! published before any consumer subscribed can be read by seeking back;
+//! likewise the results topic (when `results.topic` is set) for
+//! `results.retention`.
 
 use std::time::Duration;
 
@@ -36,7 +38,8 @@ pub struct DesiredTopic {
     pub manages_retention: bool,
 }
 
-/// Every topic: requests, dead letters, feedback, and the consumers' dead-letter topics.
+/// Every topic: requests, dead letters, feedback, the consumers' dead-letter
+/// topics, and the results topic when `results.topic` is set.
 pub fn desired_topics(config: &Config, names: &Names) -> Vec<DesiredTopic> {
     let with_kms = |name: &str| {
         let topic = Topic::new().set_name(name);
@@ -49,14 +52,15 @@ pub fn desired_topics(config: &Config, names: &Names) -> Vec<DesiredTopic> {
         topic: with_kms(name),
         manages_retention: false,
     };
-    let retention = config.feedback.retention;
-    let mut feedback = plain(&names.feedback_topic);
-    if !retention.is_zero() {
-        feedback.topic = feedback
-            .topic
-            .set_message_retention_duration(wkt(retention));
-        feedback.manages_retention = true;
-    }
+    let retained = |name: &str, retention: Duration| {
+        let mut topic = plain(name);
+        if !retention.is_zero() {
+            topic.topic = topic.topic.set_message_retention_duration(wkt(retention));
+            topic.manages_retention = true;
+        }
+        topic
+    };
+    let feedback = retained(&names.feedback_topic, config.feedback.retention);
     let mut topics = vec![
         plain(&names.requests_topic),
         plain(&names.dead_letter_topic),
@@ -69,6 +73,9 @@ pub fn desired_topics(config: &Config, names: &Names) -> Vec<DesiredTopic> {
                 topics.push(plain(&name));
             }
         }
+    }
+    if let Some(results) = &names.results_topic {
+        topics.push(retained(results, config.results.retention));
     }
     topics
 }
@@ -275,6 +282,38 @@ mod tests {
             ExpirationPolicy::new().set_ttl(WktDuration::clamp(31 * 86_400, 0)),
         );
         assert_eq!(drift(&actual, &wanted), ["expiration_policy"]);
+    }
+
+    #[test]
+    fn the_results_topic_is_provisioned_with_its_retention_only_when_set() {
+        let mut config = config();
+        let names = Names::from_config(&config);
+        assert_eq!(names.results_topic, None);
+        assert_eq!(desired_topics(&config, &names).len(), 3, "off: no topic");
+
+        config.results.topic = Some("push-results".into());
+        config.results.retention = Duration::from_secs(2 * 86_400);
+        let names = Names::from_config(&config);
+        let topics = desired_topics(&config, &names);
+        let results = topics.last().expect("a topic");
+        assert_eq!(
+            results.topic.name,
+            "projects/local-project/topics/push-results"
+        );
+        assert!(results.manages_retention);
+        assert_eq!(
+            secs(results.topic.message_retention_duration.as_ref()),
+            Some(2 * 86_400)
+        );
+        // Updated in place when it drifts.
+        let bare = Topic::new().set_name(results.topic.name.clone());
+        assert_eq!(topic_drift(&bare, results), ["message_retention_duration"]);
+        // 0 = not managed: never set, never cleared.
+        config.results.retention = Duration::ZERO;
+        let unmanaged = desired_topics(&config, &names);
+        let unmanaged = unmanaged.last().expect("a topic");
+        assert!(!unmanaged.manages_retention);
+        assert!(topic_drift(&results.topic, unmanaged).is_empty());
     }
 
     #[test]

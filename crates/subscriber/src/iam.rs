@@ -87,9 +87,10 @@ pub struct IamError {
     pub source: google_cloud_pubsub::Error,
 }
 
-/// What the worker needs, resource by resource.
+/// What the worker needs, resource by resource (publish on the results
+/// topic only when `results.topic` is set).
 pub fn needs(names: &Names) -> Vec<(String, Needed, &'static str)> {
-    vec![
+    let mut needs = vec![
         (names.subscription.clone(), CONSUME, "pulling push requests"),
         (
             names.dead_letter_topic.clone(),
@@ -106,7 +107,11 @@ pub fn needs(names: &Names) -> Vec<(String, Needed, &'static str)> {
             PUBLISH,
             "reporting dead tokens",
         ),
-    ]
+    ];
+    if let Some(results) = &names.results_topic {
+        needs.push((results.clone(), PUBLISH, "publishing delivery results"));
+    }
+    needs
 }
 
 /// Asks Pub/Sub which of the worker's permissions its caller holds.
@@ -237,17 +242,29 @@ pub fn bindings_help(config: &push_dispatch_config::Config) -> String {
         out,
         "`gcloud projects describe {project} --format='value(projectNumber)'`."
     );
-    out.push_str("\nThe worker: consume its subscription, publish to the three topics\n");
+    let topics = if config.results.topic.is_some() {
+        "four topics"
+    } else {
+        "three topics"
+    };
+    let _ = writeln!(
+        out,
+        "\nThe worker: consume its subscription, publish to the {topics}"
+    );
     out.push_str(
         "(no pubsub.subscriptions.get needed; roles/pubsub.viewer on the feedback topic\n",
     );
     out.push_str("lets it warn when nobody reads the feedback; roles/pubsub.editor only if it provisions):\n");
     out.push_str(&sub(&p.subscription, worker, "roles/pubsub.subscriber"));
     for t in [
-        &p.dead_letter_topic,
-        &p.requests_topic,
-        &config.feedback.topic,
-    ] {
+        Some(&p.dead_letter_topic),
+        Some(&p.requests_topic),
+        Some(&config.feedback.topic),
+        config.results.topic.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         out.push_str(&topic(t, worker, "roles/pubsub.publisher"));
     }
     out.push_str(&topic(
@@ -378,6 +395,24 @@ mod tests {
             !text.contains("roles/pubsub.editor --"),
             "provisioning rights are a note, not a binding"
         );
+        assert!(!text.contains("push-results"), "results off: no binding");
+        config.results.topic = Some("push-results".into());
+        let text = bindings_help(&config);
+        assert!(
+            text.contains("topics add-iam-policy-binding push-results --project=local-project --member=serviceAccount:WORKER_SA --role=roles/pubsub.publisher"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_worker_needs_publish_on_the_results_topic_when_set() {
+        let mut config = push_dispatch_config::Config::default();
+        config.results.topic = Some("push-results".into());
+        let needs = needs(&Names::from_config(&config));
+        assert_eq!(needs.len(), 5);
+        let last = needs.last().expect("a need");
+        assert_eq!(last.0, "projects/local-project/topics/push-results");
+        assert_eq!(last.1, PUBLISH);
     }
 
     #[test]

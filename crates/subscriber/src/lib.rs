@@ -48,6 +48,8 @@ pub struct Names {
     pub dead_letter_subscription: String,
     /// `projects/P/topics/{feedback.topic}`.
     pub feedback_topic: String,
+    /// `projects/P/topics/{results.topic}`, when results are on.
+    pub results_topic: Option<String>,
 }
 
 impl Names {
@@ -61,6 +63,7 @@ impl Names {
             dead_letter_topic: topic_name(p, &c.dead_letter_topic),
             dead_letter_subscription: subscription_name(p, &c.dead_letter_subscription),
             feedback_topic: topic_name(p, &config.feedback.topic),
+            results_topic: config.results.topic.as_ref().map(|t| topic_name(p, t)),
         }
     }
 }

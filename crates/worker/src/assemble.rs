@@ -2,7 +2,7 @@
 //! providers (the HTTP/2 APNs and FCM clients, or the in-process stub for
 //! `stub:` endpoints, with their circuits, guards, rate limits and metric
 //! handles) and the Pub/Sub outbox (publishers on the dead-letter, requests
-//! and feedback topics).
+//! and feedback topics, and the results topic when set).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use push_dispatch_subscriber::{Clients, Names};
 
 use crate::RunError;
 use crate::metrics::Metrics;
-use crate::outbox::PubsubOutbox;
+use crate::outbox::{PubsubOutbox, ResultsTopic};
 use crate::provider::{App, Provider, ProviderSettings};
 
 /// How long one publish of ours (dead letter, feedback, republish) may keep
@@ -159,10 +159,25 @@ pub async fn pubsub_outbox(config: &Config, clients: &Clients) -> Result<PubsubO
         FeedbackEncoding::Json => Encoding::Json,
         FeedbackEncoding::Binary => Encoding::Binary,
     };
+    let results = match &names.results_topic {
+        None => None,
+        Some(topic) => {
+            let (publisher, topic) = publisher(topic.clone()).await?;
+            Some(ResultsTopic {
+                publisher,
+                topic,
+                encoding: match config.results.encoding {
+                    FeedbackEncoding::Json => Encoding::Json,
+                    FeedbackEncoding::Binary => Encoding::Binary,
+                },
+            })
+        }
+    };
     Ok(PubsubOutbox {
         dead_letter,
         requests,
         feedback: FeedbackPublisher::new(feedback, feedback_topic, encoding),
+        results,
     })
 }
 

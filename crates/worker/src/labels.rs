@@ -112,6 +112,21 @@ label_values! {
         DeadLetter => "dead_letter",
         /// A republished remainder.
         Republish => "republish",
+        /// A `PushResult` on `results.topic` (counted, never retried).
+        Result => "result",
+    }
+}
+
+label_values! {
+    /// The `outcome` attribute of a `PushResult`: how the targets it lists
+    /// ended, taken together.
+    pub enum ResultOutcome {
+        /// Every target it lists was delivered.
+        Delivered => "delivered",
+        /// Some were delivered, some not.
+        Partial => "partial",
+        /// None was delivered.
+        Failed => "failed",
     }
 }
 

@@ -97,6 +97,12 @@ pub fn compose(
             }
             Outgoing { data, attributes }
         }
+        // A result is not cut from the source message: the worker builds it
+        // (`crate::results::push_result`) and the Outbox encodes it.
+        Letter::Result(_) => Outgoing {
+            data: Vec::new(),
+            attributes,
+        },
     }
 }
 

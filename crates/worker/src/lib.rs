@@ -10,6 +10,7 @@
 //! | [`plan`] | the decisions, pure: `plan(results) → Plan`, `settle(Plan, report) → Settlement` |
 //! | [`outbox`] | where the plan's publishes go: Pub/Sub, or memory for tests |
 //! | [`letters`] | a dead letter or a republished remainder as a Pub/Sub message |
+//! | [`results`] | the `PushResult` of a settlement (`results.topic`), pure |
 //! | [`provider`] | one app and platform: dispatcher, circuit, guard, rate limit, send loop |
 //! | [`context`], [`target`] | what is known of a message, and of each target's send |
 //! | [`circuit`], [`guard`], [`rate_limit`] | the controls of one provider |
@@ -37,6 +38,7 @@ pub mod plan;
 pub mod preflight;
 pub mod provider;
 pub mod rate_limit;
+pub mod results;
 mod run;
 pub mod shutdown;
 pub mod target;

@@ -1,6 +1,6 @@
 //! Where the plan's publishes go: the [`Outbox`] trait (feedback events,
-//! dead letters, republished remainders, each returning only once Pub/Sub
-//! confirmed it), with the Pub/Sub implementation ([`PubsubOutbox`]) and an
+//! dead letters, republished remainders, delivery results, each returning
+//! only once Pub/Sub confirmed it), with the Pub/Sub implementation ([`PubsubOutbox`]) and an
 //! in-memory one ([`MemoryOutbox`]) that records what it was given and can
 //! be told to refuse, so that every guarantee of SPEC §5 can be tested in
 //! process.
@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use push_dispatch_feedback::{FeedbackError, FeedbackPublisher};
-use push_dispatch_proto::v1::TokenInvalidated;
+use push_dispatch_proto::Encoding;
+use push_dispatch_proto::v1::{PushResult, TokenInvalidated};
 use push_dispatch_subscriber::publish::{PublishError, publish_confirmed};
 use push_dispatch_subscriber::pubsub::client::Publisher;
 use push_dispatch_telemetry::propagation;
@@ -26,6 +27,12 @@ pub enum OutboxError {
     /// A dead letter or a republished request.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A `PushResult` could not be encoded.
+    #[error("cannot encode a PushResult: {0}")]
+    Encode(#[from] push_dispatch_proto::EncodeError),
+    /// A result was asked for while `results.topic` is not set.
+    #[error("results.topic is not set: no result is published")]
+    NoResultsTopic,
     /// The in-memory outbox was told to refuse this kind of publish.
     #[error("the in-memory outbox refuses {0:?} publishes (test)")]
     Refused(PublishPurpose),
@@ -50,6 +57,21 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
         &self,
         message: Outgoing,
     ) -> impl Future<Output = Result<String, OutboxError>> + Send;
+
+    /// Publishes a delivery result to `results.topic`, with the attributes
+    /// of [`crate::results::attributes`].
+    fn result(&self, result: PushResult) -> impl Future<Output = Result<(), OutboxError>> + Send;
+}
+
+/// The results topic: its publisher, full name and body encoding.
+#[derive(Clone, Debug)]
+pub struct ResultsTopic {
+    /// Publisher on `results.topic`.
+    pub publisher: Publisher,
+    /// Its full name.
+    pub topic: String,
+    /// `results.encoding`.
+    pub encoding: Encoding,
 }
 
 /// The Outbox on Pub/Sub: one publisher per topic; trace context is added
@@ -62,6 +84,8 @@ pub struct PubsubOutbox {
     pub requests: (Publisher, String),
     /// Feedback events.
     pub feedback: FeedbackPublisher,
+    /// Delivery results, when `results.topic` is set.
+    pub results: Option<ResultsTopic>,
 }
 
 impl PubsubOutbox {
@@ -86,6 +110,18 @@ impl Outbox for PubsubOutbox {
     async fn republish(&self, message: Outgoing) -> Result<String, OutboxError> {
         Self::publish(&self.requests, message).await
     }
+
+    async fn result(&self, result: PushResult) -> Result<(), OutboxError> {
+        let Some(results) = &self.results else {
+            return Err(OutboxError::NoResultsTopic);
+        };
+        let data = crate::results::encode(&result, results.encoding)?;
+        let mut attributes =
+            crate::results::attributes(&result, crate::results::outcome(&result), results.encoding);
+        propagation::inject_current(&mut attributes);
+        publish_confirmed(&results.publisher, &results.topic, data, attributes).await?;
+        Ok(())
+    }
 }
 
 /// What the in-memory outbox holds.
@@ -97,6 +133,8 @@ pub struct Published {
     pub dead_letters: Vec<Outgoing>,
     /// Confirmed republished requests, in order.
     pub republished: Vec<Outgoing>,
+    /// Confirmed delivery results, in order.
+    pub results: Vec<PushResult>,
     /// Refused publishes, in order.
     pub refused: Vec<PublishPurpose>,
 }
@@ -164,5 +202,11 @@ impl Outbox for MemoryOutbox {
         let mut state = self.lock();
         state.0.republished.push(message);
         Ok(format!("republished-{}", state.0.republished.len()))
+    }
+
+    async fn result(&self, result: PushResult) -> Result<(), OutboxError> {
+        self.admit(PublishPurpose::Result)?;
+        self.lock().0.results.push(result);
+        Ok(())
     }
 }

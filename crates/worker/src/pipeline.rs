@@ -3,7 +3,8 @@
 //! message in → decode → check → expiry → send every target (each through
 //! its app's [`Provider`]) → guard verdicts → [`plan`] (pure) → the
 //! [`Outbox`] publishes (feedback, dead letters) → [`settle`] (pure) →
-//! republish or dead-letter the rest → ack or nack.
+//! republish or dead-letter the rest → the `PushResult` when
+//! `results.topic` is set ([`crate::results`]) → ack or nack.
 //!
 //! The decisions are [`crate::plan`]'s; this module carries them out and
 //! keeps the books (metrics, logs, spans). Providers only report facts.
@@ -32,6 +33,7 @@ use crate::plan::{
     Verdicts, Wait, hand_back, plan, poison, settle, wait_hand_back,
 };
 use crate::provider::{App, SendLimits};
+use crate::results::{ResultBasis, ResultLetter, push_result, with_results};
 use crate::shutdown::Shutdown;
 use crate::target::{NotSent, TargetResult};
 
@@ -45,6 +47,8 @@ pub struct WorkerSettings {
     pub max_in_process_wait: Duration,
     /// `dispatch.concurrency`.
     pub concurrency: usize,
+    /// Whether `results.topic` is set: publish a `PushResult` before each ack.
+    pub results: bool,
 }
 
 /// How a message was settled with Pub/Sub.
@@ -75,6 +79,7 @@ pub struct Worker<O: Outbox> {
     policy: Policy,
     limits: SendLimits,
     metrics: Arc<Metrics>,
+    results: bool,
 }
 
 impl<O: Outbox> Worker<O> {
@@ -98,6 +103,7 @@ impl<O: Outbox> Worker<O> {
                 metrics: metrics.clone(),
             },
             metrics,
+            results: settings.results,
         }
     }
 
@@ -254,6 +260,9 @@ impl<O: Outbox> Worker<O> {
             Ok(c) => c,
             Err(e) => {
                 let settlement = poison(e.code(), e.to_string());
+                let settlement = self.with_results(settlement, &ctx, || {
+                    ResultBasis::unsent(request.targets.len())
+                });
                 return self.carry_out(settlement, &ctx, Some(&request), None).await;
             }
         };
@@ -270,13 +279,13 @@ impl<O: Outbox> Worker<O> {
         if deadline.has_passed() {
             self.count_expired(app, &request);
             tracing::info!(message_id = %ctx.message_id, "request expired before sending");
-            return Settle::Ack(MessageResult::Expired);
+            return self.expired(&ctx, &request, app).await;
         }
         // A ttl of zero is now or never: only the first delivery sends it.
         if deadline.is_now_or_never() && !ctx.is_first_delivery() {
             self.count_expired(app, &request);
             tracing::info!(message_id = %ctx.message_id, "ttl 0 request delivered again: expired (now or never)");
-            return Settle::Ack(MessageResult::Expired);
+            return self.expired(&ctx, &request, app).await;
         }
         // A wait carried across a republish (`push_not_before`).
         if let Some(settle) = self
@@ -315,8 +324,74 @@ impl<O: Outbox> Worker<O> {
             .await;
         }
         let settlement = settle(&plan, &report, &ctx, self.policy);
+        let settlement = self.with_results(settlement, &ctx, || {
+            ResultBasis::of_plan(&plan, &report, request.targets.len())
+        });
         self.carry_out(settlement, &ctx, Some(&request), Some(app))
             .await
+    }
+
+    // ── Delivery results (`results.topic`) ──────────────────────────────
+    // Everything about results goes through these three methods; with
+    // `results.topic` unset `with_results` returns the settlement as is.
+
+    /// Adds the publish of its `PushResult` before each ack of `settlement`
+    /// when results are on; `basis` is only computed then.
+    fn with_results(
+        &self,
+        settlement: Settlement,
+        ctx: &MessageContext<'_>,
+        basis: impl FnOnce() -> ResultBasis,
+    ) -> Settlement {
+        if !self.results {
+            return settlement;
+        }
+        with_results(settlement, &basis(), ctx, self.policy)
+    }
+
+    /// Settles a request that expired before it was sent (§5.6): acked as
+    /// `expired`, after its result (every target expired) when results are on.
+    async fn expired(&self, ctx: &MessageContext<'_>, request: &PushRequest, app: &App) -> Settle {
+        let settlement = self.with_results(Settlement::Ack(MessageResult::Expired), ctx, || {
+            ResultBasis::expired(request.targets.len(), SystemTime::now())
+        });
+        self.carry_out(settlement, ctx, Some(request), Some(app))
+            .await
+    }
+
+    /// Publishes the `PushResult` of `letter`; counts a failure (never
+    /// retried: the settlement's unconfirmed ending decides). Tokens are
+    /// never logged.
+    async fn post_result(
+        &self,
+        letter: &ResultLetter,
+        ctx: &MessageContext<'_>,
+        request: Option<&PushRequest>,
+        app: Option<&App>,
+    ) -> bool {
+        // Results exist only for decoded requests (the plan makes none without).
+        let Some(request) = request else {
+            return true;
+        };
+        let name = match app {
+            Some(app) => app.name.as_str(),
+            None if request.app.is_empty() => self.apps.first().map_or("", |a| a.name.as_str()),
+            None => request.app.as_str(),
+        };
+        let result = push_result(letter, request, name, ctx, SystemTime::now());
+        let outcome = crate::results::outcome(&result);
+        let (targets, complete) = (result.targets.len(), result.complete);
+        match self.outbox.result(result).await {
+            Ok(()) => {
+                tracing::debug!(message_id = %ctx.message_id, outcome = outcome.as_str(), targets, complete, "result published");
+                true
+            }
+            Err(e) => {
+                self.metrics.publish_failure(PublishPurpose::Result);
+                tracing::warn!(message_id = %ctx.message_id, error = %e, "result not confirmed; counted, not retried");
+                false
+            }
+        }
     }
 
     /// Waits until the request's `push_not_before`: in process within
@@ -339,7 +414,7 @@ impl<O: Outbox> Worker<O> {
         if deadline.passes_during(now, remaining) {
             self.count_expired(app, request);
             tracing::info!(message_id = %ctx.message_id, "request would expire before its push_not_before: expired");
-            return Some(Settle::Ack(MessageResult::Expired));
+            return Some(self.expired(ctx, request, app).await);
         }
         let platform = checked
             .sendable
@@ -358,6 +433,9 @@ impl<O: Outbox> Worker<O> {
         } else {
             tracing::debug!(message_id = %ctx.message_id, wait = ?remaining, "push_not_before is later than the worker parks for; handing back");
             let settlement = wait_hand_back(ctx, self.policy, request.targets.len(), wait);
+            let settlement = self.with_results(settlement, ctx, || {
+                ResultBasis::unsent(request.targets.len())
+            });
             return Some(
                 self.carry_out(settlement, ctx, Some(request), Some(app))
                     .await,
@@ -369,6 +447,9 @@ impl<O: Outbox> Worker<O> {
             () = tokio::time::sleep(remaining) => None,
             () = self.limits.shutdown.draining() => {
                 let settlement = wait_hand_back(ctx, self.policy, request.targets.len(), wait);
+                let settlement = self.with_results(settlement, ctx, || {
+                    ResultBasis::unsent(request.targets.len())
+                });
                 Some(self.carry_out(settlement, ctx, Some(request), Some(app)).await)
             }
         }
@@ -532,6 +613,9 @@ impl<O: Outbox> Worker<O> {
                     return Settle::Ack(result);
                 }
                 Settlement::Nack(cause) => {
+                    if cause == NackCause::ResultUnconfirmed {
+                        tracing::warn!(message_id = %ctx.message_id, "result not confirmed and nothing delivered; nacking");
+                    }
                     if cause == NackCause::RepublishUnconfirmed {
                         // The delivered targets will be sent again on redelivery.
                         self.metrics
@@ -563,11 +647,11 @@ impl<O: Outbox> Worker<O> {
                     confirmed,
                     unconfirmed,
                 } => {
-                    if self.post(&letter, ctx, request).await {
-                        *confirmed
-                    } else {
-                        *unconfirmed
-                    }
+                    let posted = match &letter {
+                        Letter::Result(result) => self.post_result(result, ctx, request, app).await,
+                        _ => self.post(&letter, ctx, request).await,
+                    };
+                    if posted { *confirmed } else { *unconfirmed }
                 }
             };
         }
@@ -583,6 +667,8 @@ impl<O: Outbox> Worker<O> {
     ) -> bool {
         let message = compose(letter, ctx, request);
         match letter {
+            // Published by `post_result`, which `carry_out` calls instead.
+            Letter::Result(_) => false,
             Letter::DeadLetter(DeadLetter {
                 code,
                 targets,

@@ -15,18 +15,23 @@
 //! [`poison`] and [`hand_back`] settle a message that is never sent (bad
 //! input; draining or nothing final). Every path that ends a message on its
 //! last delivery attempt dead-letters it with a reason rather than nacking.
+//!
+//! With `results.topic` set, [`crate::results::with_results`] adds to a
+//! settlement the publish of its `PushResult` before each ack; the plan
+//! records for it what each target ends as ([`Plan::outcomes`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use push_dispatch_dispatch::Outcome;
 use push_dispatch_feedback::{DeadToken, Sender, token_invalidated};
-use push_dispatch_proto::v1::{Platform, PushRequest, TokenInvalidated};
+use push_dispatch_proto::v1::{Platform, PushRequest, TargetOutcome, TokenInvalidated};
 use push_dispatch_proto::{PushError, TargetError};
 
 use crate::context::MessageContext;
 use crate::guard::{Verdict, is_suspicious};
 use crate::labels::MessageResult;
+use crate::results::{ResultLetter, Settled};
 use crate::target::TargetResult;
 
 /// Limits of the policy, from the config.
@@ -93,6 +98,8 @@ pub enum Letter {
         /// The new request's `push_deferrals`.
         deferrals: u32,
     },
+    /// A `PushResult` to the results topic (only with `results.topic` set).
+    Result(ResultLetter),
 }
 
 /// Why a message is nacked.
@@ -110,6 +117,9 @@ pub enum NackCause {
     /// The message waited (parked, or its `push_not_before` is later than
     /// the worker parks for): Pub/Sub redelivers it after its backoff.
     Waited,
+    /// Its `PushResult` was not confirmed and nothing was delivered or
+    /// carried forward: a redelivery sends nothing twice.
+    ResultUnconfirmed,
 }
 
 /// How a message ends.
@@ -212,6 +222,14 @@ pub struct Plan {
     /// Whether every target to retry was held back only to wait (rate
     /// limit, open circuit, 429): no failure, so no attempt is used up.
     pub only_waiting: bool,
+    /// For results: what each target ends as once its publish (feedback,
+    /// dead letter) is confirmed — delivered, expired, token invalid,
+    /// rejected — in the order met. Targets dead-lettered for another
+    /// reason are not listed (their dead letter's code says it).
+    pub outcomes: Vec<Settled>,
+    /// For results: sends to the provider per target (answered: 1; the
+    /// provider's in-process retries are not seen here). Absent: not sent.
+    pub attempts: BTreeMap<usize, u32>,
 }
 
 /// What the Outbox confirmed of a [`Plan`].
@@ -251,16 +269,40 @@ pub fn plan(
         part.0.push(index);
         part.1.push(detail);
     };
+    let mut plan = Plan::default();
     for e in rejected {
         add(e.code(), e.index(), e.to_string());
+        plan.outcomes.push(Settled {
+            index: e.index(),
+            outcome: TargetOutcome::Rejected,
+            reason: e.code().as_str().to_string(),
+            attempts: 0,
+            at: Some(observed),
+        });
     }
-    let mut plan = Plan::default();
     let mut waiting = true;
     let mut reported = std::collections::HashSet::new();
     for (index, result) in sent {
         let index = *index;
+        let attempts = u32::from(matches!(result, TargetResult::Answered(_)));
+        if attempts > 0 {
+            plan.attempts.insert(index, attempts);
+        }
+        let settled = |outcome: TargetOutcome, reason: &str| Settled {
+            index,
+            outcome,
+            reason: reason.to_string(),
+            attempts,
+            at: Some(observed),
+        };
         if result.is_final_as_is() {
             plan.finals += 1;
+            let outcome = if matches!(result, TargetResult::Answered(_)) {
+                TargetOutcome::Delivered
+            } else {
+                TargetOutcome::Expired
+            };
+            plan.outcomes.push(settled(outcome, ""));
             continue;
         }
         if result.is_retryable() {
@@ -302,6 +344,8 @@ pub fn plan(
                         );
                     }
                     Some(sender) => {
+                        plan.outcomes
+                            .push(settled(TargetOutcome::TokenInvalid, provider_reason));
                         // A token listed twice is reported once.
                         if reported.insert((platform, target.token.as_str())) {
                             let dead = DeadToken {
@@ -329,6 +373,17 @@ pub fn plan(
             }
             Outcome::Rejected { reason } => {
                 add(reason.code(), index, format!("target {index}: {reason}"));
+                let (why, attempts) = match reason {
+                    push_dispatch_dispatch::RejectReason::Provider {
+                        provider_reason, ..
+                    } => (provider_reason.as_str(), attempts),
+                    // Refused before it was sent.
+                    _ => (reason.code().as_str(), 0),
+                };
+                plan.outcomes.push(Settled {
+                    attempts,
+                    ..settled(TargetOutcome::Rejected, why)
+                });
             }
             Outcome::Delivered | Outcome::Retryable { .. } => {}
         }

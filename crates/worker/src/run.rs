@@ -100,6 +100,7 @@ pub async fn run(
             },
             max_in_process_wait: config.dispatch.max_in_process_wait,
             concurrency: config.dispatch.concurrency as usize,
+            results: config.results.topic.is_some(),
         },
         metrics.clone(),
         shutdown.clone(),

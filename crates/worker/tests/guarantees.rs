@@ -13,7 +13,7 @@ use push_dispatch_config::{CircuitConfig, GuardConfig};
 use push_dispatch_dispatch::stub::StubDispatcher;
 use push_dispatch_feedback::Sender;
 use push_dispatch_proto::attributes as attr;
-use push_dispatch_proto::v1::{Platform, PushRequest, Reason, Target};
+use push_dispatch_proto::v1::{Platform, PushRequest, PushResult, Reason, Target, TargetOutcome};
 use push_dispatch_proto::{Encoding, decode_request, encode_message};
 use push_dispatch_subscriber::pubsub::model::Message;
 use push_dispatch_subscriber::wkt::Timestamp;
@@ -44,6 +44,8 @@ struct Options {
     max_in_process_wait: Duration,
     circuit: CircuitConfig,
     guard: GuardConfig,
+    /// `results.topic` set.
+    results: bool,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
                 min_samples: 1000,
                 window: Duration::from_secs(60),
             },
+            results: false,
         }
     }
 }
@@ -117,6 +120,7 @@ impl Harness {
                 policy: POLICY,
                 max_in_process_wait: options.max_in_process_wait,
                 concurrency: 64,
+                results: options.results,
             },
             metrics,
             shutdown.clone(),
@@ -792,4 +796,194 @@ mod dead_letters_keep_what_the_producer_wrote {
         assert_eq!(h.process(&again, 1).await, Settle::Nack, "nothing final");
         assert_eq!(h.delivered(), 2, "each delivered target was sent once");
     }
+}
+
+// ── Delivery results (`results.topic`) ───────────────────────────────────
+
+fn with_results() -> Harness {
+    Harness::with(Options {
+        results: true,
+        ..Options::default()
+    })
+}
+
+/// (token, outcome, reason) of each target of a result.
+fn outcomes(result: &PushResult) -> Vec<(String, TargetOutcome, String)> {
+    result
+        .targets
+        .iter()
+        .map(|t| (t.token.clone(), t.outcome(), t.reason.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn results_one_per_settlement_lists_delivered_dead_and_rejected_targets_before_the_ack() {
+    let h = with_results();
+    let ok = apns_token("ab12");
+    let req = request(&[
+        (Platform::Apns, &ok),
+        (Platform::Fcm, "unregistered-1"),
+        (Platform::Apns, "not-hex"),
+    ]);
+    let message = h.message(&req);
+    assert_eq!(
+        h.process(&message, 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    let p = h.published();
+    assert_eq!(p.results.len(), 1, "one result per settlement");
+    let r = &p.results[0];
+    assert_eq!(
+        (r.request_id.as_str(), r.app.as_str(), r.recipient.as_str()),
+        ("order-42", "main", "user-7")
+    );
+    assert_eq!(r.source_message_id, message.message_id);
+    assert_eq!(r.push_attempt, 1);
+    assert!(r.complete);
+    assert!(r.settled_time.is_some());
+    assert_eq!(
+        outcomes(r),
+        vec![
+            (ok, TargetOutcome::Delivered, String::new()),
+            (
+                "unregistered-1".into(),
+                TargetOutcome::TokenInvalid,
+                "UNREGISTERED".into()
+            ),
+            (
+                "not-hex".into(),
+                TargetOutcome::Rejected,
+                "malformed_token".into()
+            ),
+        ]
+    );
+    assert_eq!(r.targets[0].platform(), Platform::Apns);
+    assert_eq!(
+        r.targets.iter().map(|t| t.attempts).collect::<Vec<_>>(),
+        [1, 1, 0]
+    );
+    assert!(r.targets.iter().all(|t| t.final_time.is_some()));
+
+    // Invalid as a whole (unknown app): every target dead-lettered, the
+    // request's app as written; undecodable poison: no result.
+    let unknown = PushRequest {
+        app: "nope".into(),
+        ..request(&[
+            (Platform::Fcm, "tok"),
+            (Platform::Apns, &apns_token("ab12")),
+        ])
+    };
+    h.process(&h.message(&unknown), 1).await;
+    let garbage = h.raw(b"{not json".to_vec(), SystemTime::now(), &[]);
+    h.process(&garbage, 1).await;
+    let p = h.published();
+    assert_eq!(p.results.len(), 2, "poison has no result");
+    let r = &p.results[1];
+    assert_eq!(r.app, "nope");
+    assert!(
+        r.targets
+            .iter()
+            .all(|t| t.outcome() == TargetOutcome::DeadLettered && t.reason == "unknown_app"),
+        "{r:?}"
+    );
+    assert_eq!(r.targets.len(), 2);
+}
+
+#[tokio::test]
+async fn results_a_carried_remainder_yields_an_incomplete_result_and_its_settlement_a_complete_one()
+{
+    let h = with_results();
+    let (ok, flaky) = (apns_token("ab12"), apns_token("f1a0"));
+    let req = request(&[(Platform::Apns, &ok), (Platform::Apns, &flaky)]);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Republished)
+    );
+    let p = h.published();
+    assert_eq!(p.results.len(), 1);
+    assert!(
+        !p.results[0].complete,
+        "the flaky target was carried forward"
+    );
+    assert_eq!(
+        outcomes(&p.results[0]),
+        vec![(ok, TargetOutcome::Delivered, String::new())]
+    );
+    // The remainder: 503 once more (nothing final: nacked, no result), then 200.
+    let re = &p.republished[0];
+    let attributes: Vec<(&str, &str)> = re
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let remainder = h.raw(re.data.clone(), SystemTime::now(), &attributes);
+    assert_eq!(h.process(&remainder, 1).await, Settle::Nack);
+    assert_eq!(h.published().results.len(), 1, "a nack publishes no result");
+    assert_eq!(
+        h.process(&remainder, 2).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    let p = h.published();
+    assert_eq!(p.results.len(), 2);
+    let last = &p.results[1];
+    assert!(last.complete);
+    assert_eq!(last.push_attempt, 2);
+    assert_eq!(last.source_message_id, p.results[0].source_message_id);
+    assert_eq!(
+        outcomes(last),
+        vec![(flaky, TargetOutcome::Delivered, String::new())]
+    );
+}
+
+#[tokio::test]
+async fn results_an_unconfirmed_result_acks_when_something_was_delivered_and_nacks_otherwise() {
+    let h = with_results();
+    h.worker.outbox().refuse(PublishPurpose::Result);
+    let delivered = request(&[
+        (Platform::Apns, &apns_token("ab12")),
+        (Platform::Fcm, "unregistered-1"),
+    ]);
+    assert_eq!(
+        h.process(&h.message(&delivered), 1).await,
+        Settle::Ack(MessageResult::Acked),
+        "delivered: never resent because of a result"
+    );
+    assert!(
+        h.metrics()
+            .contains("push_dispatch_publish_failures_total{reason=\"result\"} 1"),
+        "{}",
+        h.metrics()
+    );
+    let nothing_delivered = request(&[(Platform::Fcm, "unregistered-2")]);
+    assert_eq!(
+        h.process(&h.message(&nothing_delivered), 1).await,
+        Settle::Nack,
+        "nothing delivered: a retry costs no duplicate"
+    );
+    assert_eq!(
+        h.process(&h.message(&nothing_delivered), POLICY.max_delivery_attempts)
+            .await,
+        Settle::Ack(MessageResult::Acked),
+        "on the last delivery attempt a nack would dead-letter it without a reason"
+    );
+    let p = h.published();
+    assert!(p.results.is_empty());
+    assert_eq!(p.refused, vec![PublishPurpose::Result; 3]);
+}
+
+#[tokio::test]
+async fn results_are_off_by_default() {
+    let h = Harness::new();
+    h.worker.outbox().refuse(PublishPurpose::Result);
+    let req = request(&[
+        (Platform::Apns, &apns_token("ab12")),
+        (Platform::Fcm, "unregistered-1"),
+    ]);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    let p = h.published();
+    assert!(p.results.is_empty() && p.refused.is_empty(), "{p:?}");
+    assert!(!h.metrics().contains("reason=\"result\""));
 }

@@ -195,6 +195,7 @@ fn fleet_with(
             policy: POLICY,
             max_in_process_wait: Duration::ZERO,
             concurrency,
+            results: false,
         },
         metrics,
         shutdown.clone(),

@@ -77,6 +77,7 @@ fn worker() -> Worker<MemoryOutbox> {
             },
             max_in_process_wait: Duration::ZERO,
             concurrency: 16,
+            results: false,
         },
         metrics,
         Shutdown::new(),

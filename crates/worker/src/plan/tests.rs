@@ -656,3 +656,275 @@ fn a_handed_back_wait_nacks_and_on_the_last_attempt_puts_the_request_off() {
         }]
     );
 }
+
+// ── Delivery results (`results.topic`) ───────────────────────────────────
+
+use crate::results::{ResultBasis, ResultLetter, with_results};
+use push_dispatch_proto::v1::TargetOutcome;
+
+impl Case {
+    fn with_results(&self, s: Settlement, basis: &ResultBasis, attempt: i32) -> Settlement {
+        let ctx = MessageContext::of(&self.message, Some(attempt));
+        with_results(s, basis, &ctx, POLICY)
+    }
+}
+
+/// The (position, outcome, reason) of each target a result letter lists.
+fn listed(letter: &Letter) -> (Vec<(usize, TargetOutcome, String)>, bool) {
+    let Letter::Result(ResultLetter { targets, complete }) = letter else {
+        panic!("not a result: {letter:?}");
+    };
+    (
+        targets
+            .iter()
+            .map(|t| (t.index, t.outcome, t.reason.clone()))
+            .collect(),
+        *complete,
+    )
+}
+
+#[test]
+fn a_result_lists_every_target_settled_with_its_outcome_and_reason_before_the_ack() {
+    let case = Case::new(&[
+        (Platform::Apns, "ok"),
+        (Platform::Apns, "dead1"),
+        (Platform::Apns, "x"),
+        (Platform::Fcm, ""),
+        (Platform::Apns, "late"),
+    ]);
+    let rejected = [TargetError::UnspecifiedPlatform { index: 3 }];
+    let plan = case.plan_with(
+        &rejected,
+        &[
+            (0, delivered()),
+            (1, dead(Reason::Unregistered)),
+            (2, refused()),
+            (4, TargetResult::NotSent(NotSent::Expired)),
+        ],
+        Verdicts::REPORT,
+        1,
+    );
+    let report = OutboxReport::all_confirmed(&plan);
+    let settled = case.settle(&plan, &report, 1);
+    assert_eq!(settled, Settlement::Ack(MessageResult::Acked));
+    let basis = ResultBasis::of_plan(&plan, &report, 5);
+    let (letters, end) = walk(case.with_results(settled, &basis, 1), true);
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+    assert_eq!(letters.len(), 1, "one result, before the ack");
+    let (targets, complete) = listed(&letters[0]);
+    assert!(complete);
+    assert_eq!(
+        targets,
+        vec![
+            (0, TargetOutcome::Delivered, String::new()),
+            (1, TargetOutcome::TokenInvalid, "Unregistered".into()),
+            (2, TargetOutcome::Rejected, "BadTopic".into()),
+            (3, TargetOutcome::Rejected, "unspecified_platform".into()),
+            (4, TargetOutcome::Expired, String::new()),
+        ]
+    );
+    let Letter::Result(letter) = &letters[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        letter
+            .targets
+            .iter()
+            .map(|t| t.attempts)
+            .collect::<Vec<_>>(),
+        [1, 1, 1, 0, 0],
+        "answered once each in this plan; the refused-by-validation and expired were not sent"
+    );
+    // Unconfirmed: something was delivered, so the ack stands (counted, not retried).
+    let (_, end) = walk(
+        case.with_results(settled_again(&case, &plan), &basis, 1),
+        false,
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+}
+
+fn settled_again(case: &Case, plan: &Plan) -> Settlement {
+    case.settle(plan, &OutboxReport::all_confirmed(plan), 1)
+}
+
+#[test]
+fn an_unconfirmed_result_nacks_only_when_nothing_was_delivered_nor_carried_nor_last() {
+    let case = Case::new(&[(Platform::Apns, "dead1"), (Platform::Apns, "x")]);
+    let plan = case.plan(
+        &[(0, dead(Reason::Unregistered)), (1, refused())],
+        Verdicts::REPORT,
+        1,
+    );
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 2);
+    let s = case.with_results(case.settle(&plan, &report, 1), &basis, 1);
+    let (letters, end) = walk(s.clone(), true);
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+    assert_eq!(listed(&letters[0]).0.len(), 2);
+    let (_, end) = walk(s, false);
+    assert_eq!(
+        end,
+        Settlement::Nack(NackCause::ResultUnconfirmed),
+        "nothing delivered: a retry sends nothing twice"
+    );
+    // On the last delivery attempt a nack would dead-letter without a reason: ack.
+    let s = case.with_results(case.settle(&plan, &report, 5), &basis, 5);
+    assert_eq!(walk(s, false).1, Settlement::Ack(MessageResult::Acked));
+}
+
+#[test]
+fn a_carried_remainder_makes_the_result_incomplete_and_an_unconfirmed_one_still_acks() {
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")]);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 1);
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 2);
+    let s = case.with_results(case.settle(&plan, &report, 1), &basis, 1);
+    let (letters, end) = walk(s.clone(), true);
+    assert!(matches!(letters[0], Letter::Republish { .. }));
+    let (targets, complete) = listed(&letters[1]);
+    assert_eq!(targets, vec![(0, TargetOutcome::Delivered, String::new())]);
+    assert!(!complete, "target 1 was carried forward");
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+    // Republish refused: nacked as before, no result (the redelivery settles it).
+    let (letters, end) = walk(s, false);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(end, Settlement::Nack(NackCause::RepublishUnconfirmed));
+
+    // Only the remainder failing, nothing delivered, but carried: an
+    // unconfirmed result must not nack (the remainder would be republished twice).
+    let case = Case::new(&[(Platform::Apns, "x"), (Platform::Apns, "flaky")]);
+    let plan = case.plan(&[(0, refused()), (1, failing())], Verdicts::REPORT, 1);
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 2);
+    let s = case.with_results(case.settle(&plan, &report, 1), &basis, 1);
+    let mut s = s;
+    // Confirm the republish, refuse the result.
+    let mut published = Vec::new();
+    let end = loop {
+        match s {
+            Settlement::Publish {
+                letter,
+                confirmed,
+                unconfirmed,
+            } => {
+                let is_result = matches!(letter, Letter::Result(_));
+                published.push(letter);
+                s = if is_result { *unconfirmed } else { *confirmed };
+            }
+            end => break end,
+        }
+    };
+    assert_eq!(
+        listed(&published[1]).0,
+        vec![(0, TargetOutcome::Rejected, "BadTopic".into())]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Republished));
+}
+
+#[test]
+fn targets_dead_lettered_by_the_settlement_itself_are_listed_as_dead_lettered() {
+    // Past max_republish the remainder is dead-lettered as retries_exhausted.
+    let case = Case::new(&[(Platform::Apns, "ok"), (Platform::Apns, "flaky")])
+        .with_attributes(&[(attr::PUSH_ATTEMPT, "3")]);
+    let plan = case.plan(&[(0, delivered()), (1, failing())], Verdicts::REPORT, 1);
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 2);
+    let (letters, end) = walk(
+        case.with_results(case.settle(&plan, &report, 1), &basis, 1),
+        true,
+    );
+    assert!(matches!(letters[0], Letter::DeadLetter(_)));
+    let (targets, complete) = listed(&letters[1]);
+    assert!(complete);
+    assert_eq!(
+        targets,
+        vec![
+            (0, TargetOutcome::Delivered, String::new()),
+            (1, TargetOutcome::DeadLettered, "retries_exhausted".into()),
+        ]
+    );
+    assert_eq!(end, Settlement::Ack(MessageResult::Acked));
+
+    // Held by the guard: dead-lettered as invalidation_guard, not token_invalid.
+    let case = Case::new(&[(Platform::Apns, "bad0")]);
+    let held = Verdicts {
+        apns: Verdict::Hold,
+        fcm: Verdict::Report,
+    };
+    let plan = case.plan(&[(0, dead(Reason::BadDeviceToken))], held, 1);
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 1);
+    let (letters, _) = walk(
+        case.with_results(case.settle(&plan, &report, 1), &basis, 1),
+        true,
+    );
+    assert_eq!(
+        listed(&letters[0]).0,
+        vec![(0, TargetOutcome::DeadLettered, "invalidation_guard".into())]
+    );
+}
+
+#[test]
+fn a_request_dead_lettered_as_a_whole_lists_every_target_and_unconfirmed_publishes_list_none() {
+    let case = Case::new(&[(Platform::Apns, "a"), (Platform::Fcm, "b")]);
+    let s = poison(PushError::UnknownApp, "app `x` is not configured".into());
+    let s = case.with_results(s, &ResultBasis::unsent(2), 1);
+    let (letters, end) = walk(s.clone(), true);
+    assert_eq!(end, Settlement::Ack(MessageResult::DeadLettered));
+    assert_eq!(
+        listed(&letters[1]).0,
+        vec![
+            (0, TargetOutcome::DeadLettered, "unknown_app".into()),
+            (1, TargetOutcome::DeadLettered, "unknown_app".into()),
+        ]
+    );
+    // The dead letter refused: nacked, and nothing settled, so no result.
+    let (letters, end) = walk(s, false);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(end, Settlement::Nack(NackCause::DeadLetterUnconfirmed));
+
+    // Unconfirmed feedback: the dead token is carried, not listed.
+    let case = Case::new(&[(Platform::Apns, "dead1"), (Platform::Apns, "ok")]);
+    let plan = case.plan(
+        &[(0, dead(Reason::Unregistered)), (1, delivered())],
+        Verdicts::REPORT,
+        1,
+    );
+    let report = OutboxReport {
+        feedback_confirmed: false,
+        dead_letters_confirmed: vec![],
+    };
+    let basis = ResultBasis::of_plan(&plan, &report, 2);
+    let (letters, _) = walk(
+        case.with_results(case.settle(&plan, &report, 1), &basis, 1),
+        true,
+    );
+    let (targets, complete) = listed(&letters[1]);
+    assert_eq!(targets, vec![(1, TargetOutcome::Delivered, String::new())]);
+    assert!(!complete);
+}
+
+#[test]
+fn a_settlement_that_settles_nothing_publishes_no_result_and_an_expired_request_lists_every_target()
+{
+    let case = Case::new(&[(Platform::Apns, "a")]);
+    let plan = case.plan(&[(0, limited(5))], Verdicts::REPORT, 1);
+    let report = OutboxReport::all_confirmed(&plan);
+    let basis = ResultBasis::of_plan(&plan, &report, 1);
+    let settled = case.settle(&plan, &report, 1);
+    // Nothing settled: the settlement is unchanged.
+    assert_eq!(case.with_results(settled.clone(), &basis, 1), settled);
+    // Expired: every target listed.
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(9);
+    let s = case.with_results(
+        Settlement::Ack(MessageResult::Expired),
+        &ResultBasis::expired(1, at),
+        1,
+    );
+    let (letters, end) = walk(s, true);
+    assert_eq!(end, Settlement::Ack(MessageResult::Expired));
+    assert_eq!(
+        listed(&letters[0]).0,
+        vec![(0, TargetOutcome::Expired, String::new())]
+    );
+}
