@@ -297,10 +297,12 @@ pub fn plan(
         };
         if result.is_final_as_is() {
             plan.finals += 1;
-            let outcome = if matches!(result, TargetResult::Answered(_)) {
-                TargetOutcome::Delivered
-            } else {
-                TargetOutcome::Expired
+            let outcome = match result {
+                TargetResult::Answered(_) => TargetOutcome::Delivered,
+                TargetResult::NotSent(crate::target::NotSent::Duplicate) => {
+                    TargetOutcome::DuplicateSuppressed
+                }
+                TargetResult::NotSent(_) => TargetOutcome::Expired,
             };
             plan.outcomes.push(settled(outcome, ""));
             continue;

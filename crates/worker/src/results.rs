@@ -158,7 +158,9 @@ impl ResultBasis {
             plan.outcomes.iter().map(|s| (s.index, s)).collect();
         for s in &plan.outcomes {
             let is_final = match s.outcome {
-                TargetOutcome::Delivered | TargetOutcome::Expired => true,
+                TargetOutcome::Delivered
+                | TargetOutcome::Expired
+                | TargetOutcome::DuplicateSuppressed => true,
                 TargetOutcome::TokenInvalid => report.feedback_confirmed,
                 // Final once their dead letter is confirmed (below).
                 _ => false,

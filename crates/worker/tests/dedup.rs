@@ -152,6 +152,7 @@ fn world(latency: Duration) -> World {
             },
             max_in_process_wait: Duration::ZERO,
             concurrency: 16,
+            results: true,
         },
         metrics,
         Shutdown::new(),
