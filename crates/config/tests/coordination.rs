@@ -150,3 +150,13 @@ fn check_files_reads_the_redis_ca() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_test_harness_variables_are_not_config_keys() {
+    let c = load(
+        APP,
+        &[("PUSH_DISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379")],
+    )
+    .expect("PUSH_DISPATCH_TEST_… is ignored");
+    assert_eq!(c.coordination.redis_url, None);
+}
