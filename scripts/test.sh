@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every test of the workspace, with its own Pub/Sub emulator when
-# PUBSUB_EMULATOR_HOST is unset (scripts/with-emulator.sh).
+# PUBSUB_EMULATOR_HOST is unset (scripts/with-emulator.sh) and its own
+# redis-server when PUSH_DISPATCH_TEST_REDIS_URL is unset (scripts/with-redis.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,5 @@ if [[ "${1:-}" == "--inner" ]]; then
   shift
   run_tests "$@"
 else
-  exec scripts/with-emulator.sh scripts/test.sh --inner "$@"
+  exec scripts/with-emulator.sh scripts/with-redis.sh scripts/test.sh --inner "$@"
 fi

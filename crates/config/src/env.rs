@@ -74,7 +74,12 @@ impl figment::Provider for EnvPairs {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if rest.is_empty() || rest.eq_ignore_ascii_case("CONFIG") {
+            // `PUSH_DISPATCH_TEST_…` belongs to the test harness (e.g.
+            // PUSH_DISPATCH_TEST_REDIS_URL, set by `make test`), not the config.
+            if rest.is_empty()
+                || rest.eq_ignore_ascii_case("CONFIG")
+                || rest.to_ascii_uppercase().starts_with("TEST_")
+            {
                 continue;
             }
             let key = rest

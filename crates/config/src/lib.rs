@@ -7,14 +7,17 @@
 //! [`Config::check_files`]) are separate so that `check-config` can report
 //! every problem at once instead of the first.
 //!
-//! The config holds paths to key material, never the key material itself, so
-//! printing it (see [`Config::to_redacted_yaml`]) cannot leak a secret.
+//! The config holds paths to key material, never the key material itself;
+//! the one secret it holds, `coordination.redis_url` (its password), is
+//! redacted when printed (see [`Config::to_redacted_yaml`]).
 
+mod coordination;
 mod env;
 mod feedback;
 mod results;
 mod validate;
 
+pub use coordination::{CoordinationConfig, DedupConfig, RateLimit, RateScope, redact_redis_url};
 pub use feedback::{ConsumerSubscription, FeedbackConfig, FeedbackEncoding, GuardConfig};
 pub use results::ResultsConfig;
 
@@ -62,6 +65,10 @@ pub struct Config {
     /// Allows `stub:` and `http://` provider endpoints and a non-https
     /// `token_uri` (local stand-ins); false in production.
     pub allow_insecure_endpoints: bool,
+    /// The fleet's shared state: in-process (null URL) or Redis.
+    pub coordination: CoordinationConfig,
+    /// Idempotent requests (`request_id`).
+    pub dedup: DedupConfig,
 }
 
 /// Pub/Sub resources, delivery policy and flow control.
@@ -246,9 +253,10 @@ pub struct ApnsConfig {
     /// An extra root CA (a sandbox with TLS).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Pushes per second for this pod; null = unlimited.
+    /// Pushes per second (`N` for this pod, or `{per_second, scope: pod |
+    /// fleet, fallback_per_second}`); null = unlimited.
     #[serde(default)]
-    pub rate_limit: Option<f64>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The APNs environment a device token belongs to.
@@ -314,9 +322,10 @@ pub struct FcmConfig {
     /// An extra root CA (a sandbox with TLS).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Pushes per second for this pod (project quota ÷ replicas); null = unlimited.
+    /// Pushes per second (`N` for this pod: project quota ÷ replicas; or
+    /// `{per_second, scope: fleet}` for the project); null = unlimited.
     #[serde(default)]
-    pub rate_limit: Option<f64>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_apns_connections() -> u32 {
@@ -344,6 +353,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             apps: Vec::new(),
             allow_insecure_endpoints: false,
+            coordination: CoordinationConfig::default(),
+            dedup: DedupConfig::default(),
         }
     }
 }
@@ -512,9 +523,16 @@ impl Config {
     }
 
     /// The effective config as YAML. It holds only paths to secrets, never
-    /// their contents, so it is safe to print.
+    /// their contents, and the Redis URL's password is replaced by `***`,
+    /// so it is safe to print.
     pub fn to_redacted_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        shown.coordination.redis_url = shown
+            .coordination
+            .redis_url
+            .as_deref()
+            .map(redact_redis_url);
+        serde_yaml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     /// The default app (the first one).

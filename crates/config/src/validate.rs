@@ -102,17 +102,6 @@ impl Issues {
             );
         }
     }
-
-    fn rate(&mut self, key: &str, rate: Option<f64>) {
-        if let Some(r) = rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            self.add(
-                key,
-                format!("{r} is not a rate; give pushes per second above 0, or null for unlimited"),
-            );
-        }
-    }
 }
 
 /// What Pub/Sub refuses in a topic or subscription id, if anything.
@@ -349,6 +338,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
 
     crate::feedback::validate(c, &mut v);
     crate::results::validate(c, &mut v);
+    crate::coordination::validate(c, &mut v);
     if let Some(kms) = &p.kms_key_name {
         let parts: Vec<&str> = kms.split('/').collect();
         let shape = [
@@ -437,7 +427,11 @@ fn validate_apps(apps: &[AppConfig], allow_insecure: bool, v: &mut Issues) {
                 );
             }
             v.range(&format!("{key}.apns.connections"), a.connections, 1, 64, "");
-            v.rate(&format!("{key}.apns.rate_limit"), a.rate_limit);
+            crate::coordination::validate_rate(
+                v,
+                &format!("{key}.apns.rate_limit"),
+                a.rate_limit.as_ref(),
+            );
         }
         if let Some(f) = &app.fcm {
             v.provider_endpoint(&format!("{key}.fcm.endpoint"), &f.endpoint, allow_insecure);
@@ -448,13 +442,20 @@ fn validate_apps(apps: &[AppConfig], allow_insecure: bool, v: &mut Issues) {
                 );
             }
             v.range(&format!("{key}.fcm.connections"), f.connections, 1, 64, "");
-            v.rate(&format!("{key}.fcm.rate_limit"), f.rate_limit);
+            crate::coordination::validate_rate(
+                v,
+                &format!("{key}.fcm.rate_limit"),
+                f.rate_limit.as_ref(),
+            );
         }
     }
 }
 
 pub(crate) fn check_files(config: &Config) -> Vec<ConfigIssue> {
     let mut v = Issues(Vec::new());
+    if let Some(ca) = &config.coordination.ca_file {
+        check_pem_cert(&mut v, "coordination.ca_file", ca);
+    }
     for (i, app) in config.apps.iter().enumerate() {
         if let Some(a) = &app.apns {
             let key = format!("apps[{i}].apns.key_file");

@@ -304,7 +304,10 @@ fn an_indexed_environment_variable_changes_one_key_of_one_app() {
     assert_eq!(fcm(0).project_id, "fb-override");
     assert_eq!(fcm(0).rate_limit, None);
     assert_eq!(fcm(1).project_id, "fb-second");
-    assert_eq!(fcm(1).rate_limit, Some(250.0));
+    assert_eq!(
+        fcm(1).rate_limit,
+        Some(push_dispatch_config::RateLimit::per_pod(250.0))
+    );
     assert_eq!(config.pubsub.streams, 7, "plain overrides still apply");
 
     let err = Config::load(

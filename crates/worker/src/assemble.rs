@@ -86,7 +86,7 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                 Some(Provider::new(
                     &app.name,
                     dispatcher,
-                    settings(sender, a.rate_limit),
+                    settings(sender, a.rate_limit.map(|r| r.pod_rate())),
                     metrics.clone(),
                 ))
             }
@@ -129,7 +129,7 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                 Some(Provider::new(
                     &app.name,
                     dispatcher,
-                    settings(sender, f.rate_limit),
+                    settings(sender, f.rate_limit.map(|r| r.pod_rate())),
                     metrics.clone(),
                 ))
             }

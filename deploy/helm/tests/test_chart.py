@@ -198,6 +198,10 @@ def selects(selector, labels):
 # ---------------------------------------------------------------- config
 
 
+RATE_LIMIT_MAP_KEYS = {f"apps[].{platform}.rate_limit.{k}" for platform in ("apns", "fcm")
+                       for k in ("per_second", "scope", "fallback_per_second")}
+
+
 @test
 def config_keys_match_repo_config_yaml():
     """The ConfigMap's config.yaml parses and has exactly the keys of config.yaml."""
@@ -208,7 +212,8 @@ def config_keys_match_repo_config_yaml():
         assert isinstance(cfg, dict), f"{label}: config.yaml is not a mapping"
         assert set(cfg) == want_top, (
             f"{label}: top-level keys {sorted(cfg)} differ from config.yaml's {sorted(want_top)}")
-        extra = key_paths(cfg) - want_all
+        # `rate_limit: N` may also be written as a map (config.yaml shows null).
+        extra = {p for p in key_paths(cfg) - want_all if p not in RATE_LIMIT_MAP_KEYS}
         assert not extra, f"{label}: keys not in config.yaml (the binary refuses them): {sorted(extra)}"
 
 
@@ -879,13 +884,32 @@ def network_policy_allows_only_what_the_worker_needs():
     assert [p["port"] for p in ing["ports"]] == ["http"], ing
     ports = set().union(*(p for p, _ in egress_rules(np)))
     assert ports == {(53, "UDP"), (53, "TCP"), (80, "TCP"), (988, "TCP"), (443, "TCP"), (2197, "TCP"),
-                     (4317, "TCP")}, ports
+                     (4317, "TCP"), (6378, "TCP")}, ports
     # privateGoogleAccess: 443 only to the VIPs and Apple, nothing wider.
     assert set(cidr_blocks(peers_for(np, 443))) == {"199.36.153.8/30", "199.36.153.4/30", "17.0.0.0/8"}
     assert set(cidr_blocks(peers_for(np, 80))) == {"169.254.169.254/32"}
     assert set(cidr_blocks(peers_for(np, 988))) == {"169.254.169.252/32"}
     docs = helm_template(HELM_DIR / "ci" / "secret-manager-gcp.yaml")
     assert one(docs, "NetworkPolicy")["spec"]["ingress"] == [], "no metricsFrom must deny all ingress"
+
+
+@test
+def redis_url_comes_from_a_secret_and_the_policy_reaches_redis():
+    """coordination.redisUrlSecret → env PUSH_DISPATCH_COORDINATION__REDIS_URL; networkPolicy.redis → one egress rule."""
+    docs = helm_template(HELM_DIR / "ci" / "all-features.yaml")
+    for pod, label in [(deployment(docs)["spec"]["template"]["spec"], "Deployment"),
+                       (one(docs, "Pod")["spec"], "helm test Pod")]:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        ref = env["PUSH_DISPATCH_COORDINATION__REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "push-dispatch-redis", "key": "redis-url"}, f"{label}: {ref}"
+        assert "PUSH_DISPATCH_DISPATCH__CONCURRENCY" in env, f"{label}: values env kept"
+    assert rendered_config(docs)["coordination"]["redis_url"] is None, "the URL never lands in the ConfigMap"
+    np = one(docs, "NetworkPolicy")
+    assert set(cidr_blocks(peers_for(np, 6378))) == {"10.10.0.0/29"}
+    assert not peers_for(np, 6379), "only the configured ports"
+    default = helm_template(sets=["networkPolicy.enabled=true"])
+    assert not peers_for(one(default, "NetworkPolicy"), 6379), "no Redis rule without cidrs"
+    assert "env" not in deployment(default)["spec"]["template"]["spec"]["containers"][0], "no env by default"
 
 
 @test

@@ -375,3 +375,20 @@ schedule and pull; plus a minute; never under 5 minutes (Helm's default).
 {{- if eq (toString (index .Values.nodeSelector "cloud.google.com/gke-spot")) "true" }}{{ $spot = true }}{{ end }}
 {{- if $spot }}true{{ end }}
 {{- end }}
+
+{{/*
+The container's env: the Redis URL (with its AUTH password) from the Secret
+coordination.redisUrlSecret, then .Values.env. Empty when neither is set.
+*/}}
+{{- define "push-dispatch.env" -}}
+{{- with .Values.coordination.redisUrlSecret }}{{ if .name }}
+- name: PUSH_DISPATCH_COORDINATION__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}{{ end }}
+{{- with .Values.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
