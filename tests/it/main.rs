@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod contract;
 mod day_one;
+mod fleet;
 mod observability;
 mod pipeline;
 mod providers;

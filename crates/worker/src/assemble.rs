@@ -30,6 +30,15 @@ const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// Batching delay of our publishers: small, since a message's ack waits on it.
 const PUBLISH_BATCH_DELAY: Duration = Duration::from_millis(5);
 
+/// This pod's own limit: a `scope: pod` rate. A fleet rate is enforced by
+/// the fleet limiter (`crate::coordinated`), which falls back to the pod's
+/// share by itself; locally only AIMD applies to it.
+fn pod_limit(limit: Option<push_dispatch_config::RateLimit>) -> Option<f64> {
+    limit
+        .filter(|l| l.scope == push_dispatch_config::RateScope::Pod)
+        .map(|l| l.per_second)
+}
+
 /// Builds each app's providers from the config, in config order.
 pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<App>, RunError> {
     let timeout = config.dispatch.request_timeout;
@@ -86,7 +95,7 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                 Some(Provider::new(
                     &app.name,
                     dispatcher,
-                    settings(sender, a.rate_limit.map(|r| r.pod_rate())),
+                    settings(sender, pod_limit(a.rate_limit)),
                     metrics.clone(),
                 ))
             }
@@ -129,7 +138,7 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
                 Some(Provider::new(
                     &app.name,
                     dispatcher,
-                    settings(sender, f.rate_limit.map(|r| r.pod_rate())),
+                    settings(sender, pod_limit(f.rate_limit)),
                     metrics.clone(),
                 ))
             }

@@ -33,10 +33,7 @@ pub struct Grant {
     pub retry_in: Duration,
 }
 
-/// The store could not be asked.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the shared rate limit is unavailable: {0}")]
-pub struct Unavailable(pub String);
+pub use crate::dedup::Unavailable;
 
 /// Where the fleet's tokens come from (the coordination backend).
 pub trait TokenSource: Send + Sync + std::fmt::Debug {

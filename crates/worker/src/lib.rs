@@ -24,6 +24,7 @@
 pub mod assemble;
 pub mod circuit;
 pub mod context;
+pub mod coordinated;
 pub mod dedup;
 pub mod fleet;
 pub mod fleet_rate;

@@ -134,6 +134,12 @@ pub struct Metrics {
     pub parked: Gauge,
     /// `push_dispatch_streams_running`.
     pub streams_running: Gauge,
+    /// `push_dispatch_coordination_up`: 1 while the shared store (Redis)
+    /// answers, 0 while it does not, −1 in process.
+    pub coordination_up: Gauge,
+    /// `push_dispatch_dedup_unavailable_total`: messages sent without dedup
+    /// (or whose finals were not recorded) because the store was down.
+    pub dedup_unavailable: Counter,
     /// `push_dispatch_ack_failures_total`: exactly-once acks not confirmed.
     pub ack_failures: Counter,
     /// `push_dispatch_circuit_open{platform,app}`: 1 while open or probing.
@@ -183,6 +189,8 @@ impl Metrics {
             publish_failures: Family::default(),
             inflight: Gauge::default(),
             parked: Gauge::default(),
+            coordination_up: Gauge::default(),
+            dedup_unavailable: Counter::default(),
             streams_running: Gauge::default(),
             ack_failures: Counter::default(),
             circuit_open: Family::default(),
@@ -198,6 +206,7 @@ impl Metrics {
             feedback_subscriptions: Gauge::default(),
             feedback_retention: Gauge::default(),
         };
+        m.coordination_up.set(-1);
         // Unknown until first looked at.
         m.feedback_subscriptions.set(-1);
         m.feedback_retention.set(-1);
@@ -242,6 +251,16 @@ impl Metrics {
             "inflight_messages",
             "Messages being processed",
             m.inflight.clone(),
+        );
+        r.register(
+            "coordination_up",
+            "1 while the shared coordination store (Redis) answers, 0 while not, -1 in process",
+            m.coordination_up.clone(),
+        );
+        r.register(
+            "dedup_unavailable",
+            "Messages sent without dedup, or whose final outcomes were not recorded, because the store was down",
+            m.dedup_unavailable.clone(),
         );
         r.register(
             "parked_messages",

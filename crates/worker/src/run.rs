@@ -15,6 +15,7 @@ use push_dispatch_subscriber::{Clients, ConnectError, Names, is_not_found};
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::pubsub_outbox;
+use crate::coordinated::Coordinated;
 use crate::health::Readiness;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Worker, WorkerSettings};
@@ -87,7 +88,13 @@ pub async fn run(
     check_subscription(clients, &names.subscription).await?;
     let outbox = pubsub_outbox(config, clients).await?;
     let shutdown = Shutdown::new();
-    let worker = Arc::new(Worker::new(
+    let coordinated = Coordinated::from_config(config).map_err(|e| RunError::Dispatcher {
+        key: "coordination".into(),
+        problem: e.to_string(),
+    })?;
+    let apps = coordinated.attach(apps, config);
+    let dedup = coordinated.dedup(config, &metrics);
+    let worker = Worker::new(
         apps,
         outbox,
         WorkerSettings {
@@ -104,7 +111,11 @@ pub async fn run(
         },
         metrics.clone(),
         shutdown.clone(),
-    ));
+    );
+    let worker = Arc::new(match dedup {
+        Some(dedup) => worker.with_dedup(dedup),
+        None => worker,
+    });
 
     let settings = StreamSettings {
         subscription: names.subscription.clone(),
@@ -134,6 +145,7 @@ pub async fn run(
     // circuit past open_for), refreshed until the drain ends.
     let refresher_stop = CancellationToken::new();
     let refresher = tokio::spawn(refresh_gauges(worker.clone(), refresher_stop.clone()));
+    let coordination = tokio::spawn(coordinated.watch(metrics.clone(), refresher_stop.clone()));
     let watcher = tokio::spawn(watch_feedback_readers(
         clients.clone(),
         names.feedback_topic.clone(),
@@ -165,6 +177,7 @@ pub async fn run(
     refresher_stop.cancel();
     for (task, what) in [
         (refresher, "gauge refresher"),
+        (coordination, "coordination watcher"),
         (watcher, "feedback watcher"),
     ] {
         if let Err(e) = task.await {
