@@ -70,6 +70,8 @@ METRICS = {
     "push_dispatch_publish_failures_total": ("counter", {"reason"}),
     "push_dispatch_inflight_messages": ("gauge", set()),
     "push_dispatch_parked_messages": ("gauge", set()),
+    "push_dispatch_coordination_up": ("gauge", set()),
+    "push_dispatch_dedup_unavailable_total": ("counter", set()),
     "push_dispatch_streams_running": ("gauge", set()),
     "push_dispatch_outstanding_messages": ("gauge", set()),
     "push_dispatch_max_outstanding_messages": ("gauge", set()),
