@@ -306,3 +306,70 @@ async fn killing_redis_mid_run_loses_nothing_and_the_worker_reconnects() {
     assert_eq!(per.len(), 30, "every target delivered: {per:?}");
     assert!(per.values().all(|&c| c == 1), "{per:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_rate_limit_is_shared_by_two_workers() {
+    let Some(redis) = TestRedis::get("fleet-rate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let (sandbox, creds) =
+        start_sandbox(dir.path(), "com.example.app", "rate-fb", Faults::default()).await;
+    let app = sandbox_app_yaml("default", &sandbox, &creds, "com.example.app", "rate-fb")
+        + "      rate_limit: {per_second: 20, scope: fleet}\n";
+    let coordination = [
+        ("PUSH_DISPATCH_COORDINATION__REDIS_URL", redis.url.as_str()),
+        ("PUSH_DISPATCH_COORDINATION__PREFIX", redis.prefix.as_str()),
+    ];
+    // Two deployments' worth of work: each worker has its own subscription
+    // and 50 requests, so both are busy; they share the Firebase project,
+    // hence the fleet limit.
+    let mut envs = Vec::new();
+    let mut workers = Vec::new();
+    for name in ["fleet-rate-a", "fleet-rate-b"] {
+        let env = TestEnv::new(
+            name,
+            Settings {
+                apps_yaml: Some(app.clone()),
+                max_in_process_wait: "5s",
+                ..Settings::default()
+            },
+        )
+        .await;
+        env.provision();
+        workers.push(worker(&env, name, &coordination).await);
+        envs.push(env);
+    }
+    let n = 50;
+    for (e, env) in envs.iter().enumerate() {
+        for i in 0..n {
+            env.publish_json(&format!(
+                r#"{{"targets":[{{"platform":"PLATFORM_FCM","token":"ok-{e}-{i}"}}]}}"#
+            ))
+            .await;
+        }
+    }
+    let refs: Vec<&WorkerProcess> = workers.iter().collect();
+    wait_total(
+        &refs,
+        "push_dispatch_messages_total",
+        &[("result", "acked")],
+        f64::from(2 * n),
+    )
+    .await;
+    // The span of the sends, as the provider saw them. 20/s for the fleet
+    // with one second of burst: the last of 100 cannot go before
+    // (100 − 20) / 20 = 4 s. Two pods limited alone (20/s each, 50 each)
+    // would be done in (50 − 20) / 20 = 1.5 s.
+    let at: Vec<u64> = sandbox
+        .deliveries()
+        .iter()
+        .map(|d| d.received_at_ms)
+        .collect();
+    let span = at.iter().max().copied().unwrap_or(0) - at.iter().min().copied().unwrap_or(0);
+    assert!(
+        span >= 3000,
+        "100 sends took {span} ms across two workers: the fleet rate of 20/s was not shared"
+    );
+    assert_eq!(sandbox.deliveries().len(), 2 * n as usize);
+}
