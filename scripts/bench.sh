@@ -63,3 +63,46 @@ if [[ -z "${PUBSUB_EMULATOR_HOST:-}" ]]; then
 fi
 target/release/push-dispatch-bench-e2e --requests "${BENCH_E2E_REQUESTS:-20000}" \
   --streams "${BENCH_STREAMS:-4}" --worker-bin target/release/push-dispatch
+
+# Issue 16: the same end-to-end run with Redis coordination and dedup on,
+# beside one with it off, in the same sitting: the added worker CPU per
+# request (one target = one push), Redis round trips per message, and the
+# throughput ratio (target: on ≥ 80 % of off).
+if [[ "${BENCH_SKIP_REDIS:-}" != "1" ]]; then
+  redis_url=$(scripts/redis.sh start "$dir/redis")
+  trap 'scripts/redis.sh stop "$dir/redis"; cleanup' EXIT
+  e2e_requests="${BENCH_E2E_REQUESTS:-20000}"
+  run_e2e() {
+    target/release/push-dispatch-bench-e2e --requests "$e2e_requests" \
+      --streams "${BENCH_STREAMS:-4}" --worker-bin target/release/push-dispatch
+  }
+  field() { # the number after "$2" on the line matching "$1"
+    grep -m1 "$1" | sed -E "s/.*$2[^0-9]*([0-9.]+).*/\1/"
+  }
+  echo
+  echo "== end to end, dedup off (same sitting)"
+  off=$(run_e2e) && echo "$off"
+  evalsha() { redis-cli -u "$redis_url" INFO commandstats | tr -d '\r' | sed -nE 's/^cmdstat_evalsha:calls=([0-9]+).*/\1/p'; }
+  before=$(evalsha); before=${before:-0}
+  echo
+  echo "== end to end, Redis coordination and dedup.window on"
+  on=$(PUSH_DISPATCH_COORDINATION__REDIS_URL="$redis_url" \
+       PUSH_DISPATCH_COORDINATION__PREFIX="bench-$RANDOM" \
+       PUSH_DISPATCH_DEDUP__WINDOW=1h run_e2e) && echo "$on"
+  after=$(evalsha); after=${after:-0}
+  rate_off=$(echo "$off" | field "first publish" "delivery")
+  rate_on=$(echo "$on" | field "first publish" "delivery")
+  cpu_off=$(echo "$off" | field "worker CPU" "CPU")
+  cpu_on=$(echo "$on" | field "worker CPU" "CPU")
+  python3 - "$rate_off" "$rate_on" "$cpu_off" "$cpu_on" "$before" "$after" "$e2e_requests" <<'PY'
+import sys
+rate_off, rate_on, cpu_off, cpu_on = map(float, sys.argv[1:5])
+before, after, requests = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+ratio = rate_on / rate_off
+print()
+print("dedup + Redis coordination vs off (one target per request):")
+print(f"  throughput        {rate_on:8.0} vs {rate_off:8.0} requests/s = {ratio*100:5.1f} %   target >= 80 %  {'MET' if ratio >= 0.8 else 'NOT MET'}")
+print(f"  worker CPU        {cpu_on:8.1f} vs {cpu_off:8.1f} us per request: {cpu_on - cpu_off:+.1f} us per push")
+print(f"  Redis round trips {(after - before) / requests:8.2f} per message (EVALSHA: one claim + one record; the guard and rate limit batch)")
+PY
+fi
