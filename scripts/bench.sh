@@ -101,7 +101,7 @@ before, after, requests = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 ratio = rate_on / rate_off
 print()
 print("dedup + Redis coordination vs off (one target per request):")
-print(f"  throughput        {rate_on:8.0} vs {rate_off:8.0} requests/s = {ratio*100:5.1f} %   target >= 80 %  {'MET' if ratio >= 0.8 else 'NOT MET'}")
+print(f"  throughput        {rate_on:8.0f} vs {rate_off:8.0f} requests/s = {ratio*100:5.1f} %   target >= 80 %  {'MET' if ratio >= 0.8 else 'NOT MET'}")
 print(f"  worker CPU        {cpu_on:8.1f} vs {cpu_off:8.1f} us per request: {cpu_on - cpu_off:+.1f} us per push")
 print(f"  Redis round trips {(after - before) / requests:8.2f} per message (EVALSHA: one claim + one record; the guard and rate limit batch)")
 PY
