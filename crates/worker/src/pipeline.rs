@@ -9,6 +9,7 @@
 //! The decisions are [`crate::plan`]'s; this module carries them out and
 //! keeps the books (metrics, logs, spans). Providers only report facts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -296,7 +297,7 @@ impl<O: Outbox> Worker<O> {
         }
 
         let claims = self.claim(app, &request, &checked).await;
-        let sent = self
+        let (sent, attempts) = self
             .send_all(app, &request, &checked, deadline, claims.as_deref())
             .await;
         let sent = self.expire_unsendable(app, &request, sent, deadline);
@@ -306,7 +307,7 @@ impl<O: Outbox> Worker<O> {
             apns: app.apns.as_ref().map(|p| p.sender()),
             fcm: app.fcm.as_ref().map(|p| p.sender()),
         };
-        let plan = plan(
+        let mut plan = plan(
             &request,
             &checked.rejected,
             &sent,
@@ -315,6 +316,7 @@ impl<O: Outbox> Worker<O> {
             &ctx,
             SystemTime::now(),
         );
+        plan.count_attempts(&attempts);
         self.count_held(app, &request, &plan);
         let report = self.publish_plan(&plan, &ctx, &request).await;
         if let (Some(dedup), Some(claims)) = (&self.dedup, &claims) {
@@ -515,7 +517,7 @@ impl<O: Outbox> Worker<O> {
         checked: &Checked,
         deadline: Deadline,
         claims: Option<&[Claim]>,
-    ) -> Vec<(usize, TargetResult)> {
+    ) -> (Vec<(usize, TargetResult)>, BTreeMap<usize, u32>) {
         let sends = checked.sendable.iter().enumerate().map(|(k, &i)| {
             let claim = claims
                 .and_then(|c| c.get(k))
@@ -535,22 +537,35 @@ impl<O: Outbox> Worker<O> {
                 http.response.status_code = tracing::field::Empty,
             );
             async move {
-                let result = match (app.provider(platform), claim) {
-                    (Some(p), Claim::Done(_)) => p.not_sent(NotSent::Duplicate),
-                    (Some(p), Claim::Elsewhere { expires_in }) => {
-                        p.not_sent(NotSent::ClaimedElsewhere { wait: expires_in })
-                    }
+                let (result, attempts) = match (app.provider(platform), claim) {
+                    (Some(p), Claim::Done(_)) => (p.not_sent(NotSent::Duplicate), 0),
+                    (Some(p), Claim::Elsewhere { expires_in }) => (
+                        p.not_sent(NotSent::ClaimedElsewhere { wait: expires_in }),
+                        0,
+                    ),
                     (Some(p), Claim::Mine) => {
-                        p.send(&self.limits, request, &target.token, deadline).await
+                        p.send_counted(&self.limits, request, &target.token, deadline)
+                            .await
                     }
                     // Validation guarantees a provider; keep the target rather than lose it.
-                    (None, _) => TargetResult::NotSent(NotSent::ShuttingDown),
+                    (None, _) => (TargetResult::NotSent(NotSent::ShuttingDown), 0),
                 };
-                (i, result)
+                (i, result, attempts)
             }
             .instrument(span)
         });
-        futures::future::join_all(sends).await
+        let mut attempts = BTreeMap::new();
+        let sent = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|(i, result, n)| {
+                if n > 0 {
+                    attempts.insert(i, n);
+                }
+                (i, result)
+            })
+            .collect();
+        (sent, attempts)
     }
 
     /// §5.5 and §5.2: publishes the plan's feedback events, then its dead

@@ -232,6 +232,26 @@ pub struct Plan {
     pub attempts: BTreeMap<usize, u32>,
 }
 
+impl Plan {
+    /// Puts the provider requests each target really cost (in-process
+    /// retries included) in place of the plan's own count, which only knows
+    /// whether the provider answered.
+    pub fn count_attempts(&mut self, attempts: &BTreeMap<usize, u32>) {
+        for (index, n) in self.attempts.iter_mut() {
+            if let Some(&real) = attempts.get(index) {
+                *n = real;
+            }
+        }
+        for s in &mut self.outcomes {
+            if s.attempts > 0
+                && let Some(&real) = attempts.get(&s.index)
+            {
+                s.attempts = real;
+            }
+        }
+    }
+}
+
 /// What the Outbox confirmed of a [`Plan`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboxReport {

@@ -344,6 +344,33 @@ impl Provider {
         token: &str,
         deadline: Deadline,
     ) -> TargetResult {
+        self.send_counted(limits, request, token, deadline).await.0
+    }
+
+    /// [`Provider::send`], and how many requests it made to the provider
+    /// (in-process retries included), for `PushResult.attempts`.
+    pub async fn send_counted(
+        &self,
+        limits: &SendLimits,
+        request: &PushRequest,
+        token: &str,
+        deadline: Deadline,
+    ) -> (TargetResult, u32) {
+        let mut attempts = 0;
+        let result = self
+            .send_loop(limits, request, token, deadline, &mut attempts)
+            .await;
+        (result, attempts)
+    }
+
+    async fn send_loop(
+        &self,
+        limits: &SendLimits,
+        request: &PushRequest,
+        token: &str,
+        deadline: Deadline,
+        attempts: &mut u32,
+    ) -> TargetResult {
         let started = Instant::now();
         let shutdown = &limits.shutdown;
         let mut retries = 0u32;
@@ -406,6 +433,7 @@ impl Provider {
                 return self.not_sent(NotSent::Expired);
             }
             let t0 = Instant::now();
+            *attempts += 1;
             let outcome = self
                 .dispatcher
                 .send(Push {

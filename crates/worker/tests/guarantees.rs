@@ -817,6 +817,24 @@ fn outcomes(result: &PushResult) -> Vec<(String, TargetOutcome, String)> {
 }
 
 #[tokio::test]
+async fn results_count_every_request_made_to_the_provider_retries_included() {
+    // `f1a0` answers 503 twice per token, then 200: delivered on the third try.
+    let h = Harness::with(Options {
+        results: true,
+        max_in_process_wait: Duration::from_secs(5),
+        ..Options::default()
+    });
+    let req = request(&[(Platform::Apns, &apns_token("f1a0"))]);
+    assert_eq!(
+        h.process(&h.message(&req), 1).await,
+        Settle::Ack(MessageResult::Acked)
+    );
+    let r = &h.published().results[0];
+    assert_eq!(r.targets[0].outcome(), TargetOutcome::Delivered);
+    assert_eq!(r.targets[0].attempts, 3, "two 503s in process, then 200");
+}
+
+#[tokio::test]
 async fn results_one_per_settlement_lists_delivered_dead_and_rejected_targets_before_the_ack() {
     let h = with_results();
     let ok = apns_token("ab12");
