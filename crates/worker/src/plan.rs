@@ -478,11 +478,11 @@ pub fn settle(
                 return hand_back(ctx, policy, NackCause::NothingFinal);
             }
             // A wait is no failure: put it off rather than dead-letter it.
-            let put_off = carry_forward(carry, wait, true, ctx, policy);
-            return with_unconfirmed(put_off, exhausted_whole(ctx, policy));
+            let whole = exhausted_whole(ctx, policy);
+            return carry_forward(carry, Some(wait), true, ctx, policy, whole);
         }
-        let carried = carry_forward(carry, wait, only_waiting, ctx, policy);
-        let carried = with_unconfirmed(carried, Settlement::Nack(NackCause::RepublishUnconfirmed));
+        let unconfirmed = Settlement::Nack(NackCause::RepublishUnconfirmed);
+        let carried = carry_forward(carry, Some(wait), only_waiting, ctx, policy, unconfirmed);
         if wait.duration <= policy.max_park {
             return Settlement::Park {
                 wait,
@@ -494,45 +494,15 @@ pub fn settle(
     }
 
     // §5.4 some targets are final: carry the rest forward in a new request so
-    // that the delivered ones are not sent again.
-    if let Some(wait) = plan.wait {
-        let carried = carry_forward(carry.clone(), wait, only_waiting, ctx, policy);
-        let unconfirmed = if ctx.is_last_attempt(policy.max_delivery_attempts) {
-            Settlement::publish(
-                exhausted(
-                    &carry,
-                    format!(
-                        "targets still waiting on delivery attempt {} and their republish was not confirmed",
-                        policy.max_delivery_attempts
-                    ),
-                ),
-                Settlement::Ack(MessageResult::Acked),
-                Settlement::Nack(NackCause::RepublishUnconfirmed),
-            )
-        } else {
-            Settlement::Nack(NackCause::RepublishUnconfirmed)
-        };
-        return with_unconfirmed(carried, unconfirmed);
-    }
-    let next_attempt = ctx.push_attempt.saturating_add(1);
-    if next_attempt > policy.max_republish {
-        let detail = format!(
-            "targets still failing at push_attempt {} (dispatch.max_republish {}: the original and {} republished remainders)",
-            ctx.push_attempt,
-            policy.max_republish,
-            ctx.push_attempt.saturating_sub(1)
-        );
-        return Settlement::publish(
-            exhausted(&carry, detail),
-            Settlement::Ack(MessageResult::Acked),
-            Settlement::Nack(NackCause::DeadLetterUnconfirmed),
-        );
-    }
-    let republish_failed = if ctx.is_last_attempt(policy.max_delivery_attempts) {
+    // that the delivered ones are not sent again (not before the wait, if
+    // one is known; only a known wait is accounted as a deferral).
+    let only_waiting = only_waiting && plan.wait.is_some();
+    let unconfirmed = if ctx.is_last_attempt(policy.max_delivery_attempts) {
         // Nacking now would let Pub/Sub dead-letter the whole message
         // without a reason; dead-letter only what is left instead.
         let detail = format!(
-            "targets still failing on delivery attempt {} and their republish was not confirmed",
+            "targets still {} on delivery attempt {} and their republish was not confirmed",
+            if only_waiting { "waiting" } else { "failing" },
             policy.max_delivery_attempts
         );
         Settlement::publish(
@@ -543,16 +513,7 @@ pub fn settle(
     } else {
         Settlement::Nack(NackCause::RepublishUnconfirmed)
     };
-    Settlement::publish(
-        Letter::Republish {
-            indices: carry,
-            push_attempt: next_attempt,
-            wait: None,
-            deferrals: ctx.deferrals,
-        },
-        Settlement::Ack(MessageResult::Republished),
-        republish_failed,
-    )
+    carry_forward(carry, plan.wait, only_waiting, ctx, policy, unconfirmed)
 }
 
 /// A dead letter of `retries_exhausted` holding `carry`.
@@ -577,17 +538,19 @@ fn exhausted_whole(ctx: &MessageContext<'_>, policy: Policy) -> Settlement {
     )
 }
 
-/// Carries `carry` forward to be tried after `wait` (`push_not_before`).
-/// A carry that only waited keeps its `push_attempt` and counts a deferral
-/// (dead-lettered past `dispatch.max_deferrals`); one that failed uses up a
-/// republish (dead-lettered past `dispatch.max_republish`). The ending when
-/// the publish is not confirmed is left to [`with_unconfirmed`].
+/// Carries `carry` forward in a republished request, not to be tried before
+/// `wait` (`push_not_before`) when one is known. A carry that only waited
+/// keeps its `push_attempt` and counts a deferral (dead-lettered past
+/// `dispatch.max_deferrals`); one that failed uses up a republish
+/// (dead-lettered past `dispatch.max_republish`). `unconfirmed` is the
+/// ending when Pub/Sub does not confirm the republish.
 fn carry_forward(
     carry: Vec<usize>,
-    wait: Wait,
+    wait: Option<Wait>,
     only_waiting: bool,
     ctx: &MessageContext<'_>,
     policy: Policy,
+    unconfirmed: Settlement,
 ) -> Settlement {
     let (push_attempt, deferrals) = if only_waiting {
         (ctx.push_attempt, ctx.deferrals.saturating_add(1))
@@ -620,29 +583,12 @@ fn carry_forward(
         Letter::Republish {
             indices: carry,
             push_attempt,
-            wait: Some(wait.duration),
+            wait: wait.map(|w| w.duration),
             deferrals,
         },
         Settlement::Ack(MessageResult::Republished),
-        // Replaced by `with_unconfirmed`.
-        Settlement::Nack(NackCause::RepublishUnconfirmed),
+        unconfirmed,
     )
-}
-
-/// Sets the ending of a republish that Pub/Sub did not confirm.
-fn with_unconfirmed(settlement: Settlement, ending: Settlement) -> Settlement {
-    match settlement {
-        Settlement::Publish {
-            letter: letter @ Letter::Republish { .. },
-            confirmed,
-            ..
-        } => Settlement::Publish {
-            letter,
-            confirmed,
-            unconfirmed: Box::new(ending),
-        },
-        other => other,
-    }
 }
 
 /// Hands back a message that must wait `wait` before it is sent (its
@@ -661,8 +607,8 @@ pub fn wait_hand_back(
     if !ctx.is_last_attempt(policy.max_delivery_attempts) {
         return Settlement::Nack(NackCause::Waited);
     }
-    let put_off = carry_forward((0..targets).collect(), wait, true, ctx, policy);
-    with_unconfirmed(put_off, exhausted_whole(ctx, policy))
+    let whole = exhausted_whole(ctx, policy);
+    carry_forward((0..targets).collect(), Some(wait), true, ctx, policy, whole)
 }
 
 /// Settles a message that cannot be a request at all (SPEC §5.2): the whole
