@@ -71,6 +71,15 @@ impl Coordinated {
         })
     }
 
+    /// The in-process backend alone (one replica, tests).
+    pub fn in_process(max_entries: usize) -> Coordinated {
+        Coordinated {
+            coordinator: Coordinator::in_process(max_entries),
+            live_pods: Arc::new(AtomicU32::new(1)),
+            pod: "local".into(),
+        }
+    }
+
     /// Whether the backend is shared with other pods (Redis).
     pub fn is_shared(&self) -> bool {
         matches!(self.coordinator, Coordinator::Redis(_))

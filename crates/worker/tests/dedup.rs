@@ -1,11 +1,10 @@
 //! Idempotent requests (`dedup.window`, issue 16), in process: the real
-//! [`Worker`] with stub providers and a small in-memory dedup store that
-//! keeps the store's contract (set-if-absent claims with a pending expiry,
-//! finals for the window, compare-and-delete releases). The Redis backend
-//! and two worker processes are tested end to end in `tests/it`.
+//! [`Worker`] with stub providers and the in-process coordination backend
+//! (the default of one replica), or a store that cannot be reached. The
+//! Redis backend and two worker processes are tested end to end in
+//! `tests/it/fleet.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
@@ -18,89 +17,48 @@ use push_dispatch_proto::v1::{Platform, PushRequest, Target};
 use push_dispatch_proto::{Encoding, encode_message};
 use push_dispatch_subscriber::pubsub::model::Message;
 use push_dispatch_subscriber::wkt::Timestamp;
+use push_dispatch_worker::coordinated::Coordinated;
 use push_dispatch_worker::dedup::{Claim, Dedup, DedupStore, Final, Key, Unavailable};
 use push_dispatch_worker::metrics::{Metrics, render};
 use push_dispatch_worker::outbox::MemoryOutbox;
 use push_dispatch_worker::plan::Policy;
 use push_dispatch_worker::provider::{App, Provider, ProviderSettings};
 use push_dispatch_worker::{MessageResult, Settle, Shutdown, Worker, WorkerSettings};
-use tokio::time::Instant;
 
-#[derive(Clone, Copy, Debug)]
-enum Entry {
-    Pending(Instant),
-    Done(Final, Instant),
-}
+/// A store that cannot be reached.
+#[derive(Debug)]
+struct Down;
 
-/// The store's contract, in memory.
-#[derive(Debug, Default)]
-struct Store {
-    entries: Mutex<HashMap<String, Entry>>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-fn id(k: &Key<'_>) -> String {
-    format!("{}/{}/{:?}/{}", k.app, k.request_id, k.platform, k.token)
-}
-
-impl DedupStore for Store {
+impl DedupStore for Down {
     fn claim<'a>(
         &'a self,
-        keys: &'a [Key<'a>],
-        pending: Duration,
+        _keys: &'a [Key<'a>],
+        _pending: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claim>, Unavailable>> {
-        Box::pin(async move {
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Unavailable("connection refused".into()));
-            }
-            let now = Instant::now();
-            let mut entries = self.entries.lock().expect("lock");
-            Ok(keys
-                .iter()
-                .map(|k| match entries.get(&id(k)).copied() {
-                    Some(Entry::Done(f, until)) if until > now => Claim::Done(f),
-                    Some(Entry::Pending(until)) if until > now => Claim::Elsewhere {
-                        expires_in: until - now,
-                    },
-                    _ => {
-                        entries.insert(id(k), Entry::Pending(now + pending));
-                        Claim::Mine
-                    }
-                })
-                .collect())
-        })
+        Box::pin(async { Err(Unavailable("connection refused".into())) })
     }
 
     fn record<'a>(
         &'a self,
-        finals: &'a [(Key<'a>, Final)],
-        window: Duration,
-        release: &'a [Key<'a>],
+        _finals: &'a [(Key<'a>, Final)],
+        _window: Duration,
+        _release: &'a [Key<'a>],
     ) -> BoxFuture<'a, Result<(), Unavailable>> {
-        Box::pin(async move {
-            let now = Instant::now();
-            let mut entries = self.entries.lock().expect("lock");
-            for (k, f) in finals {
-                entries.insert(id(k), Entry::Done(*f, now + window));
-            }
-            for k in release {
-                if matches!(entries.get(&id(k)), Some(Entry::Pending(_))) {
-                    entries.remove(&id(k));
-                }
-            }
-            Ok(())
-        })
+        Box::pin(async { Err(Unavailable("connection refused".into())) })
     }
 }
 
 struct World {
     worker: Arc<Worker<MemoryOutbox>>,
     apns: Arc<StubDispatcher>,
-    store: Arc<Store>,
     registry: Registry,
 }
 
 fn world(latency: Duration) -> World {
+    world_with(latency, Arc::new(Coordinated::in_process(10_000)))
+}
+
+fn world_with(latency: Duration, store: Arc<dyn DedupStore>) -> World {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let apns = Arc::new(StubDispatcher::new(Platform::Apns).with_latency(latency));
@@ -133,7 +91,6 @@ fn world(latency: Duration) -> World {
         )),
         fcm: None,
     };
-    let store = Arc::new(Store::default());
     let unavailable = Counter::default();
     registry.register(
         "dedup_unavailable",
@@ -158,7 +115,7 @@ fn world(latency: Duration) -> World {
         Shutdown::new(),
     )
     .with_dedup(Dedup::new(
-        store.clone(),
+        store,
         Duration::from_secs(24 * 3600),
         Duration::from_secs(30),
         unavailable,
@@ -166,7 +123,6 @@ fn world(latency: Duration) -> World {
     World {
         worker: Arc::new(worker),
         apns,
-        store,
         registry,
     }
 }
@@ -260,13 +216,21 @@ async fn a_retryable_failure_releases_the_claim_so_the_retry_is_sent() {
         w.worker.process(&message("m1", &req), Some(1)).await,
         Settle::Nack
     );
-    assert!(w.store.entries.lock().expect("lock").is_empty(), "released");
-    // The redelivery is sent again (and fails again), never suppressed.
+    // The claim was released: the redelivery is claimed and sent again (and
+    // fails again), neither suppressed nor held as claimed elsewhere.
     assert_eq!(
         w.worker.process(&message("m1", &req), Some(2)).await,
         Settle::Nack
     );
+    let m = render(&w.registry);
+    assert!(
+        m.contains(
+            r#"push_dispatch_sends_total{platform="apns",app="main",outcome="retryable"} 2"#
+        ),
+        "{m}"
+    );
     assert!(!suppressed(&w, 1));
+    assert!(!m.contains(r#"outcome="claimed_elsewhere"} 1"#), "{m}");
 }
 
 #[tokio::test]
@@ -277,9 +241,7 @@ async fn without_a_request_id_or_with_the_store_down_nothing_is_held_back() {
         w.worker.process(&message(id, &anonymous), Some(1)).await;
     }
     assert_eq!(w.apns.delivered(), 2, "no request_id: never deduplicated");
-    w.store
-        .down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let w = world_with(Duration::ZERO, Arc::new(Down));
     let req = request("order-4", &[apns_token("a1b2")]);
     for id in ["m3", "m4"] {
         assert_eq!(
@@ -289,7 +251,7 @@ async fn without_a_request_id_or_with_the_store_down_nothing_is_held_back() {
     }
     assert_eq!(
         w.apns.delivered(),
-        4,
+        2,
         "sent without dedup while the store is down"
     );
     assert!(render(&w.registry).contains("dedup_unavailable_total 2"));
