@@ -51,14 +51,14 @@ pub async fn build_apps(config: &Config, metrics: &Arc<Metrics>) -> Result<Vec<A
             rate_limit,
             circuit: config.dispatch.circuit.clone(),
             guard: config.feedback.guard.clone(),
-            bulkhead: ProviderSettings::bulkhead_of(
+            bulkhead: ProviderSettings::share_of(
                 config.dispatch.concurrency,
                 config.dispatch.provider_share,
                 config.dispatch.provider_min,
             ),
             // Parked messages hold flow-control budget: each app and
             // platform may park its share of it.
-            max_parked: ProviderSettings::bulkhead_of(
+            max_parked: ProviderSettings::share_of(
                 config.pubsub.max_outstanding_messages,
                 config.dispatch.provider_share,
                 1,

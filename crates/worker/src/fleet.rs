@@ -77,7 +77,7 @@ impl SharedGuard {
             let mut pending = self.lock();
             pending.0 += sends;
             pending.1 += suspicious;
-            if pending.1 == 0 || suspicious == 0 {
+            if suspicious == 0 {
                 return None;
             }
             std::mem::take(&mut *pending)

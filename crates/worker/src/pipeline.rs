@@ -821,6 +821,16 @@ async fn record_finals(
         })
         .flatten()
         .collect();
+    let delivered: std::collections::HashSet<usize> = sent
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r,
+                TargetResult::Answered(push_dispatch_dispatch::Outcome::Delivered)
+            )
+        })
+        .map(|(i, _)| *i)
+        .collect();
     let mut finals = Vec::new();
     let mut release = Vec::new();
     for (k, &i) in checked.sendable.iter().enumerate() {
@@ -828,14 +838,7 @@ async fn record_finals(
             continue;
         }
         let key = dedup_key(app, request, i);
-        let delivered = sent.iter().any(|(j, r)| {
-            *j == i
-                && matches!(
-                    r,
-                    TargetResult::Answered(push_dispatch_dispatch::Outcome::Delivered)
-                )
-        });
-        if delivered {
+        if delivered.contains(&i) {
             finals.push((key, Final::Delivered));
         } else if reported.contains(&i) {
             finals.push((key, Final::Reported));

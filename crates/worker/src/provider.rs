@@ -135,9 +135,10 @@ pub struct ProviderSettings {
 }
 
 impl ProviderSettings {
-    /// The bulkhead of one app and platform: `share` of `concurrency`, at
-    /// least `min`, at most `concurrency` (SPEC §9).
-    pub fn bulkhead_of(concurrency: u32, share: f64, min: u32) -> usize {
+    /// One app and platform's share of a budget (its bulkhead of
+    /// `dispatch.concurrency`, its park slots of `max_outstanding_messages`):
+    /// `share` of `concurrency`, at least `min`, at most `concurrency` (SPEC §9).
+    pub fn share_of(concurrency: u32, share: f64, min: u32) -> usize {
         let concurrency = concurrency.max(1);
         let share = (f64::from(concurrency) * share).ceil();
         // `share` is at most `concurrency` (a u32), so the cast cannot wrap.
