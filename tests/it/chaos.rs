@@ -211,24 +211,9 @@ fn read_receipts(logs: &[(String, String)]) -> Receipts {
     r
 }
 
-async fn start_worker_on(env: &TestEnv, name: &str, streams: &str) -> (WorkerProcess, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let listen = format!("127.0.0.1:{port}");
-    let w = env
-        .start_worker_on_port(
-            port,
-            &[
-                ("PUSH_DISPATCH_SERVER__LISTEN", listen.as_str()),
-                ("PUSH_DISPATCH_PUBSUB__STREAMS", streams),
-                ("PUSH_DISPATCH_PUBSUB__PROVISION", "false"),
-            ],
-            name,
-        )
-        .await;
-    (w, port)
+async fn start_worker_on(env: &TestEnv, name: &str, streams: &str) -> WorkerProcess {
+    env.start_another_worker(name, &[("PUSH_DISPATCH_PUBSUB__STREAMS", streams)])
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,8 +300,8 @@ async fn chaos_every_request_is_accounted_for() {
         ..faults()
     });
     // The killed worker runs one stream, so that it leaves only one zombie.
-    let (mut killed, _) = start_worker_on(&env, "killed", "1").await;
-    let (mut stopped, _) = start_worker_on(&env, "stopped", "4").await;
+    let mut killed = start_worker_on(&env, "killed", "1").await;
+    let mut stopped = start_worker_on(&env, "stopped", "4").await;
     let mut logs: Vec<(String, String)> = Vec::new();
     let third_part = n / 3;
     let started = Instant::now();
@@ -342,7 +327,7 @@ async fn chaos_every_request_is_accounted_for() {
         blackhole_streams: true,
         ..faults()
     });
-    let (replacement, _) = start_worker_on(&env, "replacement", "4").await;
+    let replacement = start_worker_on(&env, "replacement", "4").await;
     publish_all(&plans[third_part..2 * third_part], "black hole").await;
     tokio::time::sleep(phase).await;
     third.set_faults(faults());

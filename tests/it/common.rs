@@ -392,6 +392,20 @@ server:
         self.start_worker_on_port(self.port, env, "worker").await
     }
 
+    /// One more worker on this subscription (it does not provision), its
+    /// server on a free port of its own, with `extra` environment: for runs
+    /// with several workers.
+    pub async fn start_another_worker(&self, name: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("PUSH_DISPATCH_SERVER__LISTEN", listen.as_str()),
+            ("PUSH_DISPATCH_PUBSUB__PROVISION", "false"),
+        ];
+        vars.extend_from_slice(extra);
+        self.start_worker_on_port(port, &vars, name).await
+    }
+
     /// A worker whose server listens on `port` (set `PUSH_DISPATCH_SERVER__LISTEN`
     /// to match in `env`), logging to `NAME-….log`.
     pub async fn start_worker_on_port(

@@ -20,21 +20,6 @@ use crate::common::{
     start_sandbox,
 };
 
-/// A worker on its own port with `env`.
-async fn worker(env: &TestEnv, name: &str, extra: &[(&str, &str)]) -> WorkerProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let listen = format!("127.0.0.1:{port}");
-    let mut vars: Vec<(&str, &str)> = vec![
-        ("PUSH_DISPATCH_SERVER__LISTEN", listen.as_str()),
-        ("PUSH_DISPATCH_PUBSUB__PROVISION", "false"),
-    ];
-    vars.extend_from_slice(extra);
-    env.start_worker_on_port(port, &vars, name).await
-}
-
 /// Sums a metric over the workers.
 async fn total(workers: &[&WorkerProcess], name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
@@ -104,8 +89,8 @@ async fn a_request_published_twice_to_two_workers_is_sent_once() {
         ("PUSH_DISPATCH_DEDUP__WINDOW", "1h"),
         ("PUSH_DISPATCH_DEDUP__PENDING", "4s"),
     ];
-    let a = worker(&env, "a", &coordination).await;
-    let b = worker(&env, "b", &coordination).await;
+    let a = env.start_another_worker("a", &coordination).await;
+    let b = env.start_another_worker("b", &coordination).await;
     let n = 20;
     // Each request twice, back to back: the two copies reach the two workers
     // at about the same moment.
@@ -177,8 +162,8 @@ async fn the_guard_trips_on_the_fleets_first_min_samples_answers() {
         ("PUSH_DISPATCH_FEEDBACK__GUARD__MIN_SAMPLES", "10"),
         ("PUSH_DISPATCH_FEEDBACK__GUARD__WINDOW", "60s"),
     ];
-    let a = worker(&env, "a", &coordination).await;
-    let b = worker(&env, "b", &coordination).await;
+    let a = env.start_another_worker("a", &coordination).await;
+    let b = env.start_another_worker("b", &coordination).await;
     let n = 40u64;
     for i in 0..n {
         env.publish_json(&format!(
@@ -235,16 +220,16 @@ async fn killing_redis_mid_run_loses_nothing_and_the_worker_reconnects() {
     )
     .await;
     env.provision();
-    let w = worker(
-        &env,
-        "w",
-        &[
-            ("PUSH_DISPATCH_COORDINATION__REDIS_URL", url.as_str()),
-            ("PUSH_DISPATCH_DEDUP__WINDOW", "1h"),
-            ("PUSH_DISPATCH_DEDUP__PENDING", "4s"),
-        ],
-    )
-    .await;
+    let w = env
+        .start_another_worker(
+            "w",
+            &[
+                ("PUSH_DISPATCH_COORDINATION__REDIS_URL", url.as_str()),
+                ("PUSH_DISPATCH_DEDUP__WINDOW", "1h"),
+                ("PUSH_DISPATCH_DEDUP__PENDING", "4s"),
+            ],
+        )
+        .await;
     let workers = [&w];
     let publish = |from: usize, to: usize| {
         let env = &env;
@@ -337,7 +322,7 @@ async fn a_fleet_rate_limit_is_shared_by_two_workers() {
         )
         .await;
         env.provision();
-        workers.push(worker(&env, name, &coordination).await);
+        workers.push(env.start_another_worker(name, &coordination).await);
         envs.push(env);
     }
     let n = 50;
